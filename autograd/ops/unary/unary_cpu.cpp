@@ -1,0 +1,77 @@
+// CPU kernels of the unary ops: one contiguous pass each, parallel over elements.
+#include <cmath>
+
+#include "autograd/ops/unary/unary.h"
+#include "autograd/ops/unary/unary_math.h"
+#include "lib/cpu/loops.h"
+
+namespace attnlab {
+
+namespace {
+
+// Calls fn(f, df) with f(x) and df(x, y) = f'(x) for `kind` as lambdas over T, so each kind gets
+// its own tight loop.
+template <typename T, typename Fn>
+void with_kind(UnaryKind kind, T p, Fn&& fn) {
+  using namespace unary_math;
+  switch (kind) {
+    case UnaryKind::neg: return fn([](T x) { return -x; }, [](T, T) { return T(-1); });
+    case UnaryKind::exp: return fn([](T x) { return std::exp(x); }, [](T, T y) { return y; });
+    case UnaryKind::log: return fn([](T x) { return std::log(x); }, [](T x, T) { return T(1) / x; });
+    case UnaryKind::sqrt: return fn([](T x) { return std::sqrt(x); }, [](T, T y) { return T(0.5) / y; });
+    case UnaryKind::rsqrt:
+      return fn([](T x) { return T(1) / std::sqrt(x); }, [](T, T y) { return T(-0.5) * y * y * y; });
+    case UnaryKind::pow:
+      return fn([p](T x) { return std::pow(x, p); }, [p](T x, T) { return p * std::pow(x, p - T(1)); });
+    case UnaryKind::tanh: return fn([](T x) { return std::tanh(x); }, [](T, T y) { return T(1) - y * y; });
+    case UnaryKind::sigmoid: return fn([](T x) { return sigmoid(x); }, [](T, T y) { return y * (T(1) - y); });
+    case UnaryKind::relu:
+      return fn([](T x) { return x > T(0) ? x : T(0); }, [](T x, T) { return x > T(0) ? T(1) : T(0); });
+    case UnaryKind::gelu: return fn([](T x) { return gelu(x); }, [](T x, T) { return gelu_grad(x); });
+    case UnaryKind::silu:
+      return fn([](T x) { return x * sigmoid(x); },
+                [](T x, T) {
+                  const T s = sigmoid(x);
+                  return s * (T(1) + x * (T(1) - s));
+                });
+    case UnaryKind::softplus: return fn([](T x) { return softplus(x); }, [](T x, T) { return sigmoid(x); });
+    case UnaryKind::add_scalar: return fn([p](T x) { return x + p; }, [](T, T) { return T(1); });
+    case UnaryKind::mul_scalar: return fn([p](T x) { return p * x; }, [p](T, T) { return p; });
+  }
+}
+
+}  // namespace
+
+Tensor UnaryOp::forward(CpuTag, UnaryKind kind, double param, const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), unary_name(kind), [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    with_kind<T>(kind, static_cast<T>(param), [&](auto f, auto) {
+      cpu::parallel_for(0, x.numel(), cpu::kElementwiseGrain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) py[i] = f(px[i]);
+      });
+    });
+  });
+  return y;
+}
+
+Tensor UnaryOp::backward(CpuTag, UnaryKind kind, double param, const Tensor& x, const Tensor& y, const Tensor& dy) {
+  Tensor dx = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), unary_name(kind), [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    const T* py = y.data<T>();
+    const T* pdy = dy.data<T>();
+    T* pdx = dx.data<T>();
+    with_kind<T>(kind, static_cast<T>(param), [&](auto, auto df) {
+      cpu::parallel_for(0, x.numel(), cpu::kElementwiseGrain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) pdx[i] = df(px[i], py[i]) * pdy[i];
+      });
+    });
+  });
+  return dx;
+}
+
+}  // namespace attnlab

@@ -1,0 +1,19 @@
+# Flags for attnlab's own targets (not for dependencies): strict warnings, optimisation,
+# OpenMP, and includes relative to the repository root ("lib/tensor.h").
+
+function(attnlab_target_defaults target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Werror)
+  if(ATTNLAB_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+  endif()
+  target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${target} PUBLIC OpenMP::OpenMP_CXX)
+  # The CUDA backend is not built yet; code tests this with #if (DESIGN.md section 4).
+  target_compile_definitions(${target} PUBLIC ATTNLAB_WITH_CUDA=0)
+endfunction()
+
+# attnlab_library(name SOURCES...) : one static library per top folder.
+function(attnlab_library name)
+  add_library(${name} STATIC ${ARGN})
+  attnlab_target_defaults(${name})
+endfunction()

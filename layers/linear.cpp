@@ -1,0 +1,33 @@
+#include "layers/linear.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+
+namespace attnlab {
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen, DType dtype) {
+  AL_CHECK_CONFIG(in_features > 0 && out_features > 0, "Linear: sizes must be positive; got in=", in_features,
+                  ", out=", out_features);
+  Tensor w = Tensor::empty(Shape{out_features, in_features}, dtype);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+  fill_uniform(w, gen, -bound, bound);
+  weight_ = register_parameter("weight", w);
+  if (bias) bias_ = register_parameter("bias", Tensor::zeros(Shape{out_features}, dtype));
+}
+
+Variable Linear::forward(const Variable& x) const {
+  const int64_t in = weight_.size(1), out = weight_.size(0);
+  AL_CHECK_SHAPE(x.ndim() >= 1 && x.size(-1) == in, "Linear: x must be [*, ", in, "]; got x=", x.str(),
+                 ", weight=", weight_.str());
+  // Leading dims fold into one large GEMM rather than a batch of small ones.
+  const Variable x2 = x.ndim() == 2 ? x : reshape(x, Shape{-1, in});
+  Variable y = matmul(x2, weight_, /*trans_a=*/false, /*trans_b=*/true);
+  if (bias_.defined()) y = add(y, bias_);
+  if (x.ndim() == 2) return y;
+  std::vector<int64_t> dims = x.shape().dims();
+  dims.back() = out;
+  return reshape(y, Shape(std::move(dims)));
+}
+
+}  // namespace attnlab

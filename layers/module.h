@@ -1,0 +1,53 @@
+// Module: a tree of named parameters. Names are stable dotted paths ("mlp.fc1.weight") built
+// from the names given at registration, so checkpoints written today load tomorrow. A parameter
+// is a leaf Variable; freezing one is `set_requires_grad(false)`, which the optimizers respect.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/variable.h"
+
+namespace attnlab {
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter with its full name, depth first in registration order.
+  std::vector<std::pair<std::string, Variable>> named_parameters() const;
+  std::vector<Variable> parameters() const;
+  int64_t num_parameters() const;
+  void zero_grad();
+
+  bool training() const { return training_; }
+  void set_training(bool on);
+
+  // Parameter values by name (shared with the module, not copied).
+  std::map<std::string, Tensor> state_dict() const;
+  // Copies values in by name. Every parameter must be present with its exact shape; names in
+  // `state` that the module lacks are errors too. Checks everything before changing anything.
+  void load_state_dict(const std::map<std::string, Tensor>& state);
+
+ protected:
+  Variable register_parameter(const std::string& name, Tensor value);
+  template <typename M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
+    children_.emplace_back(name, module);
+    return module;
+  }
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Variable>>& out) const;
+  std::vector<std::pair<std::string, Variable>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+}  // namespace attnlab

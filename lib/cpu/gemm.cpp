@@ -1,0 +1,129 @@
+#include "lib/cpu/gemm.h"
+
+#include <Eigen/Core>
+
+#include "lib/cpu/parallel.h"
+#include "lib/error.h"
+
+namespace attnlab::cpu {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Stride = Eigen::OuterStride<>;
+  using CMap = Eigen::Map<const Mat, Eigen::Unaligned, Stride>;
+  Eigen::Map<Mat, Eigen::Unaligned, Stride> c(C, M, N, Stride(ldc));
+  if (K == 0) {
+    if (beta == T(0)) c.setZero(); else c *= beta;
+    return;
+  }
+  CMap a(A, trans_a ? K : M, trans_a ? M : K, Stride(lda));
+  CMap b(B, trans_b ? N : K, trans_b ? K : N, Stride(ldb));
+  auto run = [&](const auto& opa, const auto& opb) {
+    if (beta == T(0)) {
+      c.noalias() = alpha * (opa * opb);
+    } else {
+      if (beta != T(1)) c *= beta;
+      c.noalias() += alpha * (opa * opb);
+    }
+  };
+  if (!trans_a && !trans_b) run(a, b);
+  else if (trans_a && !trans_b) run(a.transpose(), b);
+  else if (!trans_a && trans_b) run(a, b.transpose());
+  else run(a.transpose(), b.transpose());
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                          float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                           int64_t, double, double*, int64_t);
+
+Shape matmul_shape(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const char* op) {
+  AL_CHECK_SHAPE(a.ndim() >= 2 && b.ndim() >= 2, op, ": both operands need at least 2 dims; got a=", a, ", b=", b);
+  AL_CHECK_DTYPE(a.dtype() == b.dtype(), op, ": dtypes must match; got a=", a, ", b=", b);
+  const int64_t M = a.size(trans_a ? -1 : -2), Ka = a.size(trans_a ? -2 : -1);
+  const int64_t Kb = b.size(trans_b ? -1 : -2), N = b.size(trans_b ? -2 : -1);
+  AL_CHECK_SHAPE(Ka == Kb, op, ": inner dimensions must agree (", Ka, " vs ", Kb, ", trans_a=", trans_a,
+                 ", trans_b=", trans_b, "); got a=", a, ", b=", b);
+  Shape batch_a(std::vector<int64_t>(a.shape().begin(), a.shape().end() - 2));
+  Shape batch_b(std::vector<int64_t>(b.shape().begin(), b.shape().end() - 2));
+  std::vector<int64_t> out = broadcast_shapes(batch_a, batch_b, op).dims();
+  out.push_back(M);
+  out.push_back(N);
+  return Shape(std::move(out));
+}
+
+namespace {
+// A matrix operand as gemm sees it: base pointer, leading dim, and whether it is read transposed.
+// Makes the last two dims unit-stride in one direction, copying only when neither is.
+struct Operand {
+  Tensor t;
+  bool trans;
+  int64_t ld;
+};
+
+Operand as_operand(const Tensor& x, bool trans) {
+  const int64_t r = x.size(-2), c = x.size(-1);
+  const int64_t sr = x.stride(-2), sc = x.stride(-1);
+  if ((sc == 1 || c == 1) && sr >= std::max<int64_t>(c, 1)) return {x, trans, sr};
+  if ((sr == 1 || r == 1) && sc >= std::max<int64_t>(r, 1)) return {x, !trans, sc};  // column-major storage
+  Tensor packed = x.contiguous();
+  return {packed, trans, std::max<int64_t>(c, 1)};
+}
+}  // namespace
+
+void matmul_into(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double beta) {
+  const Shape shape = matmul_shape(a, b, trans_a, trans_b);
+  AL_CHECK_SHAPE(out.shape() == shape && out.is_contiguous() && out.dtype() == a.dtype(),
+                 "matmul_into: out must be contiguous ", shape, " ", a.dtype(), "; got out=", out);
+  const int64_t M = shape.at(-2), N = shape.at(-1), K = a.size(trans_a ? -2 : -1);
+  const int64_t batch = shape.numel() / std::max<int64_t>(M * N, 1);
+  const Shape batch_shape(std::vector<int64_t>(shape.begin(), shape.end() - 2));
+  // Batch strides of each operand, broadcast to the output's batch shape.
+  auto batch_strides = [&](const Tensor& x) {
+    Shape xb(std::vector<int64_t>(x.shape().begin(), x.shape().end() - 2));
+    std::vector<int64_t> xs(x.strides().begin(), x.strides().end() - 2);
+    return broadcast_strides(xb, xs, batch_shape);
+  };
+  const Operand oa = as_operand(a, trans_a), ob = as_operand(b, trans_b);
+  const std::vector<int64_t> sa = batch_strides(oa.t), sb = batch_strides(ob.t);
+  auto offsets = [&](int64_t i, int64_t& off_a, int64_t& off_b) {
+    off_a = off_b = 0;
+    for (int64_t d = batch_shape.ndim(); d-- > 0;) {
+      const int64_t idx = i % batch_shape[d];
+      i /= batch_shape[d];
+      off_a += idx * sa[static_cast<size_t>(d)];
+      off_b += idx * sb[static_cast<size_t>(d)];
+    }
+  };
+  dispatch_float(a.dtype(), "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = oa.t.template data<T>();
+    const T* pb = ob.t.template data<T>();
+    T* pc = out.data<T>();
+    auto one = [&](int64_t i) {
+      int64_t off_a, off_b;
+      offsets(i, off_a, off_b);
+      gemm<T>(oa.trans, ob.trans, M, N, K, T(1), pa + off_a, oa.ld, pb + off_b, ob.ld, static_cast<T>(beta),
+              pc + i * M * N, std::max<int64_t>(N, 1));
+    };
+    // Products under ~2 MFLOP do not feed Eigen's threads; spread the batch instead.
+    const bool small = static_cast<double>(M) * N * K < 1e6;
+    if (batch > 1 && small) {
+      parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) one(i);
+      });
+    } else {
+      for (int64_t i = 0; i < batch; ++i) one(i);
+    }
+  });
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  Tensor out = Tensor::empty(matmul_shape(a, b, trans_a, trans_b), a.dtype());
+  matmul_into(out, a, b, trans_a, trans_b, 0.0);
+  return out;
+}
+
+}  // namespace attnlab::cpu

@@ -1,0 +1,29 @@
+// CPU matrix products through Eigen (the only translation unit that instantiates Eigen's GEMM,
+// which keeps build times down).
+//
+//   gemm:   C[M, N] = alpha * op(A) @ op(B) + beta * C     row-major, leading dims lda/ldb/ldc,
+//           op(X) = X or X^T. A is [M, K] (or [K, M] when trans_a), B is [K, N] (or [N, K]).
+//   matmul: a [..., M, K] @ b [..., K, N] -> [..., M, N], batch dims broadcast; trans_a/trans_b
+//           read a as [..., K, M] / b as [..., N, K]. f32 and f64. Small products in a batch run
+//           one per thread; large ones use Eigen's own OpenMP parallel GEMM.
+#pragma once
+
+#include <cstdint>
+
+#include "lib/tensor.h"
+
+namespace attnlab::cpu {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// The result shape of matmul(a, b, trans_a, trans_b); throws ShapeError naming `op` otherwise.
+Shape matmul_shape(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const char* op = "matmul");
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+
+// out = beta * out + a @ b, with out contiguous and of shape matmul_shape(a, b, ...).
+void matmul_into(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double beta);
+
+}  // namespace attnlab::cpu

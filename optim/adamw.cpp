@@ -1,0 +1,55 @@
+#include "optim/adamw.h"
+
+#include <cmath>
+
+#include "lib/cpu/parallel.h"
+#include "lib/error.h"
+
+namespace attnlab {
+
+AdamW::AdamW(std::vector<Variable> params, AdamWConfig config) : Optimizer(std::move(params)), config_(config) {
+  AL_CHECK_CONFIG(config.lr > 0 && config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 && config.beta2 < 1 &&
+                      config.eps > 0 && config.weight_decay >= 0,
+                  "adamw: need lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0; got lr=", config.lr,
+                  ", beta1=", config.beta1, ", beta2=", config.beta2, ", eps=", config.eps,
+                  ", weight_decay=", config.weight_decay);
+  lr_ = config.lr;
+  m_.resize(params_.size());
+  v_.resize(params_.size());
+}
+
+void AdamW::step() {
+  ++t_;
+  const double c1 = 1.0 - std::pow(config_.beta1, static_cast<double>(t_));
+  const double c2 = 1.0 - std::pow(config_.beta2, static_cast<double>(t_));
+  for (size_t k = 0; k < params_.size(); ++k) {
+    Variable& p = params_[k];
+    if (!p.requires_grad() || !p.grad().defined()) continue;
+    Tensor& w = p.mutable_data();
+    AL_CHECK(w.is_contiguous(), "adamw: parameter ", w, " must be contiguous");
+    const Tensor g = p.grad().contiguous();
+    if (!m_[k].defined()) {
+      m_[k] = Tensor::zeros(w.shape(), w.dtype());
+      v_[k] = Tensor::zeros(w.shape(), w.dtype());
+    }
+    dispatch_float(w.dtype(), "adamw", [&](auto tag) {
+      using T = decltype(tag);
+      T* pw = w.data<T>();
+      const T* pg = g.data<T>();
+      T* pm = m_[k].data<T>();
+      T* pv = v_[k].data<T>();
+      const T b1 = static_cast<T>(config_.beta1), b2 = static_cast<T>(config_.beta2);
+      const T step = static_cast<T>(lr_ / c1), rc2 = static_cast<T>(1.0 / std::sqrt(c2));
+      const T eps = static_cast<T>(config_.eps), decay = static_cast<T>(lr_ * config_.weight_decay);
+      cpu::parallel_for(0, w.numel(), 1 << 15, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          pm[i] = b1 * pm[i] + (T(1) - b1) * pg[i];
+          pv[i] = b2 * pv[i] + (T(1) - b2) * pg[i] * pg[i];
+          pw[i] -= step * pm[i] / (std::sqrt(pv[i]) * rc2 + eps) + decay * pw[i];
+        }
+      });
+    });
+  }
+}
+
+}  // namespace attnlab

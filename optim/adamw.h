@@ -1,0 +1,31 @@
+// AdamW (Loshchilov & Hutter, decoupled weight decay), one fused pass per parameter:
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay p)
+// State (m, v) is f32 for f32 parameters and f64 for f64 ones; t counts steps.
+#pragma once
+
+#include "optim/optimizer.h"
+
+namespace attnlab {
+
+struct AdamWConfig {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+class AdamW : public Optimizer {
+ public:
+  AdamW(std::vector<Variable> params, AdamWConfig config);
+  void step() override;
+  int64_t steps() const { return t_; }
+
+ private:
+  AdamWConfig config_;
+  std::vector<Tensor> m_, v_;
+  int64_t t_ = 0;
+};
+
+}  // namespace attnlab

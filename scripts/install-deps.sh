@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what attnlab needs to build and test, from Debian's packages only.
+# Idempotent: packages already present are skipped, and `apt-get update` runs at most once,
+# only when something is missing. Run as root (or with sudo) on Debian 12.
+set -euo pipefail
+
+packages=(
+  build-essential      # g++ 12, make
+  cmake                # 3.25 or newer
+  pkg-config
+  libeigen3-dev        # CPU matmul (lib/)
+  libboost-program-options-dev  # recipes and the CLI
+  libgtest-dev         # tests
+  nlohmann-json3-dev   # safetensors headers, metrics
+  zlib1g-dev           # corpus extraction
+  libopenblas0-pthread # the machine's BLAS, only as the matmul benchmark's baseline
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,45 @@
+// Recipes: INI files with sections ([run] [data] [model] [optim] [train] ...), read with
+// Boost.Program_options' config-file parser. Keys are "section.key"; any key can be overridden
+// from the command line as --section.key=value. Values are typed when read; a key that is read
+// with the wrong type, or never read at all (a typo), is a ConfigError naming the file and key.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace attnlab {
+
+class Recipe {
+ public:
+  // Reads `path` and applies overrides of the form "section.key=value" (a leading "--" is fine).
+  static Recipe load(const std::string& path, const std::vector<std::string>& overrides = {});
+  // Parses INI text; `source` names it in messages.
+  static Recipe parse(const std::string& text, const std::string& source,
+                      const std::vector<std::string>& overrides = {});
+
+  bool has(const std::string& key) const { return values_.count(key) != 0; }
+  // Typed reads; the default is used (and recorded) when the key is absent.
+  std::string get_string(const std::string& key, const std::string& fallback);
+  int64_t get_int(const std::string& key, int64_t fallback);
+  double get_double(const std::string& key, double fallback);
+  bool get_bool(const std::string& key, bool fallback);
+  // Required keys: a missing one is a ConfigError.
+  std::string require_string(const std::string& key);
+
+  // Throws ConfigError for every key that nothing read, listing the keys that were read.
+  void check_all_used() const;
+  // The recipe as it ran: every key read, with the value used, as INI text.
+  std::string resolved() const;
+  const std::string& source() const { return source_; }
+
+ private:
+  const std::string* find(const std::string& key);
+  std::string source_;
+  std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> used_;  // key -> value actually used (given or default)
+};
+
+}  // namespace attnlab
