@@ -33,6 +33,23 @@ inline void check_same_device(std::string_view op, std::string_view an, const Te
                   ", ", bn, "=", b);
 }
 
+// A dim of x in [-ndim, ndim) (ndim defaults to x's), returned in [0, ndim); the message prints x:
+// "sum: dim 2 is out of range [-2, 2) for x=[2, 3] f32 cpu".
+inline int64_t check_dim(std::string_view op, int64_t dim, const Tensor& x, int64_t ndim = -1) {
+  const int64_t n = ndim < 0 ? x.ndim() : ndim;
+  AL_CHECK_SHAPE(dim >= -n && dim < n, op, ": dim ", dim, " is out of range [", -n, ", ", n, ") for x=", x);
+  return dim < 0 ? dim + n : dim;
+}
+
+// A per-channel vector (a norm's weight or bias): [C] with C the last dim of x, x's dtype and
+// device.
+inline void check_channel_vector(std::string_view op, std::string_view arg, const Tensor& v, const Tensor& x) {
+  AL_CHECK_SHAPE(v.ndim() == 1 && x.ndim() >= 1 && v.size(0) == x.size(-1), op, ": ", arg,
+                 " must be [C] with C the last dim of x; got x=", x, ", ", arg, "=", v);
+  check_same_dtype(op, "x", x, arg, v);
+  check_same_device(op, "x", x, arg, v);
+}
+
 // Runs the CPU implementation, or reports that this build has no kernel for the device.
 template <typename CpuFn>
 decltype(auto) on_device(std::string_view op, const Tensor& t, CpuFn&& cpu) {

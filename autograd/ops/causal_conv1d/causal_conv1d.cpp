@@ -16,11 +16,7 @@ void CausalConv1dOp::check(const Tensor& x, const Tensor& weight, const Tensor& 
                  ": weight must be [C, W] with C the last dim of x and W >= 1; got x=", x, ", weight=", weight);
   op::check_same_dtype(kName, "x", x, "weight", weight);
   op::check_same_device(kName, "x", x, "weight", weight);
-  if (!bias.defined()) return;
-  AL_CHECK_SHAPE(bias.ndim() == 1 && bias.size(0) == x.size(2), kName,
-                 ": bias must be [C] with C the last dim of x; got x=", x, ", bias=", bias);
-  op::check_same_dtype(kName, "x", x, "bias", bias);
-  op::check_same_device(kName, "x", x, "bias", bias);
+  if (bias.defined()) op::check_channel_vector(kName, "bias", bias, x);
 }
 
 Variable causal_conv1d(const Variable& x, const Variable& weight, const Variable& bias) {

@@ -13,10 +13,7 @@ constexpr const char* kName = "cumsum";
 
 int64_t CumsumOp::check(const Tensor& x, int64_t dim) {
   op::check_float(kName, "x", x);
-  const int64_t nd = std::max<int64_t>(x.ndim(), 1);
-  const int64_t d = dim < 0 ? dim + nd : dim;
-  AL_CHECK_SHAPE(d >= 0 && d < nd, kName, ": dim ", dim, " is out of range [", -nd, ", ", nd, ") for x=", x);
-  return d;
+  return op::check_dim(kName, dim, x, std::max<int64_t>(x.ndim(), 1));  // a 0-d x scans as [1]
 }
 
 Variable cumsum(const Variable& x, int64_t dim) {

@@ -38,9 +38,7 @@ int64_t IndexSelectOp::check(const Tensor& x, int64_t dim, const Tensor& index) 
   AL_CHECK_DTYPE(index.dtype() == DType::i32, "index_select: index must be i32; got index=", index, " for x=", x);
   AL_CHECK_SHAPE(index.ndim() == 1, "index_select: index must be 1-D [K]; got index=", index, " for x=", x);
   op::check_same_device("index_select", "x", x, "index", index);
-  const int64_t n = x.ndim();
-  AL_CHECK_SHAPE(dim >= -n && dim < n, "index_select: dim ", dim, " is out of range [", -n, ", ", n, ") for x=", x);
-  return dim < 0 ? dim + n : dim;
+  return op::check_dim("index_select", dim, x);
 }
 
 void IndexSelectOp::check_embedding(const Tensor& weight, const Tensor& ids) {

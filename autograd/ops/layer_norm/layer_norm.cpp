@@ -12,15 +12,8 @@ constexpr std::string_view kName = "layer_norm";
 void LayerNormOp::check(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   op::check_float(kName, "x", x);
   AL_CHECK_SHAPE(x.ndim() >= 1, kName, ": x must be [*, C] with at least one dim; got x=", x);
-  AL_CHECK_SHAPE(weight.ndim() == 1 && weight.size(0) == x.size(-1), kName,
-                 ": weight must be [C] with C the last dim of x; got x=", x, ", weight=", weight);
-  op::check_same_dtype(kName, "x", x, "weight", weight);
-  op::check_same_device(kName, "x", x, "weight", weight);
-  if (!bias.defined()) return;
-  AL_CHECK_SHAPE(bias.ndim() == 1 && bias.size(0) == x.size(-1), kName,
-                 ": bias must be [C] with C the last dim of x; got x=", x, ", bias=", bias);
-  op::check_same_dtype(kName, "x", x, "bias", bias);
-  op::check_same_device(kName, "x", x, "bias", bias);
+  op::check_channel_vector(kName, "weight", weight, x);
+  if (bias.defined()) op::check_channel_vector(kName, "bias", bias, x);
 }
 
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {

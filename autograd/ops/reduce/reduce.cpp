@@ -60,8 +60,7 @@ std::vector<bool> ReduceOp::check(ReduceKind kind, const Tensor& x, const std::v
   const int64_t nd = x.ndim();
   std::vector<bool> reduce(static_cast<size_t>(nd), false);
   for (int64_t d : dims) {
-    AL_CHECK_SHAPE(d >= -nd && d < nd, name, ": dim ", d, " is out of range for x with ", nd, " dims; got x=", x);
-    const size_t k = static_cast<size_t>(d < 0 ? d + nd : d);
+    const size_t k = static_cast<size_t>(op::check_dim(name, d, x));
     AL_CHECK_SHAPE(!reduce[k], name, ": dims ", Shape(dims), " name dim ", k, " twice; got x=", x);
     reduce[k] = true;
   }

@@ -12,10 +12,7 @@ constexpr std::string_view kName = "rms_norm";
 void RmsNormOp::check(const Tensor& x, const Tensor& weight) {
   op::check_float(kName, "x", x);
   AL_CHECK_SHAPE(x.ndim() >= 1, kName, ": x must be [*, C] with at least one dim; got x=", x);
-  AL_CHECK_SHAPE(weight.ndim() == 1 && weight.size(0) == x.size(-1), kName,
-                 ": weight must be [C] with C the last dim of x; got x=", x, ", weight=", weight);
-  op::check_same_dtype(kName, "x", x, "weight", weight);
-  op::check_same_device(kName, "x", x, "weight", weight);
+  op::check_channel_vector(kName, "weight", weight, x);
 }
 
 Variable rms_norm(const Variable& x, const Variable& weight, double eps) {

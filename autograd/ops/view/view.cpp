@@ -24,12 +24,6 @@ void check_defined(std::string_view name, const Variable& x) {
   AL_CHECK(x.defined(), name, ": x is an undefined Variable; expected a tensor x [*]");
 }
 
-// dim in [-ndim, ndim), returned in [0, ndim).
-int64_t check_dim(std::string_view name, int64_t dim, const Tensor& x) {
-  const int64_t n = x.ndim();
-  AL_CHECK_SHAPE(dim >= -n && dim < n, name, ": dim ", dim, " is out of range [", -n, ", ", n, ") for x=", x);
-  return dim < 0 ? dim + n : dim;
-}
 
 // Whether x's elements, in row-major order, can be addressed as shape `to` (same numel) by
 // strides alone. x's dims, size-1 dims aside, fall into runs that are contiguous among
@@ -136,7 +130,7 @@ std::vector<int64_t> ViewOp::check_permute(std::string_view name, const Tensor& 
 }
 
 SliceArgs ViewOp::check_narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
-  const int64_t d = check_dim("narrow", dim, x);
+  const int64_t d = op::check_dim("narrow", dim, x);
   const int64_t n = x.size(d);
   const int64_t s = start < 0 ? start + n : start;
   AL_CHECK_SHAPE(length >= 0, "narrow: length must be >= 0; got ", length, " for x=", x);
@@ -146,7 +140,7 @@ SliceArgs ViewOp::check_narrow(const Tensor& x, int64_t dim, int64_t start, int6
 }
 
 SliceArgs ViewOp::check_slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step) {
-  const int64_t d = check_dim("slice", dim, x);
+  const int64_t d = op::check_dim("slice", dim, x);
   AL_CHECK_SHAPE(step >= 1, "slice: step must be >= 1; got step=", step, " for x=", x);
   const int64_t n = x.size(d);
   if (start < 0) start += n;
@@ -176,8 +170,8 @@ Variable permute(const Variable& x, const std::vector<int64_t>& dims) {
 
 Variable transpose(const Variable& x, int64_t d0, int64_t d1) {
   check_defined("transpose", x);
-  const int64_t a = check_dim("transpose", d0, x.data());
-  const int64_t b = check_dim("transpose", d1, x.data());
+  const int64_t a = op::check_dim("transpose", d0, x.data());
+  const int64_t b = op::check_dim("transpose", d1, x.data());
   std::vector<int64_t> perm(static_cast<size_t>(x.ndim()));
   std::iota(perm.begin(), perm.end(), int64_t{0});
   std::swap(perm[static_cast<size_t>(a)], perm[static_cast<size_t>(b)]);
