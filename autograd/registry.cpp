@@ -22,15 +22,6 @@ const OpInfo& OpRegistry::get(std::string_view name) const {
   detail::throw_error<ConfigError>("unknown op '", name, "'; registered ops: ", names.str());
 }
 
-const OpRegistry& op_registry() {
-  static const OpRegistry registry = [] {
-    OpRegistry r;
-    register_all_ops(r);
-    return r;
-  }();
-  return registry;
-}
-
 Tensor sample_randn(const Shape& shape, uint64_t seed, double scale) {
   Generator gen(seed);
   Tensor t = Tensor::empty(shape, DType::f64);

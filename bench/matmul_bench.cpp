@@ -1,5 +1,6 @@
-// f32 matmul throughput: attnlab's Eigen GEMM beside the machine's BLAS (if one is installed),
-// on all cores, at 512^3 and 1024^3 (or the sizes given as arguments).
+// f32 matmul throughput on all cores, at 512^3 and 1024^3 (or the sizes given as arguments):
+// attnlab's cpu::gemm (OpenBLAS for large products when the build found it), its Eigen path
+// alone, and the machine's BLAS called directly (if one is installed).
 //
 //   build/bench/matmul_bench [N ...]
 //
@@ -70,7 +71,7 @@ int main(int argc, char** argv) {
   const Blas blas = find_blas();
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   std::printf("f32 GEMM C = A B (row-major, square), %d threads, median of repetitions\n", cpu::max_threads());
-  std::printf("BLAS baseline: %s%s%s\n", blas.sgemm ? blas.name.c_str() : "none found (install libopenblas0-pthread)",
+  std::printf("BLAS baseline: %s%s%s\n", blas.sgemm ? blas.name.c_str() : "none found (install libopenblas-openmp-dev)",
               coretype ? ", OPENBLAS_CORETYPE=" : "", coretype ? coretype : "");
   for (int64_t n : sizes) {
     Generator gen(1);
@@ -81,7 +82,14 @@ int main(int argc, char** argv) {
     const double t_ours = median_seconds(
         [&] { cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f, c.data<float>(), n); },
         reps);
-    std::printf("%5lld^3  attnlab (Eigen) %7.1f GFLOP/s", static_cast<long long>(n), flops / t_ours * 1e-9);
+    const double t_eigen = median_seconds(
+        [&] {
+          cpu::gemm_eigen<float>(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
+                                 c.data<float>(), n);
+        },
+        reps);
+    std::printf("%5lld^3  attnlab gemm (%s) %7.1f GFLOP/s   Eigen %7.1f GFLOP/s", static_cast<long long>(n),
+                cpu::gemm_backend(), flops / t_ours * 1e-9, flops / t_eigen * 1e-9);
     if (blas.sgemm) {
       const int ni = static_cast<int>(n);
       const double t_blas = median_seconds(
@@ -90,7 +98,8 @@ int main(int argc, char** argv) {
                        c.data<float>(), ni);
           },
           reps);
-      std::printf("   BLAS %7.1f GFLOP/s   ratio attnlab/BLAS %.2f", flops / t_blas * 1e-9, t_blas / t_ours);
+      std::printf("   BLAS %7.1f GFLOP/s   ratio attnlab/BLAS %.2f, Eigen/BLAS %.2f", flops / t_blas * 1e-9,
+                  t_blas / t_ours, t_blas / t_eigen);
     }
     std::printf("\n");
   }

@@ -1,18 +1,12 @@
 #include "lib/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <bit>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <vector>
 
 #include "lib/error.h"
+#include "lib/file_io.h"
 
 namespace attnlab {
 
@@ -74,39 +68,10 @@ std::string serialize_safetensors(const std::map<std::string, Tensor>& tensors,
 
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  const std::string bytes = serialize_safetensors(tensors, metadata);
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  AL_CHECK_IO(fd >= 0, "safetensors: cannot create '", tmp, "': ", std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      detail::throw_error<IoError>("safetensors: writing '", tmp, "' failed: ", std::strerror(err));
-    }
-    done += static_cast<size_t>(w);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const bool closed = ::close(fd) == 0;
-  if (!synced || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    detail::throw_error<IoError>("safetensors: could not complete '", path, "': ", std::strerror(err));
-  }
+  write_file_atomic(path, serialize_safetensors(tensors, metadata));
 }
 
-SafetensorsFile load_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  AL_CHECK_IO(in.good(), "safetensors: cannot open '", path, "': ", std::strerror(errno));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  AL_CHECK_IO(!in.bad(), "safetensors: reading '", path, "' failed");
-  return parse_safetensors(buf.str(), path);
-}
+SafetensorsFile load_safetensors(const std::string& path) { return parse_safetensors(read_file(path), path); }
 
 SafetensorsFile parse_safetensors(std::string_view bytes, std::string_view source) {
   auto fail = [&](const auto&... parts) { detail::throw_error<IoError>("safetensors file '", source, "': ", parts...); };

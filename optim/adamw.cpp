@@ -7,7 +7,11 @@
 
 namespace attnlab {
 
-AdamW::AdamW(std::vector<Variable> params, AdamWConfig config) : Optimizer(std::move(params)), config_(config) {
+AdamW::AdamW(std::vector<Variable> params, AdamWConfig config, std::vector<bool> decay)
+    : Optimizer(std::move(params)), config_(config), decay_(std::move(decay)) {
+  if (decay_.empty()) decay_.assign(params_.size(), true);
+  AL_CHECK_CONFIG(decay_.size() == params_.size(), "adamw: decay mask has ", decay_.size(), " entries for ",
+                  params_.size(), " parameters");
   AL_CHECK_CONFIG(config.lr > 0 && config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 && config.beta2 < 1 &&
                       config.eps > 0 && config.weight_decay >= 0,
                   "adamw: need lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0; got lr=", config.lr,
@@ -40,7 +44,8 @@ void AdamW::step() {
       T* pv = v_[k].data<T>();
       const T b1 = static_cast<T>(config_.beta1), b2 = static_cast<T>(config_.beta2);
       const T step = static_cast<T>(lr_ / c1), rc2 = static_cast<T>(1.0 / std::sqrt(c2));
-      const T eps = static_cast<T>(config_.eps), decay = static_cast<T>(lr_ * config_.weight_decay);
+      const T eps = static_cast<T>(config_.eps);
+      const T decay = decay_[k] ? static_cast<T>(lr_ * config_.weight_decay) : T(0);
       cpu::parallel_for(0, w.numel(), 1 << 15, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           pm[i] = b1 * pm[i] + (T(1) - b1) * pg[i];
@@ -50,6 +55,27 @@ void AdamW::step() {
       });
     });
   }
+}
+
+std::map<std::string, Tensor> AdamW::state() const {
+  std::map<std::string, Tensor> s;
+  detail::save_slots(s, "m.", m_);
+  detail::save_slots(s, "v.", v_);
+  s["t"] = Tensor::scalar(static_cast<double>(t_), DType::f64);
+  return s;
+}
+
+void AdamW::load_state(const std::map<std::string, Tensor>& state) {
+  auto t = state.find("t");
+  AL_CHECK_CONFIG(t != state.end() && t->second.numel() == 1, "adamw: optimizer state has no step count 't'");
+  std::vector<Tensor> m, v;
+  detail::load_slots(state, "m.", params_, m, "adamw");
+  detail::load_slots(state, "v.", params_, v, "adamw");
+  for (size_t i = 0; i < params_.size(); ++i)
+    AL_CHECK_CONFIG(m[i].defined() == v[i].defined(), "adamw: optimizer state has only one of m.", i, " and v.", i);
+  m_ = std::move(m);
+  v_ = std::move(v);
+  t_ = static_cast<int64_t>(t->second.item<double>());
 }
 
 }  // namespace attnlab

@@ -1,7 +1,9 @@
 // AdamW (Loshchilov & Hutter, decoupled weight decay), one fused pass per parameter:
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay p)
-// State (m, v) is f32 for f32 parameters and f64 for f64 ones; t counts steps.
+// State (m, v) is f32 for f32 parameters and f64 for f64 ones; t counts steps. Weight decay
+// applies to the parameters `decay` marks (all when it is empty): transformers leave norms,
+// biases and embeddings undecayed.
 #pragma once
 
 #include "optim/optimizer.h"
@@ -18,12 +20,16 @@ struct AdamWConfig {
 
 class AdamW : public Optimizer {
  public:
-  AdamW(std::vector<Variable> params, AdamWConfig config);
+  AdamW(std::vector<Variable> params, AdamWConfig config, std::vector<bool> decay = {});
   void step() override;
   int64_t steps() const { return t_; }
+  // "m.<i>", "v.<i>" per parameter index, and "t" (the step count, an f64 scalar).
+  std::map<std::string, Tensor> state() const override;
+  void load_state(const std::map<std::string, Tensor>& state) override;
 
  private:
   AdamWConfig config_;
+  std::vector<bool> decay_;
   std::vector<Tensor> m_, v_;
   int64_t t_ = 0;
 };

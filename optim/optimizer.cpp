@@ -16,7 +16,7 @@ void Optimizer::zero_grad() {
   for (Variable& p : params_) p.zero_grad();
 }
 
-double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
+double grad_norm(const std::vector<Variable>& params) {
   double sq = 0.0;
   for (const Variable& p : params) {
     if (!p.grad().defined()) continue;
@@ -34,8 +34,12 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
           [](double a, double b) { return a + b; });
     });
   }
-  const double norm = std::sqrt(sq);
-  if (norm > max_norm && norm > 0) {
+  return std::sqrt(sq);
+}
+
+double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
+  const double norm = grad_norm(params);
+  if (std::isfinite(norm) && norm > max_norm && norm > 0) {
     const double scale = max_norm / norm;
     for (const Variable& p : params) {
       if (!p.grad().defined()) continue;
@@ -49,5 +53,34 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
   }
   return norm;
 }
+
+namespace detail {
+
+void save_slots(std::map<std::string, Tensor>& state, const std::string& prefix, const std::vector<Tensor>& slots) {
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (slots[i].defined()) state[prefix + std::to_string(i)] = slots[i];
+}
+
+void load_slots(const std::map<std::string, Tensor>& state, const std::string& prefix,
+                const std::vector<Variable>& params, std::vector<Tensor>& slots, const char* who) {
+  std::vector<Tensor> loaded(params.size());
+  for (const auto& [key, t] : state) {
+    if (key.rfind(prefix, 0) != 0) continue;
+    size_t i = 0;
+    try {
+      i = std::stoul(key.substr(prefix.size()));
+    } catch (const std::exception&) {
+      detail::throw_error<ConfigError>(who, ": unexpected state entry '", key, "'");
+    }
+    AL_CHECK_CONFIG(i < params.size(), who, ": state entry '", key, "' is for parameter ", i, " but there are ",
+                    params.size(), " parameters");
+    AL_CHECK_SHAPE(t.shape() == params[i].shape() && t.dtype() == params[i].dtype(), who, ": state entry '", key,
+                   "' is ", t, "; parameter ", i, " is ", params[i].str());
+    loaded[i] = t.clone();
+  }
+  slots = std::move(loaded);
+}
+
+}  // namespace detail
 
 }  // namespace attnlab

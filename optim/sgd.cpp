@@ -38,4 +38,14 @@ void Sgd::step() {
   }
 }
 
+std::map<std::string, Tensor> Sgd::state() const {
+  std::map<std::string, Tensor> s;
+  detail::save_slots(s, "velocity.", velocity_);
+  return s;
+}
+
+void Sgd::load_state(const std::map<std::string, Tensor>& state) {
+  detail::load_slots(state, "velocity.", params_, velocity_, "sgd");
+}
+
 }  // namespace attnlab

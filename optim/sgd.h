@@ -16,6 +16,9 @@ class Sgd : public Optimizer {
  public:
   Sgd(std::vector<Variable> params, SgdConfig config);
   void step() override;
+  // "velocity.<i>" per parameter index (when momentum is on).
+  std::map<std::string, Tensor> state() const override;
+  void load_state(const std::map<std::string, Tensor>& state) override;
 
  private:
   SgdConfig config_;

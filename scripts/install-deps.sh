@@ -13,7 +13,7 @@ packages=(
   libgtest-dev         # tests
   nlohmann-json3-dev   # safetensors headers, metrics
   zlib1g-dev           # corpus extraction
-  libopenblas0-pthread # the machine's BLAS, only as the matmul benchmark's baseline
+  libopenblas-openmp-dev  # large matmuls (OpenMP build: shares attnlab's threads)
 )
 
 missing=()
@@ -25,12 +25,14 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The default corpus: Jane Austen's novels from r-cran-janeaustenr (downloaded, never installed).
+"$(dirname "${BASH_SOURCE[0]}")/fetch-corpus.sh"

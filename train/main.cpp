@@ -1,11 +1,16 @@
 // The attnlab command line.
 //
-//   attnlab demo [RECIPE.ini] [--section.key=value ...]   train and sample the core demo model
+//   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
+//   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
+//   attnlab eval RUN_OR_CHECKPOINT [--batches N]
 //   attnlab gradcheck [OP ...]                              float64 gradcheck of registered ops
 //   attnlab ops                                             list the registered ops
 //
 // Exit codes: 0 success; 2 a user error (bad recipe key or value, missing or malformed file,
 // unknown name) with one line on stderr; 1 any other failure.
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -13,8 +18,9 @@
 
 #include "autograd/gradcheck.h"
 #include "autograd/registry.h"
+#include "layers/all_ops.h"
 #include "lib/error.h"
-#include "train/demo.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -22,9 +28,12 @@ constexpr const char* kUsage =
     "usage: attnlab <command> [args]\n"
     "\n"
     "commands:\n"
-    "  demo [RECIPE.ini] [--section.key=value ...]\n"
-    "                      train a byte-level MLP language model on a text file and sample it\n"
-    "                      (defaults: recipes/demo.ini keys; see README.md)\n"
+    "  train RECIPE.ini [--section.key=value ...] [--resume]\n"
+    "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints)\n"
+    "  sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]\n"
+    "                      generate text from a checkpoint (a run directory means its latest)\n"
+    "  eval RUN_OR_CHECKPOINT [--batches N]\n"
+    "                      validation loss and perplexity of a checkpoint\n"
     "  gradcheck [OP ...]  float64 central-difference gradcheck of the named (default: all) ops\n"
     "  ops                 list the registered differentiable ops\n"
     "  help                this text\n";
@@ -33,22 +42,67 @@ struct UsageError : attnlab::ConfigError {
   using ConfigError::ConfigError;
 };
 
-int cmd_demo(const std::vector<std::string>& args) {
+int cmd_train(const std::vector<std::string>& args) {
   std::string path;
   std::vector<std::string> overrides;
+  attnlab::TrainOptions options;
+  options.interactive = ::isatty(::fileno(stdout)) != 0;
   for (const std::string& a : args) {
-    if (a.rfind("--", 0) == 0) overrides.push_back(a);
+    if (a == "--resume") options.resume = true;
+    else if (a.rfind("--", 0) == 0) overrides.push_back(a);
     else if (path.empty()) path = a;
-    else throw UsageError("demo: more than one recipe given ('" + path + "' and '" + a + "')");
+    else throw UsageError("train: more than one recipe given ('" + path + "' and '" + a + "')");
   }
-  attnlab::Recipe recipe = path.empty() ? attnlab::Recipe::parse("", "<defaults>", overrides)
-                                        : attnlab::Recipe::load(path, overrides);
-  attnlab::run_demo(recipe, std::cout);
+  if (path.empty()) throw UsageError("train: no recipe given; usage: attnlab train RECIPE.ini [--section.key=value ...]");
+  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
+  attnlab::run_train(recipe, options, std::cout);
+  return 0;
+}
+
+int cmd_sample(const std::vector<std::string>& args) {
+  namespace po = boost::program_options;
+  attnlab::SampleCommand cmd;
+  po::options_description desc("sample options");
+  desc.add_options()("checkpoint", po::value(&cmd.checkpoint)->required(), "run directory or checkpoint")(
+      "prompt", po::value(&cmd.prompt), "text to continue")("tokens", po::value(&cmd.tokens), "tokens to generate")(
+      "temperature", po::value(&cmd.temperature), "softmax temperature")("top_k", po::value(&cmd.top_k),
+                                                                          "sample from the k most likely (0: all)")(
+      "seed", po::value(&cmd.seed), "random seed");
+  po::positional_options_description pos;
+  pos.add("checkpoint", 1);
+  try {
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string("sample: ") + e.what());
+  }
+  attnlab::run_sample(cmd, std::cout);
+  return 0;
+}
+
+int cmd_eval(const std::vector<std::string>& args) {
+  namespace po = boost::program_options;
+  std::string checkpoint;
+  int64_t batches = -1;
+  po::options_description desc("eval options");
+  desc.add_options()("checkpoint", po::value(&checkpoint)->required(), "run directory or checkpoint")(
+      "batches", po::value(&batches), "evaluate only the first N validation batches");
+  po::positional_options_description pos;
+  pos.add("checkpoint", 1);
+  try {
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string("eval: ") + e.what());
+  }
+  attnlab::run_eval(checkpoint, batches, std::cout);
   return 0;
 }
 
 int cmd_gradcheck(const std::vector<std::string>& args) {
-  const attnlab::OpRegistry& registry = attnlab::op_registry();
+  const attnlab::OpRegistry& registry = attnlab::all_ops();
   std::vector<const attnlab::OpInfo*> ops;
   if (args.empty())
     for (const attnlab::OpInfo& o : registry.ops()) ops.push_back(&o);
@@ -65,7 +119,7 @@ int cmd_gradcheck(const std::vector<std::string>& args) {
 }
 
 int cmd_ops() {
-  for (const attnlab::OpInfo& o : attnlab::op_registry().ops()) std::cout << o.name << "\n";
+  for (const attnlab::OpInfo& o : attnlab::all_ops().ops()) std::cout << o.name << "\n";
   return 0;
 }
 
@@ -80,14 +134,16 @@ int main(int argc, char** argv) {
   const std::string cmd = all[0];
   const std::vector<std::string> args(all.begin() + 1, all.end());
   try {
-    if (cmd == "demo") return cmd_demo(args);
+    if (cmd == "train") return cmd_train(args);
+    if (cmd == "sample") return cmd_sample(args);
+    if (cmd == "eval") return cmd_eval(args);
     if (cmd == "gradcheck") return cmd_gradcheck(args);
     if (cmd == "ops") return cmd_ops();
     if (cmd == "help" || cmd == "--help" || cmd == "-h") {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd + "'; commands: demo, gradcheck, ops, help");
+    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, gradcheck, ops, help");
   } catch (const attnlab::ConfigError& e) {
     std::cerr << "attnlab: " << e.what() << "\n";
     return 2;

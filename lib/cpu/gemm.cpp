@@ -2,14 +2,18 @@
 
 #include <Eigen/Core>
 
+#if ATTNLAB_WITH_BLAS
+#include <cblas.h>
+#endif
+
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 
 namespace attnlab::cpu {
 
 template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm_eigen(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Stride = Eigen::OuterStride<>;
   using CMap = Eigen::Map<const Mat, Eigen::Unaligned, Stride>;
@@ -34,6 +38,47 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   else run(a.transpose(), b.transpose());
 }
 
+#if ATTNLAB_WITH_BLAS
+namespace {
+// Below this many multiply-adds OpenBLAS's dispatch costs more than Eigen's inlined kernel.
+constexpr double kBlasMinWork = 32.0 * 32.0 * 32.0;
+
+CBLAS_TRANSPOSE cblas_op(bool trans) { return trans ? CblasTrans : CblasNoTrans; }
+
+void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, cblas_op(ta), cblas_op(tb), static_cast<blasint>(M), static_cast<blasint>(N),
+              static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
+              static_cast<blasint>(ldc));
+}
+void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+               const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, cblas_op(ta), cblas_op(tb), static_cast<blasint>(M), static_cast<blasint>(N),
+              static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
+              static_cast<blasint>(ldc));
+}
+}  // namespace
+#endif
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+#if ATTNLAB_WITH_BLAS
+  // BLAS wants leading dims >= 1 even for empty operands; Eigen handles those cases.
+  if (static_cast<double>(M) * N * K >= kBlasMinWork && lda > 0 && ldb > 0 && ldc > 0) {
+    blas_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
+  gemm_eigen(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+const char* gemm_backend() { return ATTNLAB_WITH_BLAS ? "OpenBLAS" : "Eigen"; }
+
+template void gemm_eigen<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                                int64_t, float, float*, int64_t);
+template void gemm_eigen<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                                 const double*, int64_t, double, double*, int64_t);
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                           float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,

@@ -1,5 +1,6 @@
-// CPU matrix products through Eigen (the only translation unit that instantiates Eigen's GEMM,
-// which keeps build times down).
+// CPU matrix products: OpenBLAS for products of 32^3 multiply-adds and more when the build found
+// it (ATTNLAB_BLAS, cmake/Dependencies.cmake), Eigen otherwise. This is the only translation unit
+// that instantiates Eigen's GEMM, which keeps build times down.
 //
 //   gemm:   C[M, N] = alpha * op(A) @ op(B) + beta * C     row-major, leading dims lda/ldb/ldc,
 //           op(X) = X or X^T. A is [M, K] (or [K, M] when trans_a), B is [K, N] (or [N, K]).
@@ -17,6 +18,14 @@ namespace attnlab::cpu {
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// The same product through Eigen alone (the benchmark's second column).
+template <typename T>
+void gemm_eigen(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// "OpenBLAS" or "Eigen": what gemm uses for large products in this build.
+const char* gemm_backend();
 
 // The result shape of matmul(a, b, trans_a, trans_b); throws ShapeError naming `op` otherwise.
 Shape matmul_shape(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const char* op = "matmul");

@@ -1,4 +1,4 @@
-// The generic tests over the op registry: every registered op must have samples, pass a float64
+// The generic tests over every registered op (primitives and attention variants, all_ops()): every registered op must have samples, pass a float64
 // gradcheck on each, agree between f32 and f64, and reject misuse with a message that names the
 // op and prints shapes. Each op writes its gradcheck line to $ATTNLAB_REPORT_DIR/gradcheck/<op>.txt,
 // which scripts/test.sh prints as one table.
@@ -13,6 +13,7 @@
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
 #include "autograd/registry.h"
+#include "layers/all_ops.h"
 #include "lib/rng.h"
 
 namespace attnlab {
@@ -20,7 +21,7 @@ namespace {
 
 std::vector<std::string> op_names() {
   std::vector<std::string> names;
-  for (const OpInfo& o : op_registry().ops()) names.push_back(o.name);
+  for (const OpInfo& o : all_ops().ops()) names.push_back(o.name);
   return names;
 }
 
@@ -31,13 +32,13 @@ std::filesystem::path report_dir() {
 
 class OpTest : public ::testing::TestWithParam<std::string> {
  protected:
-  const OpInfo& op() const { return op_registry().get(GetParam()); }
+  const OpInfo& op() const { return all_ops().get(GetParam()); }
 };
 
 TEST(OpRegistry, HasTheCoreOps) {
   // A registry that silently lost a folder would still pass the per-op tests; pin a few names.
-  for (const char* name : {"exp", "gelu", "add", "matmul", "sum", "softmax", "cross_entropy", "layer_norm"})
-    EXPECT_NO_THROW(op_registry().get(name)) << name;
+  for (const char* name : {"exp", "gelu", "add", "matmul", "sum", "softmax", "cross_entropy", "layer_norm", "rope", "softmax_attention"})
+    EXPECT_NO_THROW(all_ops().get(name)) << name;
 }
 
 TEST_P(OpTest, GradcheckFloat64) {

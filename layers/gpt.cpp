@@ -1,0 +1,200 @@
+#include "layers/gpt.h"
+
+#include <cmath>
+
+#include "autograd/grad_mode.h"
+#include "autograd/ops.h"
+
+namespace attnlab {
+
+namespace {
+
+// The container behind "h.<i>": numbered children and nothing else.
+class ModuleList : public Module {
+ public:
+  template <typename M>
+  std::shared_ptr<M> add(std::shared_ptr<M> module) {
+    return register_module(std::to_string(size_++), std::move(module));
+  }
+
+ private:
+  int64_t size_ = 0;
+};
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+void check_choice(const char* field, const std::string& value, const std::vector<std::string>& valid) {
+  for (const std::string& v : valid)
+    if (v == value) return;
+  AL_CHECK_CONFIG(false, "GptConfig: ", field, " = '", value, "' is not known; valid: ", join(valid));
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+// ---- config ---------------------------------------------------------------------------------
+
+void GptConfig::validate() const {
+  auto positive = [](const char* field, int64_t v) {
+    AL_CHECK_CONFIG(v > 0, "GptConfig: ", field, " must be > 0; got ", v);
+  };
+  positive("vocab_size", vocab_size);
+  positive("vocab_pad", vocab_pad);
+  positive("context", context);
+  positive("layers", layers);
+  positive("d_model", d_model);
+  positive("heads", heads);
+  AL_CHECK_CONFIG(mlp_hidden >= 0, "GptConfig: mlp_hidden must be >= 0 (0 = 4 * d_model); got ", mlp_hidden);
+  AL_CHECK_CONFIG(d_model % heads == 0, "GptConfig: d_model = ", d_model, " must be a multiple of heads = ", heads,
+                  " (head dim = d_model / heads)");
+  check_choice("norm", norm, {"layernorm", "rmsnorm"});
+  check_choice("mlp", mlp, {"gelu", "swiglu"});
+  check_choice("positions", positions, {"learned", "rope"});
+  check_choice("attention", attention, attention_variants());
+  if (positions == "rope") {
+    AL_CHECK_CONFIG(head_dim() % 2 == 0, "GptConfig: positions = rope needs an even head dim; got d_model / heads = ",
+                    d_model, " / ", heads, " = ", head_dim());
+    AL_CHECK_CONFIG(rope_base > 0 && std::isfinite(rope_base), "GptConfig: rope_base must be > 0; got ", rope_base);
+  }
+  // Written so that NaN fails too.
+  AL_CHECK_CONFIG(dropout >= 0.0 && dropout < 1.0, "GptConfig: dropout must be in [0, 1); got ", dropout);
+}
+
+int64_t GptConfig::padded_vocab() const {
+  const int64_t pad = vocab_pad > 0 ? vocab_pad : 1;
+  return (vocab_size + pad - 1) / pad * pad;
+}
+
+// ---- block ----------------------------------------------------------------------------------
+
+GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype) : dropout_(c.dropout) {
+  AttentionBlockConfig ac;
+  ac.d_model = c.d_model;
+  ac.heads = c.heads;
+  ac.bias = c.bias;
+  ac.rope = c.positions == "rope";
+  ac.rope_base = c.rope_base;
+  ac.attention = c.attention;
+  // Registration order is the peer's (and so the checkpoint's): ln_1, attn, ln_2, mlp.
+  ln_1_ = register_module("ln_1", make_norm(c.norm, c.d_model, c.bias, dtype));
+  attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(ac, gen, dtype));
+  ln_2_ = register_module("ln_2", make_norm(c.norm, c.d_model, c.bias, dtype));
+  mlp_ = register_module("mlp", make_mlp(c.mlp, c.d_model, c.hidden(), c.bias, gen, dtype));
+}
+
+Variable GptBlock::forward(const Variable& x, Generator* gen) const {
+  auto drop = [&](const Variable& y) { return gen && dropout_ > 0 ? dropout(y, dropout_, *gen) : y; };
+  const Variable h = add(x, drop(attn_->forward(ln_1_->forward(x))));
+  return add(h, drop(mlp_->forward(ln_2_->forward(h))));
+}
+
+Variable GptBlock::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
+  const Variable h = add(x, attn_->forward_cached(ln_1_->forward(x), slot, length));
+  return add(h, mlp_->forward(ln_2_->forward(h)));
+}
+
+// ---- model ----------------------------------------------------------------------------------
+
+Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config), dtype_(dtype) {
+  config.validate();
+  AL_CHECK_DTYPE(dtype == DType::f32 || dtype == DType::f64, "Gpt: dtype must be f32 or f64; got ", dtype);
+  const int64_t C = config.d_model, Vp = config.padded_vocab();
+  // The layers draw their own default init from a scratch stream; the GPT-2 init below is the
+  // only thing drawn from `gen`, so a model is a function of (config, gen) alone.
+  Generator scratch(gen.seed() ^ 0x9E3779B97F4A7C15ull, 0);
+  wte_ = register_module("wte", std::make_shared<Embedding>(Vp, C, scratch, dtype));
+  if (config.positions == "learned")
+    wpe_ = register_module("wpe", std::make_shared<LearnedPositions>(config.context, C, scratch, dtype));
+  auto h = register_module("h", std::make_shared<ModuleList>());
+  for (int64_t i = 0; i < config.layers; ++i) blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype)));
+  ln_f_ = register_module("ln_f", make_norm(config.norm, C, config.bias, dtype));
+  if (!config.tie_embeddings)
+    lm_head_ = register_module("lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype));
+
+  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(config.layers));
+  for (auto& [name, p] : named_parameters()) {
+    Tensor& t = p.mutable_data();
+    if (ends_with(name, "c_proj.weight"))
+      fill_normal(t, gen, 0.0, proj_std);
+    else if (t.ndim() == 2)  // every other Linear and Embedding weight
+      fill_normal(t, gen, 0.0, 0.02);
+    else if (ends_with(name, ".bias"))
+      t.zero_();
+    else  // norm weights
+      t.fill_(1.0);
+  }
+}
+
+Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const {
+  AL_CHECK_DTYPE(ids.defined() && ids.dtype() == DType::i32, who, ": ids must be i32 [B, T]; got ids=",
+                 ids.defined() ? ids.str() : std::string("undefined"));
+  AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) > 0 && ids.size(1) > 0, who,
+                 ": ids must be [B, T] with B, T >= 1; got ids=", ids.str());
+  const int64_t T = ids.size(1);
+  AL_CHECK_SHAPE(offset + T <= config_.context, who, ": positions [", offset, ", ", offset + T,
+                 ") do not fit the context of ", config_.context, " (ids=", ids.str(),
+                 offset > 0 ? ", after the cached positions" : "", ")");
+  // Padded ids would be accepted by the table; they are not tokens.
+  const BadIndex bad = IndexSelectOp::find_bad_index(CpuTag{}, ids.data().contiguous(), config_.vocab_size);
+  AL_CHECK_SHAPE(!bad.found(), who, ": token id ", bad.value, " at position ", bad.pos,
+                 " is outside the vocabulary [0, ", config_.vocab_size, ") for ids=", ids.str());
+  Variable x = wte_->forward(ids);  // [B, T, C]
+  if (wpe_) x = add(x, wpe_->forward(offset, T));
+  return x;
+}
+
+Variable Gpt::head(const Variable& x) const {
+  const Variable y = ln_f_->forward(x);
+  if (lm_head_) return lm_head_->forward(y);
+  const int64_t B = y.size(0), T = y.size(1), C = config_.d_model;
+  const Variable logits = matmul(reshape(y, Shape{B * T, C}), wte_->weight(), /*trans_a=*/false, /*trans_b=*/true);
+  return reshape(logits, Shape{B, T, config_.padded_vocab()});
+}
+
+Variable Gpt::forward(const Variable& ids, Generator* gen) const {
+  Generator* drop = config_.dropout > 0 && training() ? gen : nullptr;
+  Variable x = embed(ids, 0, "Gpt::forward");
+  if (drop) x = dropout(x, config_.dropout, *drop);
+  for (const auto& block : blocks_) x = block->forward(x, drop);
+  return head(x);
+}
+
+Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
+  NoGradGuard no_grad;
+  const int64_t H = config_.heads, D = config_.head_dim();
+  AL_CHECK_SHAPE(cache.num_layers() == config_.layers && cache.capacity() == config_.context &&
+                     cache.layer(0).k.size(1) == H && cache.layer(0).k.size(3) == D &&
+                     cache.layer(0).k.dtype() == dtype_,
+                 "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
+                 " layers, k [B, ", H, ", ", config_.context, ", ", D, "] ", dtype_, ")");
+  AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
+                 ", t] (the cache's batch); got ids=", ids.str());
+  Variable x = embed(ids, cache.length(), "Gpt::forward_cached");
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_cached(x, cache.layers_[i], cache.length_);
+  cache.length_ += ids.size(1);
+  return head(x);
+}
+
+KvCache Gpt::make_cache(int64_t batch) const {
+  AL_CHECK_CONFIG(batch > 0, "Gpt::make_cache: batch must be >= 1; got ", batch);
+  KvCache cache;
+  cache.batch_ = batch;
+  cache.capacity_ = config_.context;
+  const Shape shape{batch, config_.heads, config_.context, config_.head_dim()};
+  for (int64_t i = 0; i < config_.layers; ++i) cache.layers_.push_back({Tensor::zeros(shape, dtype_), Tensor::zeros(shape, dtype_)});
+  return cache;
+}
+
+bool is_no_decay_parameter(const std::string& name) {
+  return ends_with(name, ".bias") || name.find("ln_") != std::string::npos ||
+         name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight");
+}
+
+}  // namespace attnlab

@@ -1,0 +1,137 @@
+// A GPT language model (GPT-2 architecture by default, the function of the PyTorch peer
+// ../shared/peers/torch_gpt.py):
+//   x = wte(ids) + wpe(positions)                [B, T, C]   (wpe only for learned positions)
+//   x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))  per block h.<i>, pre-norm
+//   logits = ln_f(x) wte^T                       [B, T, Vp]  (tied; lm_head when untied)
+// Variants by config: norm layernorm | rmsnorm, mlp gelu | swiglu, positions learned | rope.
+//
+// Vocabulary padding: wte (and lm_head) have Vp = padded_vocab() rows, so logits have Vp
+// columns. Ids >= vocab_size are rejected; the padded columns are never targets, so training
+// pushes them down, and a sampler takes logits[..., :vocab_size] so it never emits a padded id.
+//
+// Dropout (config.dropout > 0, training mode, a Generator given), as GPT-2: on the embeddings
+// and on the output of each attention and MLP branch before the residual add. (GPT-2 also drops
+// attention probabilities; the fused attention kernels have no such hook, so that one is not
+// done.)
+//
+// Initialisation (GPT-2): every Linear and Embedding weight ~ normal(0, 0.02), the residual
+// projections (*.c_proj.weight) ~ normal(0, 0.02 / sqrt(2 layers)), biases 0, norm weights 1;
+// drawn from `gen` in parameter order.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/attention_block.h"
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/mlp.h"
+#include "layers/module.h"
+#include "layers/norm.h"
+#include "layers/positions.h"
+#include "lib/rng.h"
+
+namespace attnlab {
+
+struct GptConfig {
+  int64_t vocab_size = 256;  // real vocabulary
+  int64_t vocab_pad = 1;     // embedding/head rows padded to a multiple of this (peer uses 128)
+  int64_t context = 256;     // max sequence length (rows of wpe)
+  int64_t layers = 4, d_model = 256, heads = 4;
+  int64_t mlp_hidden = 0;              // 0 = 4 * d_model
+  std::string norm = "layernorm";      // layernorm | rmsnorm
+  std::string mlp = "gelu";            // gelu | swiglu
+  std::string positions = "learned";   // learned | rope
+  std::string attention = "softmax";   // only softmax now; later issues add variants
+  bool bias = true;                    // biases on linears and layer norms
+  bool tie_embeddings = true;
+  double dropout = 0.0;
+  double rope_base = 10000.0;
+
+  void validate() const;  // ConfigError naming the bad field and what is valid
+  int64_t padded_vocab() const;
+  int64_t head_dim() const { return heads > 0 ? d_model / heads : 0; }
+  int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : 4 * d_model; }
+};
+
+// Per-layer k and v for incremental decoding: for each layer, k and v [B, H, context, D]
+// preallocated, of which rows [0, length()) hold the positions seen so far.
+class KvCache {
+ public:
+  KvCache() = default;
+  int64_t batch() const { return batch_; }
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  // Forgets every position (keeps the memory).
+  void reset() { length_ = 0; }
+  const KvSlot& layer(int64_t i) const { return layers_.at(static_cast<size_t>(i)); }
+
+ private:
+  friend class Gpt;
+  std::vector<KvSlot> layers_;
+  int64_t batch_ = 0, length_ = 0, capacity_ = 0;
+};
+
+// One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+class GptBlock : public Module {
+ public:
+  GptBlock(const GptConfig& config, Generator& gen, DType dtype = DType::f32);
+  // `gen` non-null: dropout on both branch outputs (the caller decides when that applies).
+  Variable forward(const Variable& x, Generator* gen = nullptr) const;
+  Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const;
+
+  const CausalSelfAttention& attn() const { return *attn_; }
+
+ private:
+  std::shared_ptr<Norm> ln_1_, ln_2_;
+  std::shared_ptr<CausalSelfAttention> attn_;
+  std::shared_ptr<Mlp> mlp_;
+  double dropout_;
+};
+
+class Gpt : public Module {
+ public:
+  // GPT-2 init (normal 0.02, scaled c_proj). `dtype` f64 is for gradient checks.
+  Gpt(const GptConfig& config, Generator& gen, DType dtype = DType::f32);
+  const GptConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+
+  // ids i32 [B, T] (1 <= T <= context) -> logits [B, T, padded_vocab]; `gen` drives dropout
+  // (training mode only; no Generator, no dropout).
+  Variable forward(const Variable& ids, Generator* gen = nullptr) const;
+  // Incremental decoding: ids [B, t] appended after the cache's positions; returns logits
+  // [B, t, Vp] and advances the cache by t. Records no graph, applies no dropout. ShapeError when
+  // the cache would pass the context or was made for another batch size or model.
+  Variable forward_cached(const Variable& ids, KvCache& cache) const;
+  KvCache make_cache(int64_t batch) const;
+
+ private:
+  // ids i32 [B, T] at positions [offset, offset + T) -> embeddings [B, T, C].
+  Variable embed(const Variable& ids, int64_t offset, const char* who) const;
+  // x [B, T, C] -> logits [B, T, Vp] through ln_f and the (tied) head.
+  Variable head(const Variable& x) const;
+
+  GptConfig config_;
+  DType dtype_;
+  std::shared_ptr<Embedding> wte_;
+  std::shared_ptr<LearnedPositions> wpe_;  // null for rotary positions
+  std::vector<std::shared_ptr<GptBlock>> blocks_;
+  std::shared_ptr<Norm> ln_f_;
+  std::shared_ptr<Linear> lm_head_;  // null when tied
+};
+
+// Parameter names match the PyTorch peer (../shared/peers/torch_gpt.py) so its state_dict loads ours:
+//   wte.weight [Vp, C], wpe.weight [context, C] (learned positions only), h.<i>.ln_1.weight/.bias,
+//   h.<i>.attn.c_attn.weight [3C, C] /.bias, h.<i>.attn.c_proj.weight [C, C] /.bias,
+//   h.<i>.ln_2.weight/.bias, h.<i>.mlp.c_fc.weight [4C, C] /.bias, h.<i>.mlp.c_proj.weight /.bias,
+//   ln_f.weight/.bias; lm_head.weight only when tie_embeddings is false.
+//   SwiGLU: h.<i>.mlp.c_fc.weight [2*hidden, C] (gate and up stacked), c_proj [C, hidden].
+// (PyTorch's own state_dict of the tied peer also lists lm_head.weight, the same tensor as
+// wte.weight: load ours with strict=False, or copy wte.weight into it.)
+// Parameters that must not get weight decay: names ending in ".bias", norm weights (ln_*, *norm*),
+// wte, wpe.
+bool is_no_decay_parameter(const std::string& name);
+
+}  // namespace attnlab

@@ -1,0 +1,540 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "autograd/ops.h"
+#include "data/batch_sampler.h"
+#include "data/bpe.h"
+#include "data/byte_tokenizer.h"
+#include "data/corpus.h"
+#include "data/shard.h"
+#include "layers/gpt.h"
+#include "lib/cpu/parallel.h"
+#include "lib/error.h"
+#include "lib/file_io.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "optim/sgd.h"
+#include "train/checkpoint.h"
+#include "train/sampling.h"
+
+namespace attnlab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// ---- configuration ----------------------------------------------------------------------
+
+struct RunConfig {
+  std::string name, dir;
+  uint64_t seed = 1;
+  // [data]
+  std::string corpus, corpus_dir, tokenizer;
+  int64_t bpe_vocab = 0;
+  double val_fraction = 0.1;
+  // [model]
+  GptConfig model;
+  // [optim]
+  std::string optimizer;
+  WarmupCosine schedule;
+  double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0, momentum = 0.9;
+  // [train]
+  int64_t batch = 8, seq_len = 128, steps = 100, log_every = 10, eval_every = 100, eval_batches = 20;
+  int64_t checkpoint_every = 0, max_bad_steps = 5;
+  // [sample]
+  SampleOptions sample;
+  std::string prompt;
+
+  std::string run_dir() const { return (fs::path(dir) / name).string(); }
+};
+
+void positive(const Recipe& r, const char* key, int64_t v) {
+  AL_CHECK_CONFIG(v > 0, "recipe ", r.source(), ": ", key, " must be > 0; got ", v);
+}
+
+RunConfig read_config(Recipe& r) {
+  RunConfig c;
+  const std::string stem = fs::path(r.source()).stem().string();
+  c.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? "run" : stem);
+  c.dir = r.get_string("run.dir", "runs");
+  c.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
+  AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
+                  "recipe ", r.source(), ": run.name must be a plain directory name; got '", c.name, "'");
+
+  c.corpus = r.get_string("data.corpus", "austen");
+  c.corpus_dir = r.get_string("data.corpus_dir", "corpora");
+  c.tokenizer = r.get_string("data.tokenizer", "byte");
+  c.bpe_vocab = r.get_int("data.bpe_vocab", 2048);
+  c.val_fraction = r.get_double("data.val_fraction", 0.1);
+  AL_CHECK_CONFIG(c.tokenizer == "byte" || c.tokenizer == "bpe", "recipe ", r.source(),
+                  ": data.tokenizer must be byte or bpe; got '", c.tokenizer, "'");
+  AL_CHECK_CONFIG(c.tokenizer != "bpe" || (c.bpe_vocab > 256 && c.bpe_vocab <= 65536), "recipe ", r.source(),
+                  ": data.bpe_vocab must be in (256, 65536]; got ", c.bpe_vocab);
+  AL_CHECK_CONFIG(c.val_fraction > 0 && c.val_fraction < 0.5, "recipe ", r.source(),
+                  ": data.val_fraction must be in (0, 0.5); got ", c.val_fraction);
+
+  c.batch = r.get_int("train.batch", 8);
+  c.seq_len = r.get_int("train.seq_len", 128);
+  c.steps = r.get_int("train.steps", 100);
+  c.log_every = r.get_int("train.log_every", 10);
+  c.eval_every = r.get_int("train.eval_every", 100);
+  c.eval_batches = r.get_int("train.eval_batches", 20);
+  c.checkpoint_every = r.get_int("train.checkpoint_every", 0);
+  c.max_bad_steps = r.get_int("train.max_bad_steps", 5);
+  for (auto [key, v] : {std::pair{"train.batch", c.batch}, {"train.seq_len", c.seq_len}, {"train.steps", c.steps},
+                        {"train.log_every", c.log_every}, {"train.eval_every", c.eval_every},
+                        {"train.eval_batches", c.eval_batches}, {"train.max_bad_steps", c.max_bad_steps}})
+    positive(r, key, v);
+  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", r.source(), ": train.checkpoint_every must be >= 0 (0: only at the end); got ",
+                  c.checkpoint_every);
+
+  GptConfig& m = c.model;
+  m.vocab_size = c.tokenizer == "byte" ? 256 : c.bpe_vocab;
+  m.vocab_pad = r.get_int("model.vocab_pad", 1);
+  m.context = r.get_int("model.context", c.seq_len);
+  m.layers = r.get_int("model.layers", m.layers);
+  m.d_model = r.get_int("model.d_model", m.d_model);
+  m.heads = r.get_int("model.heads", m.heads);
+  m.mlp_hidden = r.get_int("model.mlp_hidden", 0);
+  m.norm = r.get_string("model.norm", m.norm);
+  m.mlp = r.get_string("model.mlp", m.mlp);
+  m.positions = r.get_string("model.positions", m.positions);
+  m.attention = r.get_string("model.attention", m.attention);
+  m.bias = r.get_bool("model.bias", m.bias);
+  m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
+  m.dropout = r.get_double("model.dropout", 0.0);
+  m.rope_base = r.get_double("model.rope_base", m.rope_base);
+  try {
+    m.validate();
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
+  }
+  AL_CHECK_CONFIG(c.seq_len <= m.context, "recipe ", r.source(), ": train.seq_len (", c.seq_len,
+                  ") must be <= model.context (", m.context, ")");
+
+  c.optimizer = r.get_string("optim.name", "adamw");
+  AL_CHECK_CONFIG(c.optimizer == "adamw" || c.optimizer == "sgd", "recipe ", r.source(),
+                  ": optim.name must be adamw or sgd; got '", c.optimizer, "'");
+  c.schedule.peak = r.get_double("optim.lr", 1e-3);
+  c.schedule.min_lr = r.get_double("optim.min_lr", c.schedule.peak * 0.1);
+  c.schedule.warmup = r.get_int("optim.warmup", 0);
+  c.schedule.total = c.steps;
+  c.weight_decay = r.get_double("optim.weight_decay", 0.1);
+  c.beta1 = r.get_double("optim.beta1", 0.9);
+  c.beta2 = r.get_double("optim.beta2", 0.95);
+  c.eps = r.get_double("optim.eps", 1e-8);
+  c.momentum = r.get_double("optim.momentum", 0.9);
+  c.grad_clip = r.get_double("optim.grad_clip", 1.0);
+  try {
+    c.schedule.validate();
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
+  }
+  AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
+                  c.grad_clip);
+
+  c.prompt = r.get_string("sample.prompt", "\n");
+  c.sample.tokens = r.get_int("sample.tokens", 300);
+  c.sample.temperature = r.get_double("sample.temperature", 0.8);
+  c.sample.top_k = r.get_int("sample.top_k", 40);
+  c.sample.seed = c.seed;
+  AL_CHECK_CONFIG(c.sample.temperature > 0 && c.sample.tokens >= 0 && c.sample.top_k >= 0, "recipe ", r.source(),
+                  ": sample.temperature must be > 0, sample.tokens and sample.top_k >= 0");
+  r.check_all_used();
+  return c;
+}
+
+json config_json(const GptConfig& m) {
+  return {{"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
+          {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
+          {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
+          {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
+          {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base}};
+}
+
+GptConfig config_from_json(const std::string& text, const std::string& source) {
+  try {
+    const json j = json::parse(text);
+    GptConfig m;
+    m.vocab_size = j.at("vocab_size");
+    m.vocab_pad = j.at("vocab_pad");
+    m.context = j.at("context");
+    m.layers = j.at("layers");
+    m.d_model = j.at("d_model");
+    m.heads = j.at("heads");
+    m.mlp_hidden = j.at("mlp_hidden");
+    m.norm = j.at("norm");
+    m.mlp = j.at("mlp");
+    m.positions = j.at("positions");
+    m.attention = j.at("attention");
+    m.bias = j.at("bias");
+    m.tie_embeddings = j.at("tie_embeddings");
+    m.dropout = j.at("dropout");
+    m.rope_base = j.at("rope_base");
+    m.validate();
+    return m;
+  } catch (const json::exception& e) {
+    detail::throw_error<IoError>("checkpoint '", source, "': malformed model config metadata (", e.what(), ")");
+  } catch (const ConfigError& e) {
+    detail::throw_error<IoError>("checkpoint '", source, "': invalid model config (", e.what(), ")");
+  }
+}
+
+// ---- data ---------------------------------------------------------------------------------
+
+struct Dataset {
+  std::unique_ptr<Tokenizer> tokenizer;
+  Tensor train, val;  // i32 token streams
+  bool from_run_dir = false;
+};
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& kind, const std::string& run_dir) {
+  if (kind == "byte") return std::make_unique<ByteTokenizer>();
+  return std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run_dir) / "tokenizer.bpe").string()));
+}
+
+Tensor encode(const Tokenizer& tok, std::string_view text) {
+  const std::vector<int32_t> ids = tok.encode(text);
+  return Tensor::from_vector(Shape{static_cast<int64_t>(ids.size())}, ids);
+}
+
+// Splits the corpus by bytes (the last val_fraction is validation) and tokenizes each part; a
+// BPE tokenizer is trained on the training part only. With `reuse`, the tokenizer and token
+// shards an earlier save_data left in the run directory are read instead. Writes nothing.
+Dataset prepare_data(const RunConfig& c, const std::string& run_dir, bool reuse, std::ostream& out) {
+  Dataset d;
+  const fs::path dir(run_dir);
+  const fs::path train_shard = dir / "tokens.train.bin", val_shard = dir / "tokens.val.bin";
+  const bool have_tok = c.tokenizer == "byte" || fs::exists(dir / "tokenizer.bpe");
+  if (reuse && have_tok && fs::exists(train_shard) && fs::exists(val_shard)) {
+    d.tokenizer = load_tokenizer(c.tokenizer, run_dir);
+    d.train = read_token_shard(train_shard.string());
+    d.val = read_token_shard(val_shard.string());
+    d.from_run_dir = true;
+    return d;
+  }
+  const std::string text = load_corpus(c.corpus, c.corpus_dir);
+  const size_t split = text.size() - static_cast<size_t>(static_cast<double>(text.size()) * c.val_fraction);
+  const std::string_view train_text = std::string_view(text).substr(0, split);
+  const std::string_view val_text = std::string_view(text).substr(split);
+  if (reuse && have_tok) {
+    d.tokenizer = load_tokenizer(c.tokenizer, run_dir);
+  } else if (c.tokenizer == "byte") {
+    d.tokenizer = std::make_unique<ByteTokenizer>();
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    d.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::train(train_text, c.bpe_vocab));
+    out << "trained a byte-level BPE tokenizer (vocab " << c.bpe_vocab << ") in "
+        << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
+  }
+  d.train = encode(*d.tokenizer, train_text);
+  d.val = encode(*d.tokenizer, val_text);
+  return d;
+}
+
+// Saves what prepare_data built so that resume and eval read it back.
+void save_data(const Dataset& d, const std::string& run_dir) {
+  const fs::path dir(run_dir);
+  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(d.tokenizer.get())) bpe->save((dir / "tokenizer.bpe").string());
+  write_token_shard((dir / "tokens.train.bin").string(), d.train, d.tokenizer->vocab_size());
+  write_token_shard((dir / "tokens.val.bin").string(), d.val, d.tokenizer->vocab_size());
+}
+
+// ---- evaluation -----------------------------------------------------------------------------
+
+double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t seq_len, int64_t max_batches) {
+  NoGradGuard no_grad;
+  double total = 0;
+  int64_t n = 0;
+  for (const Batch& b : sequential_batches(tokens, batch, seq_len, max_batches)) {
+    total += cross_entropy(model.forward(Variable(b.x)), Variable(b.y)).data().item<double>();
+    ++n;
+  }
+  return total / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
+std::string sample_text(const Gpt& model, const Tokenizer& tok, const std::string& prompt, const SampleOptions& o) {
+  const std::vector<int32_t> ids = generate(model, tok.encode(prompt), o);
+  return prompt + tok.decode(ids);
+}
+
+// ---- metrics and progress -------------------------------------------------------------------
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  std::ostringstream os;
+  if (s >= 3600) os << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
+  else if (s >= 60) os << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
+  else os << s << "s";
+  return os.str();
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      // a torn last line from an interrupted run: dropped
+    }
+  }
+  write_file_atomic(path.string(), kept);
+}
+
+std::vector<bool> decay_mask(const Gpt& model) {
+  std::vector<bool> mask;
+  for (const auto& [name, _] : model.named_parameters()) mask.push_back(!is_no_decay_parameter(name));
+  return mask;
+}
+
+}  // namespace
+
+TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
+  const RunConfig base = read_config(recipe);
+  const std::string run_dir = base.run_dir();
+  const fs::path ckpt_latest = fs::path(run_dir) / "checkpoints" / "latest";
+  AL_CHECK_CONFIG(options.resume || !fs::exists(ckpt_latest), "run directory ", run_dir,
+                  " already has checkpoints; pass --resume to continue it, or choose another run.name");
+  AL_CHECK_CONFIG(!options.resume || fs::exists(ckpt_latest), "--resume: ", run_dir,
+                  " has no checkpoint to resume from");
+
+  // Everything that can fail on bad input happens before anything is written.
+  RunConfig c = base;
+  Dataset data = prepare_data(c, run_dir, /*reuse=*/options.resume, out);
+  // A BPE trainer stops early when no pair is left to merge: the model takes the real size.
+  c.model.vocab_size = data.tokenizer->vocab_size();
+  Generator init_gen(c.seed);
+  Gpt model(c.model, init_gen);
+  Checkpoint resumed;
+  std::string resumed_from;
+  if (options.resume) {
+    resumed_from = resolve_checkpoint(run_dir);
+    resumed = load_checkpoint(resumed_from, /*with_state=*/true);
+    const GptConfig saved = config_from_json(resumed.model_meta["config"], resumed_from);
+    AL_CHECK_CONFIG(config_json(saved) == config_json(c.model), "--resume: checkpoint ", resumed_from,
+                    " holds a model with config ", config_json(saved).dump(), "; the recipe asks for ",
+                    config_json(c.model).dump());
+    try {
+      model.load_state_dict(resumed.weights);
+    } catch (const Error& e) {
+      detail::throw_error<IoError>("--resume: checkpoint ", resumed_from, " does not fit the model: ", e.what());
+    }
+  }
+  fs::create_directories(run_dir);
+  if (!data.from_run_dir) save_data(data, run_dir);
+  write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
+
+  std::unique_ptr<Optimizer> opt;
+  if (c.optimizer == "adamw")
+    opt = std::make_unique<AdamW>(model.parameters(),
+                                  AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
+                                              .weight_decay = c.weight_decay},
+                                  decay_mask(model));
+  else
+    opt = std::make_unique<Sgd>(model.parameters(),
+                                SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+  BatchSampler sampler(data.train, c.batch, c.seq_len, c.seed);
+  Generator dropout_gen(c.seed ^ 0x9e3779b97f4a7c15ull);
+  int64_t step = 0, skipped = 0;
+  const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
+  if (options.resume) {
+    try {
+      opt->load_state(resumed.state);
+      step = std::stoll(resumed.state_meta.at("step"));
+      sampler.set_step(std::stoull(resumed.state_meta.at("sampler_step")));
+      dropout_gen = Generator(std::stoull(resumed.state_meta.at("dropout_seed")),
+                              std::stoull(resumed.state_meta.at("dropout_offset")));
+      skipped = std::stoll(resumed.state_meta.at("skipped_steps"));
+    } catch (const std::out_of_range&) {
+      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " is incomplete");
+    } catch (const std::invalid_argument&) {
+      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " has malformed counters");
+    } catch (const Error& e) {
+      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " does not fit: ", e.what());
+    }
+    truncate_metrics(metrics_path, step);
+    out << "resuming " << run_dir << " from step " << step << "\n";
+  } else if (fs::exists(metrics_path)) {
+    fs::remove(metrics_path);  // a fresh run in a directory without checkpoints starts a new log
+  }
+
+  const int64_t tokens_per_step = c.batch * c.seq_len;
+  out << "attnlab train: " << run_dir << "\n"
+      << "  data: " << c.corpus << ", " << c.tokenizer << " tokenizer (vocab " << c.model.vocab_size << "), "
+      << data.train.numel() << " train / " << data.val.numel() << " validation tokens\n"
+      << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
+      << " heads, context " << c.model.context << ", " << c.model.attention << " attention: "
+      << model.num_parameters() << " parameters\n"
+      << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer
+      << " lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
+      << std::flush;
+
+  std::ofstream metrics(metrics_path, std::ios::app);
+  AL_CHECK_IO(metrics.good(), "cannot open ", metrics_path.string(), " for writing");
+  const std::vector<Variable> params = model.parameters();
+  auto save = [&](int64_t at_step) {
+    Checkpoint ck;
+    ck.weights = model.state_dict();
+    ck.model_meta = {{"config", config_json(c.model).dump()},
+                     {"tokenizer", c.tokenizer},
+                     {"step", std::to_string(at_step)},
+                     {"format", "pt"}};
+    ck.state = opt->state();
+    ck.state_meta = {{"step", std::to_string(at_step)},
+                     {"sampler_step", std::to_string(sampler.step())},
+                     {"dropout_seed", std::to_string(dropout_gen.seed())},
+                     {"dropout_offset", std::to_string(dropout_gen.offset())},
+                     {"skipped_steps", std::to_string(skipped)}};
+    return save_checkpoint(run_dir, at_step, ck);
+  };
+
+  TrainResult result{run_dir, step, 0, 0, skipped};
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t first_step = step;
+  double window_loss = 0, window_secs = 0;
+  int64_t window_steps = 0, bad_in_a_row = 0;
+  std::string last_checkpoint;
+  while (step < c.steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = c.schedule(step);
+    opt->set_lr(lr);
+    const Batch b = sampler.next();
+    const Variable logits = model.forward(Variable(b.x), c.model.dropout > 0 ? &dropout_gen : nullptr);
+    const Variable loss = cross_entropy(logits, Variable(b.y));
+    opt->zero_grad();
+    loss.backward();
+    const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
+    const double loss_value = loss.data().item<double>();
+    ++step;
+    if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
+      ++skipped;
+      ++bad_in_a_row;
+      opt->zero_grad();
+      out << (options.interactive ? "\n" : "") << "step " << step << ": loss " << loss_value << ", gradient norm "
+          << norm << " are not finite; step skipped (" << bad_in_a_row << " in a row)\n";
+      if (bad_in_a_row >= c.max_bad_steps)
+        detail::throw_error<Error>("training diverged: ", bad_in_a_row, " non-finite steps in a row (train.max_bad_steps = ",
+                                   c.max_bad_steps, ") at step ", step, "; ",
+                                   last_checkpoint.empty() ? (options.resume ? "the checkpoint resumed from, " + resumed_from + "," : std::string("no checkpoint"))
+                                                           : "the last good checkpoint, " + last_checkpoint + ",",
+                                   " is kept. Lower optim.lr or set optim.grad_clip.");
+      continue;
+    }
+    bad_in_a_row = 0;
+    opt->step();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    window_loss += loss_value;
+    window_secs += secs;
+    ++window_steps;
+    result.final_train_loss = loss_value;
+
+    const bool eval_now = step % c.eval_every == 0 || step == c.steps;
+    const bool log_now = step % c.log_every == 0 || eval_now || step == 1;
+    if (log_now) {
+      const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
+      json m = {{"step", step}, {"train_loss", window_loss / static_cast<double>(window_steps)}, {"lr", lr},
+                {"grad_norm", norm}, {"tokens_per_s", tok_s}, {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
+                {"skipped_steps", skipped}};
+      if (eval_now) {
+        result.final_val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
+        m["val_loss"] = result.final_val_loss;
+      }
+      metrics << m.dump() << "\n" << std::flush;
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+      const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
+      char line[256];
+      std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s",
+                    static_cast<long long>(step), static_cast<long long>(c.steps),
+                    window_loss / static_cast<double>(window_steps), lr, norm, tok_s, format_duration(eta).c_str());
+      out << (options.interactive ? "\r" : "") << line;
+      if (eval_now) {
+        char v[64];
+        std::snprintf(v, sizeof v, "  val %.4f", result.final_val_loss);
+        out << v;
+      }
+      out << (options.interactive && !eval_now ? "" : "\n") << std::flush;
+      window_loss = window_secs = 0;
+      window_steps = 0;
+    }
+    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == c.steps) last_checkpoint = save(step);
+  }
+  result.steps = step;
+  result.skipped_steps = skipped;
+  if (options.interactive) out << "\n";
+  if (!last_checkpoint.empty()) out << "checkpoint: " << last_checkpoint << "\n";
+  const std::string text = sample_text(model, *data.tokenizer, c.prompt, c.sample);
+  write_file_atomic((fs::path(run_dir) / "samples.txt").string(), text + "\n");
+  out << "sample (temperature " << c.sample.temperature << ", top-k " << c.sample.top_k << "):\n" << text << "\n";
+  return result;
+}
+
+namespace {
+struct LoadedRun {
+  std::string model_path, run_dir;
+  GptConfig config;
+  std::string tokenizer;
+  std::unique_ptr<Gpt> model;
+};
+
+LoadedRun load_run(const std::string& path) {
+  LoadedRun r;
+  r.model_path = resolve_checkpoint(path);
+  r.run_dir = run_dir_of_checkpoint(r.model_path);
+  Checkpoint ck = load_checkpoint(r.model_path, /*with_state=*/false);
+  AL_CHECK_IO(ck.model_meta.count("config") && ck.model_meta.count("tokenizer"), "checkpoint '", r.model_path,
+              "' has no attnlab model metadata");
+  r.config = config_from_json(ck.model_meta["config"], r.model_path);
+  r.tokenizer = ck.model_meta["tokenizer"];
+  AL_CHECK_IO(r.tokenizer == "byte" || r.tokenizer == "bpe", "checkpoint '", r.model_path, "' names tokenizer '",
+              r.tokenizer, "'");
+  Generator gen(0);
+  r.model = std::make_unique<Gpt>(r.config, gen);
+  try {
+    r.model->load_state_dict(ck.weights);
+  } catch (const Error& e) {
+    detail::throw_error<IoError>("checkpoint '", r.model_path, "' does not fit its own config: ", e.what());
+  }
+  r.model->set_training(false);
+  return r;
+}
+}  // namespace
+
+void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
+  AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);
+  LoadedRun run = load_run(checkpoint);
+  Recipe recipe = Recipe::load((fs::path(run.run_dir) / "recipe.ini").string());
+  const RunConfig c = read_config(recipe);
+  const Dataset data = prepare_data(c, run.run_dir, /*reuse=*/true, out);
+  const double loss = evaluate(*run.model, data.val, c.batch, c.seq_len, max_batches);
+  const int64_t windows = (data.val.numel() - 1) / c.seq_len / c.batch;
+  const int64_t used = max_batches < 0 ? windows : std::min(windows, max_batches);
+  char line[256];
+  std::snprintf(line, sizeof line, "%s: validation loss %.4f nats/token, perplexity %.3f (%lld batches of %lld x %lld)\n",
+                run.model_path.c_str(), loss, std::exp(loss), static_cast<long long>(used),
+                static_cast<long long>(c.batch), static_cast<long long>(c.seq_len));
+  out << line;
+}
+
+void run_sample(const SampleCommand& cmd, std::ostream& out) {
+  LoadedRun run = load_run(cmd.checkpoint);
+  const std::unique_ptr<Tokenizer> tok = load_tokenizer(run.tokenizer, run.run_dir);
+  out << sample_text(*run.model, *tok, cmd.prompt,
+                     SampleOptions{.tokens = cmd.tokens, .temperature = cmd.temperature, .top_k = cmd.top_k, .seed = cmd.seed})
+      << "\n";
+}
+
+}  // namespace attnlab

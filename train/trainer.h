@@ -1,0 +1,52 @@
+// `attnlab train`: a recipe in, a run directory out.
+//
+//   runs/<run.name>/recipe.ini       the resolved recipe (every key with the value used)
+//   runs/<run.name>/metrics.jsonl    one JSON object per log or eval step
+//   runs/<run.name>/tokenizer.bpe    the BPE merges (BPE runs only)
+//   runs/<run.name>/samples.txt      the samples printed at the end of training
+//   runs/<run.name>/checkpoints/     see train/checkpoint.h
+//
+// Everything a run reads from its recipe is checked before the run directory is touched; a
+// directory that already holds checkpoints is only continued with --resume, which restores the
+// weights, optimizer state, data position and RNG so the losses continue bit for bit.
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "train/recipe.h"
+
+namespace attnlab {
+
+struct TrainOptions {
+  bool resume = false;
+  // Progress as a rewritten terminal line (true) or plain log lines (false).
+  bool interactive = false;
+};
+
+struct TrainResult {
+  std::string run_dir;
+  int64_t steps = 0;
+  double final_train_loss = 0;
+  double final_val_loss = 0;
+  int64_t skipped_steps = 0;  // steps whose loss or gradients were not finite
+};
+
+TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out);
+
+// `attnlab eval`: validation loss and perplexity of a checkpoint on its run's validation split
+// (all of it, or the first max_batches batches of the run's batch x seq_len windows).
+void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out);
+
+struct SampleCommand {
+  std::string checkpoint;
+  std::string prompt = "\n";
+  int64_t tokens = 300;
+  double temperature = 0.8;
+  int64_t top_k = 40;
+  uint64_t seed = 1;
+};
+// `attnlab sample`: prints the prompt and its continuation.
+void run_sample(const SampleCommand& cmd, std::ostream& out);
+
+}  // namespace attnlab
