@@ -42,6 +42,22 @@ struct UsageError : attnlab::ConfigError {
   using ConfigError::ConfigError;
 };
 
+// Parses `args` against `desc`, whose "checkpoint" option also takes the first positional
+// argument; a parse error becomes a UsageError naming `command`.
+void parse_with_checkpoint(const char* command, const boost::program_options::options_description& desc,
+                           const std::vector<std::string>& args) {
+  namespace po = boost::program_options;
+  po::positional_options_description pos;
+  pos.add("checkpoint", 1);
+  try {
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string(command) + ": " + e.what());
+  }
+}
+
 int cmd_train(const std::vector<std::string>& args) {
   std::string path;
   std::vector<std::string> overrides;
@@ -68,15 +84,7 @@ int cmd_sample(const std::vector<std::string>& args) {
       "temperature", po::value(&cmd.temperature), "softmax temperature")("top_k", po::value(&cmd.top_k),
                                                                           "sample from the k most likely (0: all)")(
       "seed", po::value(&cmd.seed), "random seed");
-  po::positional_options_description pos;
-  pos.add("checkpoint", 1);
-  try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("sample: ") + e.what());
-  }
+  parse_with_checkpoint("sample", desc, args);
   attnlab::run_sample(cmd, std::cout);
   return 0;
 }
@@ -88,15 +96,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   po::options_description desc("eval options");
   desc.add_options()("checkpoint", po::value(&checkpoint)->required(), "run directory or checkpoint")(
       "batches", po::value(&batches), "evaluate only the first N validation batches");
-  po::positional_options_description pos;
-  pos.add("checkpoint", 1);
-  try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("eval: ") + e.what());
-  }
+  parse_with_checkpoint("eval", desc, args);
   attnlab::run_eval(checkpoint, batches, std::cout);
   return 0;
 }

@@ -2,38 +2,17 @@
 // ops list the registry. (Training, sampling and eval: integration/train_test.cpp.)
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "tests/support/run_attnlab.h"
+
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
+using Result = attnlab::test::CommandResult;
 
-Result run(const std::string& args) {
-  const auto dir = std::filesystem::temp_directory_path();
-  const std::string err_path = (dir / "attnlab_cli_test.err").string();
-  const std::string cmd = std::string(ATTNLAB_BIN) + " " + args + " 2>" + err_path;
-  Result r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_path);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  return r;
-}
+Result run(const std::string& args) { return attnlab::test::run_attnlab(args); }
 
 std::string write_temp(const std::string& name, const std::string& text) {
   const auto path = std::filesystem::temp_directory_path() / name;

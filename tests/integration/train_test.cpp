@@ -3,41 +3,21 @@
 // as it was.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "tests/support/run_attnlab.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
+using Result = attnlab::test::CommandResult;
 
-Result run(const std::string& args) {
-  const fs::path err_path = fs::temp_directory_path() / "attnlab_train_test.err";
-  const std::string cmd = std::string(ATTNLAB_BIN) + " " + args + " 2>" + err_path.string();
-  Result r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_path);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  return r;
-}
+Result run(const std::string& args) { return attnlab::test::run_attnlab(args); }
 
 std::vector<json> metrics(const fs::path& run_dir) {
   std::vector<json> out;
