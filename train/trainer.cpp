@@ -49,6 +49,7 @@ struct RunConfig {
   std::string optimizer;
   WarmupCosine schedule;
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0, momentum = 0.9;
+  bool decay_all = false;  // also decay norms, biases and embeddings
   // [train]
   int64_t batch = 8, seq_len = 128, steps = 100, log_every = 10, eval_every = 100, eval_batches = 20;
   int64_t checkpoint_every = 0, max_bad_steps = 5;
@@ -131,6 +132,7 @@ RunConfig read_config(Recipe& r) {
   c.schedule.warmup = r.get_int("optim.warmup", 0);
   c.schedule.total = c.steps;
   c.weight_decay = r.get_double("optim.weight_decay", 0.1);
+  c.decay_all = r.get_bool("optim.decay_all", false);
   c.beta1 = r.get_double("optim.beta1", 0.9);
   c.beta2 = r.get_double("optim.beta2", 0.95);
   c.eps = r.get_double("optim.eps", 1e-8);
@@ -295,9 +297,11 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   write_file_atomic(path.string(), kept);
 }
 
-std::vector<bool> decay_mask(const Gpt& model) {
+// Weight decay applies to the matrices of linear layers; norms, biases and embeddings are left
+// alone unless optim.decay_all asks for everything.
+std::vector<bool> decay_mask(const Gpt& model, bool decay_all) {
   std::vector<bool> mask;
-  for (const auto& [name, _] : model.named_parameters()) mask.push_back(!is_no_decay_parameter(name));
+  for (const auto& [name, _] : model.named_parameters()) mask.push_back(decay_all || !is_no_decay_parameter(name));
   return mask;
 }
 
@@ -343,7 +347,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     opt = std::make_unique<AdamW>(model.parameters(),
                                   AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
                                               .weight_decay = c.weight_decay},
-                                  decay_mask(model));
+                                  decay_mask(model, c.decay_all));
   else
     opt = std::make_unique<Sgd>(model.parameters(),
                                 SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
@@ -444,28 +448,31 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
 
     const bool eval_now = step % c.eval_every == 0 || step == c.steps;
     const bool log_now = step % c.log_every == 0 || eval_now || step == 1;
-    if (log_now) {
-      const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
-      json m = {{"step", step}, {"train_loss", window_loss / static_cast<double>(window_steps)}, {"lr", lr},
-                {"grad_norm", norm}, {"tokens_per_s", tok_s}, {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
+    const double avg_loss = window_loss / static_cast<double>(window_steps);
+    const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
+    char line[256];
+    std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s",
+                  static_cast<long long>(step), static_cast<long long>(c.steps), avg_loss, lr, norm, tok_s,
+                  format_duration(eta).c_str());
+    if (!log_now) {
+      // On a terminal the progress line is redrawn every step; logs get the log steps only.
+      if (options.interactive) out << "\r" << line << std::flush;
+    } else {
+      json m = {{"step", step},        {"train_loss", avg_loss}, {"lr", lr},
+                {"grad_norm", norm},   {"tokens_per_s", tok_s},  {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
                 {"skipped_steps", skipped}};
+      out << (options.interactive ? "\r" : "") << line;
       if (eval_now) {
         result.final_val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
         m["val_loss"] = result.final_val_loss;
-      }
-      metrics << m.dump() << "\n" << std::flush;
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
-      char line[256];
-      std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s",
-                    static_cast<long long>(step), static_cast<long long>(c.steps),
-                    window_loss / static_cast<double>(window_steps), lr, norm, tok_s, format_duration(eta).c_str());
-      out << (options.interactive ? "\r" : "") << line;
-      if (eval_now) {
         char v[64];
         std::snprintf(v, sizeof v, "  val %.4f", result.final_val_loss);
         out << v;
       }
+      metrics << m.dump() << "\n" << std::flush;
+      // Eval lines stay on screen; plain log lines always end.
       out << (options.interactive && !eval_now ? "" : "\n") << std::flush;
       window_loss = window_secs = 0;
       window_steps = 0;
