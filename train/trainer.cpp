@@ -25,6 +25,7 @@
 #include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
+#include "train/model_io.h"
 #include "train/sampling.h"
 
 namespace attnlab {
@@ -155,42 +156,6 @@ RunConfig read_config(Recipe& r) {
                   ": sample.temperature must be > 0, sample.tokens and sample.top_k >= 0");
   r.check_all_used();
   return c;
-}
-
-json config_json(const GptConfig& m) {
-  return {{"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
-          {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
-          {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
-          {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
-          {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base}};
-}
-
-GptConfig config_from_json(const std::string& text, const std::string& source) {
-  try {
-    const json j = json::parse(text);
-    GptConfig m;
-    m.vocab_size = j.at("vocab_size");
-    m.vocab_pad = j.at("vocab_pad");
-    m.context = j.at("context");
-    m.layers = j.at("layers");
-    m.d_model = j.at("d_model");
-    m.heads = j.at("heads");
-    m.mlp_hidden = j.at("mlp_hidden");
-    m.norm = j.at("norm");
-    m.mlp = j.at("mlp");
-    m.positions = j.at("positions");
-    m.attention = j.at("attention");
-    m.bias = j.at("bias");
-    m.tie_embeddings = j.at("tie_embeddings");
-    m.dropout = j.at("dropout");
-    m.rope_base = j.at("rope_base");
-    m.validate();
-    return m;
-  } catch (const json::exception& e) {
-    detail::throw_error<IoError>("checkpoint '", source, "': malformed model config metadata (", e.what(), ")");
-  } catch (const ConfigError& e) {
-    detail::throw_error<IoError>("checkpoint '", source, "': invalid model config (", e.what(), ")");
-  }
 }
 
 // ---- data ---------------------------------------------------------------------------------
@@ -328,10 +293,10 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   if (options.resume) {
     resumed_from = resolve_checkpoint(run_dir);
     resumed = load_checkpoint(resumed_from, /*with_state=*/true);
-    const GptConfig saved = config_from_json(resumed.model_meta["config"], resumed_from);
-    AL_CHECK_CONFIG(config_json(saved) == config_json(c.model), "--resume: checkpoint ", resumed_from,
-                    " holds a model with config ", config_json(saved).dump(), "; the recipe asks for ",
-                    config_json(c.model).dump());
+    const GptConfig saved = gpt_config_from_json(resumed.model_meta["config"], resumed_from);
+    AL_CHECK_CONFIG(gpt_config_json(saved) == gpt_config_json(c.model), "--resume: checkpoint ", resumed_from,
+                    " holds a model with config ", gpt_config_json(saved), "; the recipe asks for ",
+                    gpt_config_json(c.model));
     try {
       model.load_state_dict(resumed.weights);
     } catch (const Error& e) {
@@ -393,7 +358,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   auto save = [&](int64_t at_step) {
     Checkpoint ck;
     ck.weights = model.state_dict();
-    ck.model_meta = {{"config", config_json(c.model).dump()},
+    ck.model_meta = {{"config", gpt_config_json(c.model)},
                      {"tokenizer", c.tokenizer},
                      {"step", std::to_string(at_step)},
                      {"format", "pt"}};
@@ -489,40 +454,10 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   return result;
 }
 
-namespace {
-struct LoadedRun {
-  std::string model_path, run_dir;
-  GptConfig config;
-  std::string tokenizer;
-  std::unique_ptr<Gpt> model;
-};
-
-LoadedRun load_run(const std::string& path) {
-  LoadedRun r;
-  r.model_path = resolve_checkpoint(path);
-  r.run_dir = run_dir_of_checkpoint(r.model_path);
-  Checkpoint ck = load_checkpoint(r.model_path, /*with_state=*/false);
-  AL_CHECK_IO(ck.model_meta.count("config") && ck.model_meta.count("tokenizer"), "checkpoint '", r.model_path,
-              "' has no attnlab model metadata");
-  r.config = config_from_json(ck.model_meta["config"], r.model_path);
-  r.tokenizer = ck.model_meta["tokenizer"];
-  AL_CHECK_IO(r.tokenizer == "byte" || r.tokenizer == "bpe", "checkpoint '", r.model_path, "' names tokenizer '",
-              r.tokenizer, "'");
-  Generator gen(0);
-  r.model = std::make_unique<Gpt>(r.config, gen);
-  try {
-    r.model->load_state_dict(ck.weights);
-  } catch (const Error& e) {
-    detail::throw_error<IoError>("checkpoint '", r.model_path, "' does not fit its own config: ", e.what());
-  }
-  r.model->set_training(false);
-  return r;
-}
-}  // namespace
 
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
   AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);
-  LoadedRun run = load_run(checkpoint);
+  LoadedModel run = load_model(checkpoint);
   Recipe recipe = Recipe::load((fs::path(run.run_dir) / "recipe.ini").string());
   const RunConfig c = read_config(recipe);
   const Dataset data = prepare_data(c, run.run_dir, /*reuse=*/true, out);
@@ -537,7 +472,7 @@ void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& 
 }
 
 void run_sample(const SampleCommand& cmd, std::ostream& out) {
-  LoadedRun run = load_run(cmd.checkpoint);
+  LoadedModel run = load_model(cmd.checkpoint);
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(run.tokenizer, run.run_dir);
   out << sample_text(*run.model, *tok, cmd.prompt,
                      SampleOptions{.tokens = cmd.tokens, .temperature = cmd.temperature, .top_k = cmd.top_k, .seed = cmd.seed})

@@ -1,0 +1,71 @@
+#include "train/model_io.h"
+
+#include <nlohmann/json.hpp>
+
+#include "lib/error.h"
+#include "train/checkpoint.h"
+
+namespace attnlab {
+
+using json = nlohmann::json;
+
+std::string gpt_config_json(const GptConfig& m) {
+  const json j = {{"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
+                  {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
+                  {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
+                  {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
+                  {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base}};
+  return j.dump();
+}
+
+GptConfig gpt_config_from_json(const std::string& text, const std::string& source) {
+  try {
+    const json j = json::parse(text);
+    GptConfig m;
+    m.vocab_size = j.at("vocab_size");
+    m.vocab_pad = j.at("vocab_pad");
+    m.context = j.at("context");
+    m.layers = j.at("layers");
+    m.d_model = j.at("d_model");
+    m.heads = j.at("heads");
+    m.mlp_hidden = j.at("mlp_hidden");
+    m.norm = j.at("norm");
+    m.mlp = j.at("mlp");
+    m.positions = j.at("positions");
+    m.attention = j.at("attention");
+    m.bias = j.at("bias");
+    m.tie_embeddings = j.at("tie_embeddings");
+    m.dropout = j.at("dropout");
+    m.rope_base = j.at("rope_base");
+    m.validate();
+    return m;
+  } catch (const json::exception& e) {
+    detail::throw_error<IoError>("checkpoint '", source, "': malformed model config metadata (", e.what(), ")");
+  } catch (const ConfigError& e) {
+    detail::throw_error<IoError>("checkpoint '", source, "': invalid model config (", e.what(), ")");
+  }
+}
+
+LoadedModel load_model(const std::string& path) {
+  LoadedModel r;
+  r.model_path = resolve_checkpoint(path);
+  r.run_dir = run_dir_of_checkpoint(r.model_path);
+  Checkpoint ck = load_checkpoint(r.model_path, /*with_state=*/false);
+  AL_CHECK_IO(ck.model_meta.count("config") && ck.model_meta.count("tokenizer"), "checkpoint '", r.model_path,
+              "' has no attnlab model metadata");
+  r.config = gpt_config_from_json(ck.model_meta["config"], r.model_path);
+  r.tokenizer = ck.model_meta["tokenizer"];
+  AL_CHECK_IO(r.tokenizer == "byte" || r.tokenizer == "bpe", "checkpoint '", r.model_path, "' names tokenizer '",
+              r.tokenizer, "'");
+  Generator gen(0);
+  r.model = std::make_unique<Gpt>(r.config, gen);
+  try {
+    r.model->load_state_dict(ck.weights);
+  } catch (const Error& e) {
+    detail::throw_error<IoError>("checkpoint '", r.model_path, "' does not fit its own config: ", e.what());
+  }
+  r.model->set_training(false);
+  return r;
+}
+
+}  // namespace attnlab
