@@ -4,6 +4,7 @@
 
 #include "autograd/ops.h"
 #include "optim/adamw.h"
+#include "optim/schedule.h"
 #include "optim/sgd.h"
 
 namespace attnlab {
@@ -58,6 +59,59 @@ TEST(ClipGradNorm, ScalesToTheLimitAndReportsTheNorm) {
   EXPECT_NEAR(b.grad().to_vector<double>()[0], 0.8, 1e-12);
   EXPECT_NEAR(clip_grad_norm({a, b}, 10.0), 1.0, 1e-12);  // under the limit: unchanged
   EXPECT_NEAR(a.grad().to_vector<double>()[0], 0.6, 1e-12);
+}
+
+TEST(AdamW, DecayMaskLeavesUnmarkedParametersUndecayed) {
+  // A zero gradient isolates the decay: p -= lr * weight_decay * p for decayed parameters only.
+  Variable decayed = param({2.0}), kept = param({2.0});
+  AdamW opt({decayed, kept}, {.lr = 0.5, .weight_decay = 0.1}, {true, false});
+  decayed.set_grad(Tensor::zeros(Shape{1}, DType::f64));
+  kept.set_grad(Tensor::zeros(Shape{1}, DType::f64));
+  opt.step();
+  EXPECT_NEAR(decayed.data().item<double>(), 2.0 - 0.5 * 0.1 * 2.0, 1e-12);
+  EXPECT_EQ(kept.data().item<double>(), 2.0);
+  EXPECT_THROW(AdamW({decayed}, {}, {true, false}), ConfigError);
+}
+
+TEST(AdamW, StateRoundTripContinuesIdentically) {
+  // Two steps, save, then a fresh optimizer loaded with that state must take the same third step.
+  auto run_steps = [](AdamW& opt, Variable& p, int n) {
+    for (int i = 0; i < n; ++i) {
+      opt.zero_grad();
+      sum(mul(p, p)).backward();
+      opt.step();
+    }
+  };
+  Variable a = param({1.0, -3.0}), b = param({1.0, -3.0});
+  AdamW oa({a}, {.lr = 0.1}), ob({b}, {.lr = 0.1});
+  run_steps(oa, a, 2);
+  run_steps(ob, b, 2);
+  const std::map<std::string, Tensor> state = ob.state();
+  EXPECT_EQ(state.at("t").item<double>(), 2.0);
+  Variable c = param(b.data().to_vector<double>());
+  AdamW oc({c}, {.lr = 0.1});
+  oc.load_state(state);
+  run_steps(oa, a, 1);
+  run_steps(oc, c, 1);
+  EXPECT_EQ(a.data().to_vector<double>(), c.data().to_vector<double>());
+  // State for another shape is refused before anything changes.
+  Variable d = param({1.0});
+  AdamW od({d}, {.lr = 0.1});
+  EXPECT_THROW(od.load_state(state), ShapeError);
+  EXPECT_EQ(od.state().count("m.0"), 0u);
+}
+
+TEST(WarmupCosine, WarmsUpLinearlyThenDecaysToTheFloor) {
+  const WarmupCosine s{.peak = 1.0, .min_lr = 0.1, .warmup = 10, .total = 110};
+  EXPECT_NEAR(s(0), 0.1, 1e-12);    // (step + 1) / warmup
+  EXPECT_NEAR(s(9), 1.0, 1e-12);
+  EXPECT_NEAR(s(10), 1.0, 1e-12);   // the cosine starts at the peak
+  EXPECT_NEAR(s(60), 0.55, 1e-12);  // halfway: (peak + floor) / 2
+  EXPECT_NEAR(s(110), 0.1, 1e-12);
+  EXPECT_NEAR(s(500), 0.1, 1e-12);
+  for (int64_t t = 10; t < 110; ++t) EXPECT_GE(s(t), s(t + 1)) << t;
+  EXPECT_THROW((WarmupCosine{.peak = 1.0, .min_lr = 2.0, .warmup = 0, .total = 10}.validate()), ConfigError);
+  EXPECT_THROW((WarmupCosine{.peak = 1.0, .min_lr = 0.0, .warmup = 20, .total = 10}.validate()), ConfigError);
 }
 
 TEST(Optimizers, RejectBadHyperparameters) {
