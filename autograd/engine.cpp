@@ -2,6 +2,7 @@
 // once every consumer of its outputs has delivered its gradient; gradients that reach the same
 // output or leaf along several paths are summed.
 #include <unordered_map>
+#include <utility>
 
 #include "autograd/grad_mode.h"
 #include "autograd/variable.h"
@@ -12,28 +13,37 @@ namespace attnlab {
 
 namespace {
 
-// A sum of incoming gradients. The first one is kept as given (no copy); a second one forces a
-// private buffer, since the first may alias a tensor that an op saved or passed on.
+// Whether `t` is the only reference to its storage (so it may be written in place or kept):
+// gradients an op made fresh are, gradients it passed through or saved (add's dy goes to both
+// inputs) are not.
+bool sole_owner(const Tensor& t) { return t.storage().use_count() == 1; }
+
+// A sum of incoming gradients. The first one is kept as given (no copy). A second one is added
+// into whichever of the two is the sole owner of its memory, and only if neither is, into a
+// private copy. (a + b and b + a are the same bits, so which one takes the sum does not matter.)
 struct GradSlot {
   Tensor sum;
-  bool owned = false;
 
-  void add(const Tensor& g) {
+  void add(Tensor g) {
     if (!sum.defined()) {
-      sum = g;
+      sum = std::move(g);
       return;
     }
-    if (!owned) {
-      sum = sum.clone();
-      owned = true;
+    if (!sole_owner(sum)) {
+      if (sole_owner(g) && g.shape() == sum.shape()) std::swap(sum, g);
+      else sum = sum.clone();
     }
     cpu::add_inplace(sum, g);
   }
 };
 
-void accumulate_leaf(Variable& leaf, const Tensor& g) {
+// A leaf keeps a gradient that nothing else holds and that is exactly its storage; anything
+// else (a view, a tensor an op still holds) is copied, so the gradient owns its memory.
+void accumulate_leaf(Variable& leaf, Tensor g) {
   if (!leaf.grad().defined()) {
-    leaf.set_grad(g.contiguous().clone());  // the gradient owns its memory
+    const bool whole = g.is_contiguous() && g.numel() * static_cast<int64_t>(dtype_size(g.dtype())) ==
+                                                static_cast<int64_t>(g.storage()->bytes());
+    leaf.set_grad(sole_owner(g) && whole ? std::move(g) : g.contiguous().clone());
   } else {
     Tensor acc = leaf.grad();
     cpu::add_inplace(acc, g);
@@ -111,30 +121,32 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     std::vector<Tensor> douts(static_cast<size_t>(node->num_outputs()));
     for (int64_t i = 0; i < node->num_outputs(); ++i) {
       Tensor& d = douts[static_cast<size_t>(i)];
-      if (i < static_cast<int64_t>(node_slots.size())) d = node_slots[static_cast<size_t>(i)].sum;
+      if (i < static_cast<int64_t>(node_slots.size())) d = std::move(node_slots[static_cast<size_t>(i)].sum);
       if (!d.defined()) d = Tensor::zeros(node->output_shape(i), node->output_dtype(i));
     }
     const std::vector<Variable>& inputs = node->inputs();
     GradMask needs(inputs.size());
     for (size_t i = 0; i < inputs.size(); ++i) needs[i] = inputs[i].requires_grad();
     std::vector<Tensor> dins = node->apply(douts, needs);
+    douts.clear();  // frees them now, and lets a gradient passed straight through be owned below
     AL_ASSERT(dins.size() == inputs.size(), "op '", node->name(), "' returned ", dins.size(), " gradients for ",
               inputs.size(), " inputs");
     for (size_t i = 0; i < inputs.size(); ++i) {
       const Variable& in = inputs[i];
       Node* producer = in.grad_fn().get();
       if (needs[i]) {
-        const Tensor& g = dins[i];
+        // Moved out, so that the slot or leaf can tell whether anything else holds it.
+        Tensor g = std::move(dins[i]);
         AL_ASSERT(g.defined(), "op '", node->name(), "' gave no gradient for input ", i, " ", in.str());
         AL_ASSERT(g.shape() == in.shape() && g.dtype() == in.dtype(), "op '", node->name(), "' gave gradient ", g,
                   " for input ", i, " ", in.str());
         if (producer) {
           auto [it, fresh] = slots.try_emplace(producer, static_cast<size_t>(producer->num_outputs()));
           (void)fresh;
-          it->second[static_cast<size_t>(in.output_nr())].add(g);
+          it->second[static_cast<size_t>(in.output_nr())].add(std::move(g));
         } else {
           Variable leaf = in;
-          accumulate_leaf(leaf, g);
+          accumulate_leaf(leaf, std::move(g));
         }
       }
       if (producer && --pending[producer] == 0) ready.push_back(producer);

@@ -27,21 +27,13 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
 }
 
 CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t offset) const {
-  const int64_t C = config_.d_model, H = config_.heads, D = head_dim();
+  const int64_t C = config_.d_model;
   AL_CHECK_SHAPE(x.ndim() == 3 && x.size(2) == C, "CausalSelfAttention: x must be [B, T, ", C, "]; got x=", x.str());
-  const int64_t B = x.size(0), T = x.size(1);
-  const Variable x2 = reshape(x, Shape{B * T, C});
-  // One GEMM per part with c_attn's rows [part C, (part + 1) C] rather than one GEMM and a split
-  // of the [B, T, 3C] result: the same numbers, but the backward then sums three [B, T, C]
-  // gradients instead of scattering three [B, T, 3C] ones (narrow's backward pads to its input).
-  auto heads = [&](int64_t part, bool rotate) {
-    Variable h = matmul(x2, narrow(c_attn_->weight(), 0, part * C, C), /*trans_a=*/false, /*trans_b=*/true);
-    if (c_attn_->bias().defined()) h = add(h, narrow(c_attn_->bias(), 0, part * C, C));
-    // [B * T, C] -> [B, T, H, D] -> [B, H, T, D]; rope packs its output, else pack here.
-    h = permute(reshape(h, Shape{B, T, H, D}), {0, 2, 1, 3});
-    return rotate ? rope(h, offset, config_.rope_base) : contiguous(h);
-  };
-  return {heads(0, config_.rope), heads(1, config_.rope), heads(2, false)};
+  // One GEMM for q|k|v, then the heads as strided views of its [B, T, 3C] output (no copies;
+  // attention reads them in place, and its gradients come back as one [B, T, 3C] buffer).
+  const std::vector<Variable> h = split_heads(c_attn_->forward(x), 3, config_.heads);
+  if (!config_.rope) return {h[0], h[1], h[2]};
+  return {rope(h[0], offset, config_.rope_base), rope(h[1], offset, config_.rope_base), h[2]};
 }
 
 Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const Variable& v) const {
@@ -52,6 +44,7 @@ Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const
 
 Variable CausalSelfAttention::output(const Variable& y) const {
   const int64_t B = y.size(0), T = y.size(2);
+  // Attention writes y token-major, so this permute is contiguous and the reshape a view.
   return c_proj_->forward(reshape(permute(y, {0, 2, 1, 3}), Shape{B, T, config_.d_model}));
 }
 

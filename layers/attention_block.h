@@ -1,6 +1,6 @@
 // Causal multi-head self-attention, GPT-2 layout:
-//   q, k, v = c_attn(x)             x [B, T, C] -> 3 x [B, T, C]  (c_attn.weight [3C, C]: q, k, v rows)
-//   heads                           each [B, T, C] -> [B, T, H, D] -> [B, H, T, D] (contiguous)
+//   qkv = c_attn(x)                 x [B, T, C] -> [B, T, 3C]  (c_attn.weight [3C, C]: q, k, v rows)
+//   q, k, v = split_heads(qkv)      3 x [B, H, T, D], strided views of qkv (no copy)
 //   q, k = rope(q), rope(k)         when positions are rotary (positions offset + t)
 //   y = attention(q, k, v, causal)  [B, H, T, D]   (query i at position S - T + i)
 //   out = c_proj(merge(y))          [B, H, T, D] -> [B, T, C] -> [B, T, C]

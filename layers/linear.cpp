@@ -17,17 +17,11 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& 
 }
 
 Variable Linear::forward(const Variable& x) const {
-  const int64_t in = weight_.size(1), out = weight_.size(0);
+  const int64_t in = weight_.size(1);
   AL_CHECK_SHAPE(x.ndim() >= 1 && x.size(-1) == in, "Linear: x must be [*, ", in, "]; got x=", x.str(),
                  ", weight=", weight_.str());
-  // Leading dims fold into one large GEMM rather than a batch of small ones.
-  const Variable x2 = x.ndim() == 2 ? x : reshape(x, Shape{-1, in});
-  Variable y = matmul(x2, weight_, /*trans_a=*/false, /*trans_b=*/true);
-  if (bias_.defined()) y = add(y, bias_);
-  if (x.ndim() == 2) return y;
-  std::vector<int64_t> dims = x.shape().dims();
-  dims.back() = out;
-  return reshape(y, Shape(std::move(dims)));
+  // One op: leading dims fold into one GEMM, and the bias rides on it (autograd/ops/linear).
+  return linear(x, weight_, bias_);
 }
 
 }  // namespace attnlab

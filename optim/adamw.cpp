@@ -1,5 +1,7 @@
 #include "optim/adamw.h"
 
+#include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 
 #include "lib/cpu/parallel.h"
@@ -22,6 +24,33 @@ AdamW::AdamW(std::vector<Variable> params, AdamWConfig config, std::vector<bool>
   v_.resize(params_.size());
 }
 
+namespace {
+
+// Elements per task. Blocks start at fixed multiples of this (never where a thread's share
+// happens to begin), so every element goes through the same vector or scalar code, and gets
+// the same bits, on any thread count; a block's arrays stay in L1 across the three passes.
+constexpr int64_t kBlock = 2048;
+
+struct Coefficients {
+  double b1, b2, step, rc2, eps, decay;
+};
+
+// One block of the update, vectorised by Eigen (sqrt and divide included: GCC leaves the
+// plain loop scalar, and it was over a tenth of a GPT-2-small step).
+template <typename T>
+void update_block(T* w, const T* g, T* m, T* v, int64_t n, const Coefficients& c) {
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
+  Eigen::Map<A> wa(w, n), ma(m, n), va(v, n);
+  const Eigen::Map<const A> ga(g, n);
+  const T b1 = static_cast<T>(c.b1), b2 = static_cast<T>(c.b2), step = static_cast<T>(c.step);
+  const T rc2 = static_cast<T>(c.rc2), eps = static_cast<T>(c.eps), decay = static_cast<T>(c.decay);
+  ma = b1 * ma + (T(1) - b1) * ga;
+  va = b2 * va + (T(1) - b2) * ga.square();
+  wa -= step * ma / (va.sqrt() * rc2 + eps) + decay * wa;
+}
+
+}  // namespace
+
 void AdamW::step() {
   ++t_;
   const double c1 = 1.0 - std::pow(config_.beta1, static_cast<double>(t_));
@@ -36,21 +65,19 @@ void AdamW::step() {
       m_[k] = Tensor::zeros(w.shape(), w.dtype());
       v_[k] = Tensor::zeros(w.shape(), w.dtype());
     }
+    const Coefficients c{config_.beta1, config_.beta2, lr_ / c1, 1.0 / std::sqrt(c2), config_.eps,
+                         decay_[k] ? lr_ * config_.weight_decay : 0.0};
     dispatch_float(w.dtype(), "adamw", [&](auto tag) {
       using T = decltype(tag);
       T* pw = w.data<T>();
       const T* pg = g.data<T>();
       T* pm = m_[k].data<T>();
       T* pv = v_[k].data<T>();
-      const T b1 = static_cast<T>(config_.beta1), b2 = static_cast<T>(config_.beta2);
-      const T step = static_cast<T>(lr_ / c1), rc2 = static_cast<T>(1.0 / std::sqrt(c2));
-      const T eps = static_cast<T>(config_.eps);
-      const T decay = decay_[k] ? static_cast<T>(lr_ * config_.weight_decay) : T(0);
-      cpu::parallel_for(0, w.numel(), 1 << 15, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          pm[i] = b1 * pm[i] + (T(1) - b1) * pg[i];
-          pv[i] = b2 * pv[i] + (T(1) - b2) * pg[i] * pg[i];
-          pw[i] -= step * pm[i] / (std::sqrt(pv[i]) * rc2 + eps) + decay * pw[i];
+      const int64_t n = w.numel(), blocks = (n + kBlock - 1) / kBlock;
+      cpu::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t i = b * kBlock;
+          update_block<T>(pw + i, pg + i, pm + i, pv + i, std::min(kBlock, n - i), c);
         }
       });
     });

@@ -3,7 +3,8 @@
 // Glossary (DESIGN.md section 2): B batch, H heads, T query length, S key length (S >= T; the
 // queries are the last T of the S positions), D head dim (Dk for q/k, Dv for v), C model dim
 // (C = H * D), V vocabulary. Activations are [B, T, C]; attention tensors are [B, H, T, D],
-// each (b, h) slice contiguous.
+// with any strides but a unit-stride D (views of [B, T, H, D] or [B, T, 3, H, D] memory: the
+// heads of a projection, split and merged without copies).
 //
 // The core-op contract: q [B, H, T, Dk], k [B, H, S, Dk], v [B, H, S, Dv] -> out [B, H, T, Dv].
 // Query i sits at absolute position S - T + i, so a KV cache (T = 1, S growing) and test-time

@@ -1,6 +1,8 @@
 #include "lib/cpu/arith.h"
 
+#include <algorithm>
 #include <numeric>
+#include <type_traits>
 
 #include "lib/cpu/loops.h"
 #include "lib/error.h"
@@ -29,8 +31,50 @@ void add_inplace(Tensor& dst, const Tensor& src, double alpha) {
   });
 }
 
+template <typename T>
+void column_sums(const T* x, int64_t rows, int64_t cols, T* out) {
+  using Acc = std::conditional_t<std::is_same_v<T, float>, double, T>;
+  // 64 columns per task: the accumulators stay in registers or L1, and each row is read in
+  // whole cache lines.
+  constexpr int64_t kCols = 64;
+  const int64_t blocks = (cols + kCols - 1) / kCols;
+  const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, rows * kCols));
+  parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * kCols, n = std::min(kCols, cols - c0);
+      Acc acc[kCols] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = x + r * cols + c0;
+#pragma omp simd
+        for (int64_t c = 0; c < n; ++c) acc[c] += static_cast<Acc>(row[c]);
+      }
+      for (int64_t c = 0; c < n; ++c) out[c0 + c] = static_cast<T>(acc[c]);
+    }
+  });
+}
+template void column_sums<float>(const float*, int64_t, int64_t, float*);
+template void column_sums<double>(const double*, int64_t, int64_t, double*);
+
 Tensor sum_dims(const Tensor& x, const std::vector<bool>& reduce) {
   AL_ASSERT(static_cast<int64_t>(reduce.size()) == x.ndim());
+  // Leading dims summed and trailing dims kept (a bias gradient), on a contiguous x: column
+  // sums, without the transposed copy below. Same order of additions, so the same bits.
+  int64_t lead = 0;
+  while (lead < x.ndim() && (reduce[static_cast<size_t>(lead)] || x.size(lead) == 1)) ++lead;
+  bool trailing_kept = true;
+  for (int64_t d = lead; d < x.ndim(); ++d) trailing_kept = trailing_kept && !reduce[static_cast<size_t>(d)];
+  if (trailing_kept && x.is_contiguous() && (x.dtype() == DType::f32 || x.dtype() == DType::f64)) {
+    std::vector<int64_t> out_dims = x.shape().dims();
+    int64_t rows = 1;
+    for (int64_t d = 0; d < lead; ++d) rows *= x.size(d), out_dims[static_cast<size_t>(d)] = 1;
+    Tensor out = Tensor::empty(Shape(out_dims), x.dtype());
+    const int64_t cols = out.numel();
+    dispatch_float(x.dtype(), "sum", [&](auto tag) {
+      using T = decltype(tag);
+      column_sums<T>(x.data<T>(), rows, cols, out.data<T>());
+    });
+    return out;
+  }
   // Kept dims first, reduced dims last, then each output element sums one contiguous row.
   std::vector<int64_t> order, out_dims = x.shape().dims();
   int64_t outer = 1, inner = 1;

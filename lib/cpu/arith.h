@@ -20,4 +20,10 @@ Tensor sum_dims(const Tensor& x, const std::vector<bool>& reduce);
 // leading extra dims and dims where target has size 1 are summed. Returns g itself if equal.
 Tensor sum_to(const Tensor& g, const Shape& target);
 
+// out[c] = sum over r of x[r * cols + c] (a bias gradient: dy [rows, cols] summed over rows).
+// Columns go to threads in blocks; each is summed by one thread, rows in order, in double for
+// f32 (the same bits on any thread count, and as sum_dims's).
+template <typename T>
+void column_sums(const T* x, int64_t rows, int64_t cols, T* out);
+
 }  // namespace attnlab::cpu

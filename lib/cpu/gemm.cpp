@@ -1,6 +1,7 @@
 #include "lib/cpu/gemm.h"
 
 #include <Eigen/Core>
+#include <algorithm>
 
 #if ATTNLAB_WITH_BLAS
 #include <cblas.h>
@@ -60,9 +61,40 @@ void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, 
 }  // namespace
 #endif
 
+namespace {
+
+// Runs fn with the OpenMP thread count of this context set to 1, so that OpenBLAS (OpenMP build)
+// and Eigen, which size their teams from omp_get_max_threads(), compute on this thread alone.
+template <typename Fn>
+void on_one_thread(Fn&& fn) {
+#ifdef _OPENMP
+  if (in_parallel()) return fn();  // both already stay on one thread inside a parallel region
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  fn();
+  omp_set_num_threads(saved);
+#else
+  fn();
+#endif
+}
+
+// How many tiles C is cut into: a function of the shape only. A BLAS gives different bits when
+// it splits a product differently (OpenBLAS does, by thread count and by block size), so gemm
+// cuts C itself, the same way on any thread count, and runs each tile on one thread: the same
+// bits on 1 or N threads. Each tile repacks the operand that it shares with the others, so
+// tiles stay few and large: 2 from ~2 MFLOP (both cores busy), 4 and 8 only for long sides.
+int64_t tile_count(int64_t M, int64_t N, int64_t K) {
+  const double work = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  const int64_t side = std::max(M, N);
+  if (work < double(1 << 20) || side < 64) return 1;
+  if (work < double(1 << 26) || side < 2048) return 2;
+  if (work < double(1 << 28) || side < 8192) return 4;
+  return 8;
+}
+
 template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm_one(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+              const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
 #if ATTNLAB_WITH_BLAS
   // BLAS wants leading dims >= 1 even for empty operands; Eigen handles those cases.
   if (static_cast<double>(M) * N * K >= kBlasMinWork && lda > 0 && ldb > 0 && ldc > 0) {
@@ -71,6 +103,38 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   }
 #endif
   gemm_eigen(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int64_t tiles = tile_count(M, N, K);
+  // Cut the longer side of C into tiles of whole 16-row (or column) kernel blocks.
+  const bool by_rows = M >= N;
+  const int64_t side = by_rows ? M : N;
+  const int64_t step = ((side + tiles - 1) / tiles + 15) / 16 * 16;
+  const int64_t count = (side + step - 1) / std::max<int64_t>(step, 1);
+  auto tile = [&](int64_t t) {
+    const int64_t s0 = t * step, n = std::min(step, side - s0);
+    if (by_rows) {
+      const T* a = trans_a ? A + s0 : A + s0 * lda;  // rows s0.. of op(A)
+      gemm_one<T>(trans_a, trans_b, n, N, K, alpha, a, lda, B, ldb, beta, C + s0 * ldc, ldc);
+    } else {
+      const T* b = trans_b ? B + s0 * ldb : B + s0;  // columns s0.. of op(B)
+      gemm_one<T>(trans_a, trans_b, M, n, K, alpha, A, lda, b, ldb, beta, C + s0, ldc);
+    }
+  };
+  if (count <= 1) {
+    on_one_thread([&] { gemm_one<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); });
+    return;
+  }
+  parallel_for(0, count, 1, [&](int64_t t0, int64_t t1) {
+    on_one_thread([&] {
+      for (int64_t t = t0; t < t1; ++t) tile(t);
+    });
+  });
 }
 
 const char* gemm_backend() { return ATTNLAB_WITH_BLAS ? "OpenBLAS" : "Eigen"; }

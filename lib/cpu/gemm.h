@@ -6,7 +6,12 @@
 //           op(X) = X or X^T. A is [M, K] (or [K, M] when trans_a), B is [K, N] (or [N, K]).
 //   matmul: a [..., M, K] @ b [..., K, N] -> [..., M, N], batch dims broadcast; trans_a/trans_b
 //           read a as [..., K, M] / b as [..., N, K]. f32 and f64. Small products in a batch run
-//           one per thread; large ones use Eigen's own OpenMP parallel GEMM.
+//           one per thread.
+//
+// Threads: gemm cuts C into a few tiles chosen from the shape alone and runs each tile on one
+// thread with a single-threaded BLAS (or Eigen) call. A BLAS's own threading gives different
+// bits on different thread counts (OpenBLAS splits the work by it); this way products, and so
+// training, are bit-identical on any thread count, and as fast on 2 cores (gemm.cpp).
 #pragma once
 
 #include <cstdint>

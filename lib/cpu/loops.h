@@ -50,17 +50,23 @@ void for_each_row(const Shape& shape, const std::array<std::vector<int64_t>, N>&
   for (size_t k = 0; k < N; ++k) inner[k] = st[k][nd - 1];
   int64_t rows = 1;
   for (size_t i = 0; i + 1 < nd; ++i) rows *= sizes[i];
-  const int64_t grain_rows = std::max<int64_t>(1, kElementwiseGrain / inner_n);
-  parallel_for(0, rows, grain_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+  // A few long rows (a contiguous tensor is one row) are cut into pieces of about the grain,
+  // so that both threads get work; the calls are elementwise, so the cut changes no result.
+  const int64_t pieces = rows >= 2 * max_threads() ? 1 : std::max<int64_t>(1, inner_n / kElementwiseGrain);
+  const int64_t piece_n = (inner_n + pieces - 1) / pieces;
+  const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / piece_n);
+  parallel_for(0, rows * pieces, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
       std::array<int64_t, N> offs{};
-      int64_t rem = r;
+      int64_t rem = t / pieces;
       for (size_t i = nd - 1; i-- > 0;) {
         const int64_t idx = rem % sizes[i];
         rem /= sizes[i];
         for (size_t k = 0; k < N; ++k) offs[k] += idx * st[k][i];
       }
-      fn(inner_n, offs, inner);
+      const int64_t start = (t % pieces) * piece_n;
+      for (size_t k = 0; k < N; ++k) offs[k] += start * inner[k];
+      fn(std::min(piece_n, inner_n - start), offs, inner);
     }
   });
 }

@@ -19,6 +19,7 @@
 
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
+#include "autograd/ops.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
@@ -272,6 +273,38 @@ TEST(SoftmaxAttention, StridedInputsAndPartialGradients) {
     NoGradGuard ng;
     EXPECT_FALSE(softmax_attention(Variable(in.q, true), k, v).requires_grad());
   }
+}
+
+// A fused [B, T, 3 * H * D] projection split into heads (strided views, no copy), through the fused
+// kernel: the same values and input gradient as packed copies through the reference. The
+// kernel's dq, dk, dv share one [B, T, 3, H, D] buffer, which split_heads' backward returns as
+// the projection's gradient without a copy; its output is token-major, so merging is a view.
+TEST(SoftmaxAttention, SplitHeadsOfAFusedProjection) {
+  const int64_t B = 2, T = 70, H = 3, D = 16;
+  const Tensor x0 = rnd(Shape{B, T, 3 * H * D}, 5, DType::f64), dout = rnd(Shape{B, H, T, D}, 6, DType::f64);
+  Variable x(x0, true), xr(x0, true);
+  const std::vector<Variable> p = split_heads(x, 3, H);
+  ASSERT_FALSE(p[0].data().is_contiguous());
+  EXPECT_TRUE(p[1].data().shares_storage_with(x.data()));
+  const Variable out = softmax_attention(p[0], p[1], p[2], kCausal);
+  EXPECT_TRUE(out.data().permute({0, 2, 1, 3}).is_contiguous());
+  out.backward(dout);
+  const std::vector<Variable> pr = split_heads(xr, 3, H);
+  const Variable ref = softmax_attention_reference(contiguous(pr[0]), contiguous(pr[1]), contiguous(pr[2]), kCausal);
+  ref.backward(dout);
+  EXPECT_LE(max_diff(out.data(), ref.data()), 1e-10);
+  EXPECT_LE(max_diff(x.grad(), xr.grad()), 1e-10);
+
+  const SoftmaxAttentionOp::Forward f = SoftmaxAttentionOp::forward(CpuTag{}, p[0].data(), p[1].data(), p[2].data(), kCausal, 0.0);
+  const SoftmaxAttentionOp::Grads g = SoftmaxAttentionOp::backward(CpuTag{}, p[0].data(), p[1].data(), p[2].data(), f.out,
+                                                                   f.lse, dout, kCausal, 0.0);
+  const Tensor dx = SplitHeadsOp::backward(CpuTag{}, x.shape(), {g.dq, g.dk, g.dv});
+  EXPECT_TRUE(dx.shares_storage_with(g.dq));
+  EXPECT_TRUE(dx.is_contiguous());
+  // Gradients that are not one such buffer are copied into place.
+  const Tensor copied = SplitHeadsOp::backward(CpuTag{}, x.shape(), {g.dq.contiguous(), g.dk, g.dv});
+  EXPECT_FALSE(copied.shares_storage_with(g.dq));
+  EXPECT_TRUE(bit_equal(copied, dx));
 }
 
 TEST(SoftmaxAttention, EmptyQueries) {

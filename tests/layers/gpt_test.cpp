@@ -6,10 +6,15 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numbers>
 #include <map>
 #include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
@@ -313,6 +318,45 @@ TEST(Gpt, LossDecreasesWithAdamW) {
     EXPECT_LT(last, 0.3 * first) << positions;
   }
 }
+
+#ifdef _OPENMP
+// Training steps give the same bits on 1 and 2 threads (DESIGN: results never depend on the
+// thread count). Large enough that the matmuls are cut into tiles and the attention, norms,
+// elementwise ops and AdamW run on both threads.
+TEST(Gpt, TrainingIsBitIdenticalOnOneAndTwoThreads) {
+  GptConfig c = tiny();
+  c.vocab_size = 300;
+  c.vocab_pad = 64;
+  c.context = 64;
+  c.d_model = 64;
+  c.heads = 4;
+  const Tensor ids = ids_tensor(Shape{4, 65}, c.vocab_size, 3);
+  const Variable x(ids.narrow(1, 0, 64).contiguous()), y(ids.narrow(1, 1, 64).contiguous());
+  auto train = [&](int threads) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    Generator gen(4);
+    Gpt model(c, gen);
+    AdamW opt(model.parameters(), AdamWConfig{.lr = 1e-3});
+    std::vector<Tensor> result;
+    for (int step = 0; step < 3; ++step) {
+      opt.zero_grad();
+      const Variable loss = cross_entropy(model.forward(x), y);
+      loss.backward();
+      opt.step();
+      result.push_back(loss.data().clone());
+    }
+    for (const Variable& p : model.parameters()) result.push_back(p.data().clone());
+    omp_set_num_threads(saved);
+    return result;
+  };
+  const std::vector<Tensor> one = train(1), two = train(2);
+  ASSERT_EQ(one.size(), two.size());
+  for (size_t i = 0; i < one.size(); ++i)
+    EXPECT_EQ(std::memcmp(one[i].data<float>(), two[i].data<float>(), static_cast<size_t>(one[i].numel()) * 4), 0)
+        << (i < 3 ? "loss of step " : "parameter ") << (i < 3 ? i : i - 3);
+}
+#endif
 
 TEST(Gpt, Causal) {
   for (const char* positions : {"learned", "rope"}) {

@@ -1,5 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <tuple>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "lib/cpu/gemm.h"
 #include "lib/error.h"
 #include "lib/rng.h"
@@ -58,6 +65,44 @@ TEST(Gemm, BetaAccumulates) {
   for (double& x : w) x += 2.0;
   expect_close(c, Tensor::from_vector(Shape{4, 5}, w), 1e-12);
 }
+
+// Products large enough that gemm cuts C into tiles (by rows, by columns, into 4), with every
+// transpose and a beta that accumulates.
+TEST(Gemm, TiledProductsMatchTheTripleLoop) {
+  Generator g(4);
+  for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 200, 70}, {100, 500, 40}, {2048, 64, 512}}) {
+    const Tensor a = randn(Shape{M, K}, g, DType::f64), b = randn(Shape{K, N}, g, DType::f64);
+    const Tensor want = naive_matmul(a, b);
+    expect_close(cpu::matmul(a, b), want, 1e-10);
+    expect_close(cpu::matmul(a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous(), true, true), want, 1e-10);
+    Tensor c = Tensor::ones(Shape{M, N}, DType::f64);
+    cpu::matmul_into(c, a, b.transpose(0, 1).contiguous(), false, true, 1.0);
+    std::vector<double> w = want.to_vector<double>();
+    for (double& x : w) x += 1.0;
+    expect_close(c, Tensor::from_vector(Shape{M, N}, w), 1e-10);
+  }
+}
+
+#ifdef _OPENMP
+// A BLAS splits a product by its thread count and gets different bits for each; gemm's own tiles
+// depend on the shape only, so f32 products are bit-identical on 1, 2 and 3 threads.
+TEST(Gemm, BitIdenticalOnAnyThreadCount) {
+  Generator g(5);
+  const int saved = omp_get_max_threads();
+  for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1024, 256, 768}, {256, 3072, 768}, {64, 40, 30}}) {
+    const Tensor a = randn(Shape{M, K}, g), b = randn(Shape{N, K}, g);
+    std::vector<Tensor> got;
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      got.push_back(cpu::matmul(a, b, false, true));
+    }
+    omp_set_num_threads(saved);
+    for (size_t i = 1; i < got.size(); ++i)
+      EXPECT_EQ(std::memcmp(got[0].data<float>(), got[i].data<float>(), static_cast<size_t>(M * N) * sizeof(float)), 0)
+          << M << "x" << N << "x" << K << " on " << i + 1 << " threads";
+  }
+}
+#endif
 
 TEST(Gemm, ShapeErrorsPrintBothOperands) {
   const Tensor a = Tensor::zeros(Shape{2, 3}), b = Tensor::zeros(Shape{4, 5});

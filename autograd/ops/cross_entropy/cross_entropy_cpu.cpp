@@ -1,6 +1,11 @@
 // CPU kernels of cross_entropy. logits is contiguous [N, V] (leading dims flattened), targets
 // contiguous i32 [N]. One row per task, rows spread over threads; the per-row losses are summed
 // afterwards on one thread in row order, so the loss does not depend on the thread count.
+// Forward reads each row twice (max, then the sum of exponentials), backward once (writing
+// softmax - one-hot): nothing [N, V] is saved but the logits. f32 rows go through Eigen's
+// vectorised max and exp (glibc's scalar expf was most of the op at V = 50257); f64 keeps
+// std::exp, so gradcheck sees the exact function.
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 
@@ -11,6 +16,39 @@ namespace attnlab {
 
 namespace {
 constexpr const char* kName = "cross_entropy";
+
+using ArrayF = Eigen::Array<float, Eigen::Dynamic, 1>;
+using MapF = Eigen::Map<ArrayF>;
+using CMapF = Eigen::Map<const ArrayF>;
+
+// log sum_j exp(x_j) of one row, and its max m.
+double row_lse(const float* x, int64_t v) {
+  const float m = CMapF(x, v).maxCoeff();
+  // exp and its sum vectorised over chunks of a fixed size (bounds depend on v only), the chunk
+  // sums added in double, so a 50K-wide row loses little to f32 accumulation. (A cast to double
+  // inside the Eigen expression would make Eigen fall back to scalar expf.)
+  constexpr int64_t kChunk = 1024;
+  double s = 0;
+  for (int64_t j = 0; j < v; j += kChunk) {
+    const int64_t n = std::min(kChunk, v - j);
+    s += static_cast<double>((CMapF(x + j, n) - m).exp().sum());
+  }
+  return static_cast<double>(m) + std::log(s);
+}
+double row_lse(const double* x, int64_t v) {
+  const double m = *std::max_element(x, x + v);
+  double s = 0;
+  for (int64_t j = 0; j < v; ++j) s += std::exp(x[j] - m);
+  return m + std::log(s);
+}
+
+// dx[j] = exp(x[j] - lse) * g.
+void row_grad(const float* x, float lse, float g, float* dx, int64_t v) {
+  MapF(dx, v) = (CMapF(x, v) - lse).exp() * g;
+}
+void row_grad(const double* x, double lse, double g, double* dx, int64_t v) {
+  for (int64_t j = 0; j < v; ++j) dx[j] = std::exp(x[j] - lse) * g;
+}
 
 template <typename Fn>
 void for_rows(int64_t rows, int64_t v, Fn&& fn) {
@@ -46,10 +84,7 @@ CrossEntropyOp::Forward CrossEntropyOp::forward(CpuTag, const Tensor& logits, co
         return;
       }
       const T* xr = px + r * v;
-      const T m = *std::max_element(xr, xr + v);
-      double s = 0;
-      for (int64_t j = 0; j < v; ++j) s += static_cast<double>(std::exp(xr[j] - m));
-      const double lse = static_cast<double>(m) + std::log(s);
+      const double lse = row_lse(xr, v);
       plse[r] = static_cast<T>(lse);
       row_loss[static_cast<size_t>(r)] = lse - static_cast<double>(xr[pt[r]]);
     });
@@ -62,8 +97,9 @@ CrossEntropyOp::Forward CrossEntropyOp::forward(CpuTag, const Tensor& logits, co
 
 Tensor CrossEntropyOp::backward(CpuTag, const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t count,
                                 int32_t ignore_index, const Tensor& dloss) {
-  Tensor dx = Tensor::zeros(logits.shape(), logits.dtype());
-  if (count == 0) return dx;
+  if (count == 0) return Tensor::zeros(logits.shape(), logits.dtype());
+  // Every row is written below (ignored ones as zeros), so no zero fill first.
+  Tensor dx = Tensor::empty(logits.shape(), logits.dtype());
   const int64_t v = logits.shape()[logits.ndim() - 1];
   const int64_t rows = targets.numel();
   const int32_t* pt = targets.data<int32_t>();
@@ -75,10 +111,12 @@ Tensor CrossEntropyOp::backward(CpuTag, const Tensor& logits, const Tensor& targ
     T* pdx = dx.data<T>();
     const T gt = static_cast<T>(g);
     for_rows(rows, v, [&](int64_t r) {
-      if (pt[r] == ignore_index) return;  // the row stays zero
-      const T* xr = px + r * v;
       T* dxr = pdx + r * v;
-      for (int64_t j = 0; j < v; ++j) dxr[j] = std::exp(xr[j] - plse[r]) * gt;
+      if (pt[r] == ignore_index) {
+        std::fill(dxr, dxr + v, T(0));
+        return;
+      }
+      row_grad(px + r * v, plse[r], gt, dxr, v);
       dxr[pt[r]] -= gt;
     });
   });

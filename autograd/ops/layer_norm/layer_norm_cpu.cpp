@@ -26,10 +26,13 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, in
   cpu::parallel_for(0, R, row_grain(C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * C;
+      // simd reductions: lane-wise partial sums, a fixed order per row (any thread count).
       double s = 0;
+#pragma omp simd reduction(+ : s)
       for (int64_t c = 0; c < C; ++c) s += static_cast<double>(xr[c]);
       const double mu = s / static_cast<double>(C);
       double ss = 0;
+#pragma omp simd reduction(+ : ss)
       for (int64_t c = 0; c < C; ++c) {
         const double d = static_cast<double>(xr[c]) - mu;
         ss += d * d;

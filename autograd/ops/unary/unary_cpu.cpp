@@ -48,8 +48,19 @@ using ArrayF = Eigen::Array<float, Eigen::Dynamic, 1>;
 using MapF = Eigen::Map<ArrayF>;
 using CMapF = Eigen::Map<const ArrayF>;
 
+// Fixed blocks, so the split between Eigen's vector body and scalar tail (and with it every
+// bit of the result) does not depend on the thread count.
+constexpr int64_t kGeluBlock = 8192;
+
+template <typename Fn>
+void for_gelu_blocks(int64_t n, Fn&& fn) {
+  cpu::parallel_for(0, (n + kGeluBlock - 1) / kGeluBlock, cpu::kElementwiseGrain / kGeluBlock, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) fn(k * kGeluBlock, std::min(n, (k + 1) * kGeluBlock));
+  });
+}
+
 void gelu_forward_f32(const float* x, float* y, int64_t n) {
-  cpu::parallel_for(0, n, cpu::kElementwiseGrain, [&](int64_t b, int64_t e) {
+  for_gelu_blocks(n, [&](int64_t b, int64_t e) {
     const CMapF xa(x + b, e - b);
     const ArrayF t = (float(unary_math::kGeluC) * (xa + float(unary_math::kGeluA) * xa.cube())).tanh();
     MapF(y + b, e - b) = 0.5f * xa * (1.0f + t);
@@ -58,7 +69,7 @@ void gelu_forward_f32(const float* x, float* y, int64_t n) {
 
 void gelu_backward_f32(const float* x, const float* dy, float* dx, int64_t n) {
   constexpr float c = float(unary_math::kGeluC), a = float(unary_math::kGeluA);
-  cpu::parallel_for(0, n, cpu::kElementwiseGrain, [&](int64_t b, int64_t e) {
+  for_gelu_blocks(n, [&](int64_t b, int64_t e) {
     const CMapF xa(x + b, e - b);
     const ArrayF t = (c * (xa + a * xa.cube())).tanh();
     MapF(dx + b, e - b) =

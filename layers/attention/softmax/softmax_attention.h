@@ -10,6 +10,10 @@
 // the [T, S] matrix; tiles wholly above the causal diagonal are skipped.
 // Backward recomputes P from q, k and lse: D_i = <dout_i, out_i>, dS = P * (dout v^T - D),
 // dq = scale dS k, dk = scale dS^T q, dv = P^T dout.
+// Layouts: q, k, v, dout may have any strides with a unit-stride last dim (so q, k, v can be views
+// of a fused [B, T, 3C] projection, see split_heads). out, dq, dk, dv are [B, H, *, D] views of
+// token-major memory ([B, T, H, D]; for self-attention dq, dk, dv share one [B, T, 3, H, D]
+// buffer), so that merging heads into [B, T, C] and split_heads' backward need no copy.
 // OpenMP over (b, h) pairs. The composed reference (matmul, mask, softmax, matmul from autograd
 // primitives) is softmax_attention_reference.
 #pragma once

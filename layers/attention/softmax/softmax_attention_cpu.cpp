@@ -1,5 +1,9 @@
 // CPU forward and backward of the fused softmax attention (FlashAttention-2 on the CPU), f32 and f64.
 //
+// q, k, v, out, dout and the gradients are read and written through per-tensor (b, h) strides and
+// a row stride (Heads, Rows), so token-major and fused-projection layouts need no copies; only
+// the last dim must be unit-stride.
+//
 // Each (b, h) pair is one task for one thread (OpenMP over the B * H pairs), so the bits do not
 // depend on the thread count. Inside a pair, queries go in tiles of kBr rows and keys in tiles of
 // kBc columns. Scratch is per task: two score-sized tiles, a query tile's accumulator, k^T and v^T
@@ -333,6 +337,24 @@ struct Dims {
   int64_t T, S, Dk, Dv;
 };
 
+// One (b, h) matrix: row i at p + i * ld, its elements unit-stride.
+template <typename F>
+struct Rows {
+  F* p;
+  int64_t ld;
+  F* row(int64_t i) const { return p + i * ld; }
+};
+
+// A [B, H, rows, D] tensor whose last dim is unit-stride (any other strides: [B, T, H, D]
+// memory permuted to [B, H, T, D], or a slice of a fused [B, T, 3, H, D] projection).
+template <typename F>
+struct Heads {
+  F* p;
+  int64_t sb, sh, ld;
+  Heads(F* data, const Tensor& t) : p(data), sb(t.stride(0)), sh(t.stride(1)), ld(t.stride(2)) {}
+  Rows<F> at(int64_t b, int64_t h) const { return {p + b * sb + h * sh, ld}; }
+};
+
 // Per-task scratch: one score tile and one dP tile (leading dim kBc), the output accumulator of a
 // query tile, the row statistics, and k^T (and v^T in backward) of the current (b, h), their rows
 // padded to whole vectors (the padding stays zero) so a ragged key tile is still computed in whole
@@ -389,17 +411,18 @@ struct Tile {
   }
 };
 
-// One (b, h): q [T, Dk], k [S, Dk], v [S, Dv] -> out [T, Dv], lse [T].
+// One (b, h): q [T, Dk], k [S, Dk], v [S, Dv] -> out [T, Dv], lse [T]; each matrix's rows are
+// `ld` elements apart (its Rows below), its elements unit-stride.
 template <typename F>
-void forward_head(const F* q, const F* k, const F* v, F* out, F* lse, const Dims& dm, F scale, const int64_t* n,
-                  Scratch<F>& ws) {
-  const int64_t Dk = dm.Dk, Dv = dm.Dv, sp = ws.sp;
+void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* lse, const Dims& dm, F scale,
+                  const int64_t* n, Scratch<F>& ws) {
+  const int64_t Dv = dm.Dv, sp = ws.sp;
   F* s = ws.s.data();
   F* acc = ws.acc.data();
   F* m = ws.m.data();
   F* l = ws.l.data();
   F* kt = ws.kt.data();
-  transpose_into(k, dm.S, Dk, Dk, kt, sp);
+  transpose_into(k.p, dm.S, dm.Dk, k.ld, kt, sp);
   for (int64_t i0 = 0; i0 < dm.T; i0 += kBr) {
     const int64_t br = std::min(kBr, dm.T - i0);
     const int64_t nmax = n[i0 + br - 1];
@@ -410,7 +433,7 @@ void forward_head(const F* q, const F* k, const F* v, F* out, F* lse, const Dims
       const Tile tile(n, i0, j0, br, std::min(kBc, nmax - j0));
       // S = scale Q_I K_J^T, in whole vectors (columns past the visible ones are never read).
       tile.row_chunks([&](int64_t r0, int64_t rows, int64_t cols) {
-        tile_mm<F>(rows, round_up_lanes<F>(cols), Dk, scale, q + (i0 + r0) * Dk, Dk, 1, kt + j0, sp, false,
+        tile_mm<F>(rows, round_up_lanes<F>(cols), dm.Dk, scale, q.row(i0 + r0), q.ld, 1, kt + j0, sp, false,
                    s + r0 * kBc, kBc);
       });
       for (int64_t r = 0; r < br; ++r) {
@@ -436,13 +459,13 @@ void forward_head(const F* q, const F* k, const F* v, F* out, F* lse, const Dims
       }
       // acc += P V_J
       tile.row_chunks([&](int64_t r0, int64_t rows, int64_t cols) {
-        tile_mm<F>(rows, Dv, cols, F(1), s + r0 * kBc, kBc, 1, v + j0 * Dv, Dv, true, acc + r0 * Dv, Dv);
+        tile_mm<F>(rows, Dv, cols, F(1), s + r0 * kBc, kBc, 1, v.row(j0), v.ld, true, acc + r0 * Dv, Dv);
       });
     }
     for (int64_t r = 0; r < br; ++r) {
       const F inv = F(1) / l[r];
       const F* ar = acc + r * Dv;
-      F* orow = out + (i0 + r) * Dv;
+      F* orow = out.row(i0 + r);
 #pragma omp simd
       for (int64_t d = 0; d < Dv; ++d) orow[d] = ar[d] * inv;
       lse[i0 + r] = m[r] + std::log(l[r]);
@@ -450,25 +473,26 @@ void forward_head(const F* q, const F* k, const F* v, F* out, F* lse, const Dims
   }
 }
 
-// One (b, h): dq [T, Dk], dk [S, Dk], dv [S, Dv].
+// One (b, h): dq [T, Dk], dk [S, Dk], dv [S, Dv] (rows as in forward_head).
 template <typename F>
-void backward_head(const F* q, const F* k, const F* v, const F* out, const F* lse, const F* dout, F* dq, F* dk, F* dv,
-                   const Dims& dm, F scale, const int64_t* n, Scratch<F>& ws) {
+void backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<const F> out, const F* lse,
+                   Rows<const F> dout, Rows<F> dq, Rows<F> dk, Rows<F> dv, const Dims& dm, F scale, const int64_t* n,
+                   Scratch<F>& ws) {
   const int64_t T = dm.T, Dk = dm.Dk, Dv = dm.Dv, sp = ws.sp;
-  std::fill(dq, dq + T * Dk, F(0));
-  std::fill(dk, dk + dm.S * Dk, F(0));
-  std::fill(dv, dv + dm.S * Dv, F(0));
+  for (int64_t i = 0; i < T; ++i) std::fill(dq.row(i), dq.row(i) + Dk, F(0));
+  for (int64_t j = 0; j < dm.S; ++j) std::fill(dk.row(j), dk.row(j) + Dk, F(0));
+  for (int64_t j = 0; j < dm.S; ++j) std::fill(dv.row(j), dv.row(j) + Dv, F(0));
   F* s = ws.s.data();
   F* dp = ws.dp.data();
   F* dd = ws.d.data();
   F* kt = ws.kt.data();
   F* vt = ws.vt.data();
-  transpose_into(k, dm.S, Dk, Dk, kt, sp);
-  transpose_into(v, dm.S, Dv, Dv, vt, sp);
+  transpose_into(k.p, dm.S, Dk, k.ld, kt, sp);
+  transpose_into(v.p, dm.S, Dv, v.ld, vt, sp);
   for (int64_t i = 0; i < T; ++i) {
     double acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t d = 0; d < Dv; ++d) acc += static_cast<double>(dout[i * Dv + d]) * out[i * Dv + d];
+    for (int64_t d = 0; d < Dv; ++d) acc += static_cast<double>(dout.row(i)[d]) * out.row(i)[d];
     dd[i] = static_cast<F>(acc);
   }
   for (int64_t j0 = 0; j0 < dm.S; j0 += kBc) {
@@ -479,18 +503,18 @@ void backward_head(const F* q, const F* k, const F* v, const F* out, const F* ls
       const int64_t br = tile.br;
       // P = exp(scale Q_I K_J^T - lse), 0 where masked.
       tile.row_chunks([&](int64_t r0, int64_t rows, int64_t cols) {
-        tile_mm<F>(rows, round_up_lanes<F>(cols), Dk, scale, q + (i0 + r0) * Dk, Dk, 1, kt + j0, sp, false,
+        tile_mm<F>(rows, round_up_lanes<F>(cols), Dk, scale, q.row(i0 + r0), q.ld, 1, kt + j0, sp, false,
                    s + r0 * kBc, kBc);
       });
       for (int64_t r = 0; r < br; ++r) row_exp(s + r * kBc, tile.lim(r), bc, lse[i0 + r]);
       // dV_J += P^T dO_I
       tile.col_chunks([&](int64_t c0, int64_t cols, int64_t r0) {
-        tile_mm<F>(cols, Dv, br - r0, F(1), s + r0 * kBc + c0, 1, kBc, dout + (i0 + r0) * Dv, Dv, true,
-                   dv + (j0 + c0) * Dv, Dv);
+        tile_mm<F>(cols, Dv, br - r0, F(1), s + r0 * kBc + c0, 1, kBc, dout.row(i0 + r0), dout.ld, true,
+                   dv.row(j0 + c0), dv.ld);
       });
       // dP = dO_I V_J^T, then dS = P * (dP - D) in its place (0 where masked: P is 0 there).
       tile.row_chunks([&](int64_t r0, int64_t rows, int64_t cols) {
-        tile_mm<F>(rows, round_up_lanes<F>(cols), Dv, F(1), dout + (i0 + r0) * Dv, Dv, 1, vt + j0, sp, false,
+        tile_mm<F>(rows, round_up_lanes<F>(cols), Dv, F(1), dout.row(i0 + r0), dout.ld, 1, vt + j0, sp, false,
                    dp + r0 * kBc, kBc);
       });
       for (int64_t r = 0; r < br; ++r) {
@@ -504,11 +528,11 @@ void backward_head(const F* q, const F* k, const F* v, const F* out, const F* ls
       }
       // dQ_I += scale dS K_J;  dK_J += scale dS^T Q_I
       tile.row_chunks([&](int64_t r0, int64_t rows, int64_t cols) {
-        tile_mm<F>(rows, Dk, cols, scale, dp + r0 * kBc, kBc, 1, k + j0 * Dk, Dk, true, dq + (i0 + r0) * Dk, Dk);
+        tile_mm<F>(rows, Dk, cols, scale, dp + r0 * kBc, kBc, 1, k.row(j0), k.ld, true, dq.row(i0 + r0), dq.ld);
       });
       tile.col_chunks([&](int64_t c0, int64_t cols, int64_t r0) {
-        tile_mm<F>(cols, Dk, br - r0, scale, dp + r0 * kBc + c0, 1, kBc, q + (i0 + r0) * Dk, Dk, true,
-                   dk + (j0 + c0) * Dk, Dk);
+        tile_mm<F>(cols, Dk, br - r0, scale, dp + r0 * kBc + c0, 1, kBc, q.row(i0 + r0), q.ld, true,
+                   dk.row(j0 + c0), dk.ld);
       });
     }
   }
@@ -522,10 +546,19 @@ int64_t heads_grain(const Dims& dm) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / work);
 }
 
+bool unit_last_stride(const Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
+
 Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
-  AL_ASSERT(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), kName, ": q, k, v must be contiguous; got q=",
-            q, ", k=", k, ", v=", v);
+  AL_ASSERT(unit_last_stride(q) && unit_last_stride(k) && unit_last_stride(v), kName,
+            ": q, k, v need a unit-stride last dim; got q=", q, ", k=", k, ", v=", v);
   return {q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+// A [B, H, rows, D] tensor stored as [B, rows, H, D]: the layout attention's output and gradients
+// take, so that merging the heads back into [B, T, C] (and splitting a [B, T, 3C] projection) is a
+// view, not a copy.
+Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, DType dtype) {
+  return Tensor::empty(Shape{B, rows, H, D}, dtype).permute({0, 2, 1, 3});
 }
 
 }  // namespace
@@ -535,22 +568,22 @@ SoftmaxAttentionOp::Forward SoftmaxAttentionOp::forward(CpuTag, const Tensor& q,
   check(q, k, v, mask);
   const Dims dm = dims_of(q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
-  Forward f{Tensor::empty(Shape{B, H, dm.T, dm.Dv}, q.dtype()), Tensor::empty(Shape{B, H, dm.T}, q.dtype())};
+  Forward f{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()), Tensor::empty(Shape{B, H, dm.T}, q.dtype())};
   if (B * H * dm.T == 0) return f;
   const std::vector<int64_t> n = visible_counts(dm.T, dm.S, mask);
   const double c = attention_scale(scale, dm.Dk);
   dispatch_float(q.dtype(), kName, [&](auto tag) {
     using F = decltype(tag);
-    const F* pq = q.data<F>();
-    const F* pk = k.data<F>();
-    const F* pv = v.data<F>();
-    F* po = f.out.data<F>();
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v);
+    const Heads<F> ho(f.out.data<F>(), f.out);
     F* pl = f.lse.data<F>();
     cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
       Scratch<F> ws(dm, false);
-      for (int64_t bh = h0; bh < h1; ++bh)
-        forward_head<F>(pq + bh * dm.T * dm.Dk, pk + bh * dm.S * dm.Dk, pv + bh * dm.S * dm.Dv, po + bh * dm.T * dm.Dv,
-                        pl + bh * dm.T, dm, static_cast<F>(c), n.data(), ws);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pl + bh * dm.T, dm, static_cast<F>(c),
+                        n.data(), ws);
+      }
     });
   });
   return f;
@@ -561,35 +594,43 @@ SoftmaxAttentionOp::Grads SoftmaxAttentionOp::backward(CpuTag, const Tensor& q, 
                                                        const AttentionMask& mask, double scale) {
   const Dims dm = dims_of(q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
-  AL_ASSERT(out.is_contiguous() && lse.is_contiguous() && dout.is_contiguous() && out.shape() == dout.shape() &&
+  AL_ASSERT(unit_last_stride(out) && lse.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
                 out.shape() == Shape({B, H, dm.T, dm.Dv}) && lse.shape() == Shape({B, H, dm.T}) &&
                 out.dtype() == q.dtype() && lse.dtype() == q.dtype() && dout.dtype() == q.dtype(),
             kName, ": backward got out=", out, ", lse=", lse, ", dout=", dout, " for q=", q, ", v=", v);
-  if (B * H * dm.T == 0)
-    return {Tensor::zeros(q.shape(), q.dtype()), Tensor::zeros(k.shape(), k.dtype()),
-            Tensor::zeros(v.shape(), v.dtype())};
-  // Zeroed per (b, h) by the thread that then accumulates into them.
-  Grads g{Tensor::empty(q.shape(), q.dtype()), Tensor::empty(k.shape(), k.dtype()),
-          Tensor::empty(v.shape(), v.dtype())};
+  // Self-attention (T = S, Dk = Dv) puts dq, dk, dv in one [B, T, 3, H, D] buffer, the layout of
+  // a fused q|k|v projection's gradient, so split_heads' backward takes it as it is. Every
+  // element is written: zeroed per (b, h) by the thread that then accumulates into it.
+  Grads g;
+  if (dm.T == dm.S && dm.Dk == dm.Dv) {
+    const int64_t T = dm.T, D = dm.Dk;
+    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, q.dtype());
+    auto part = [&](int64_t i) {
+      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, q.dtype());
+    };
+    g = {part(0), part(1), part(2)};
+  } else {
+    g = {empty_token_major(B, H, dm.T, dm.Dk, q.dtype()), empty_token_major(B, H, dm.S, dm.Dk, q.dtype()),
+         empty_token_major(B, H, dm.S, dm.Dv, q.dtype())};
+  }
+  if (B * H * dm.T == 0) {
+    g.dq.fill_(0.0), g.dk.fill_(0.0), g.dv.fill_(0.0);
+    return g;
+  }
   const std::vector<int64_t> n = visible_counts(dm.T, dm.S, mask);
   const double c = attention_scale(scale, dm.Dk);
   dispatch_float(q.dtype(), kName, [&](auto tag) {
     using F = decltype(tag);
-    const F* pq = q.data<F>();
-    const F* pk = k.data<F>();
-    const F* pv = v.data<F>();
-    const F* po = out.data<F>();
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v), ho(out.data<F>(), out),
+        hdo(dout.data<F>(), dout);
+    const Heads<F> hdq(g.dq.data<F>(), g.dq), hdk(g.dk.data<F>(), g.dk), hdv(g.dv.data<F>(), g.dv);
     const F* pl = lse.data<F>();
-    const F* pdo = dout.data<F>();
-    F* pdq = g.dq.data<F>();
-    F* pdk = g.dk.data<F>();
-    F* pdv = g.dv.data<F>();
     cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
       Scratch<F> ws(dm, true);
       for (int64_t bh = h0; bh < h1; ++bh) {
-        const int64_t qo = bh * dm.T * dm.Dk, ko = bh * dm.S * dm.Dk, vo = bh * dm.S * dm.Dv, oo = bh * dm.T * dm.Dv;
-        backward_head<F>(pq + qo, pk + ko, pv + vo, po + oo, pl + bh * dm.T, pdo + oo, pdq + qo, pdk + ko, pdv + vo, dm,
-                         static_cast<F>(c), n.data(), ws);
+        const int64_t b = bh / H, h = bh % H;
+        backward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pl + bh * dm.T, hdo.at(b, h),
+                         hdq.at(b, h), hdk.at(b, h), hdv.at(b, h), dm, static_cast<F>(c), n.data(), ws);
       }
     });
   });
