@@ -16,12 +16,8 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& 
   if (bias) bias_ = register_parameter("bias", Tensor::zeros(Shape{out_features}, dtype));
 }
 
-Variable Linear::forward(const Variable& x) const {
-  const int64_t in = weight_.size(1);
-  AL_CHECK_SHAPE(x.ndim() >= 1 && x.size(-1) == in, "Linear: x must be [*, ", in, "]; got x=", x.str(),
-                 ", weight=", weight_.str());
-  // One op: leading dims fold into one GEMM, and the bias rides on it (autograd/ops/linear).
-  return linear(x, weight_, bias_);
-}
+// One op, which also checks x against the weight: leading dims fold into one GEMM, and the bias
+// rides on it (autograd/ops/linear).
+Variable Linear::forward(const Variable& x) const { return linear(x, weight_, bias_); }
 
 }  // namespace attnlab

@@ -144,14 +144,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, gradcheck, ops, help");
-  } catch (const attnlab::ConfigError& e) {
-    std::cerr << "attnlab: " << e.what() << "\n";
-    return 2;
-  } catch (const attnlab::IoError& e) {
-    std::cerr << "attnlab: " << e.what() << "\n";
-    return 2;
   } catch (const std::exception& e) {
-    std::cerr << "attnlab: error: " << e.what() << "\n";
-    return 1;
+    // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
+    const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);
+    std::cerr << (user_error ? "attnlab: " : "attnlab: error: ") << e.what() << "\n";
+    return user_error ? 2 : 1;
   }
 }

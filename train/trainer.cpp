@@ -65,6 +65,16 @@ void positive(const Recipe& r, const char* key, int64_t v) {
   AL_CHECK_CONFIG(v > 0, "recipe ", r.source(), ": ", key, " must be > 0; got ", v);
 }
 
+// Runs a config struct's own validate(), prefixing its message with the recipe's name.
+template <typename Fn>
+void in_recipe(const Recipe& r, Fn&& validate) {
+  try {
+    validate();
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
+  }
+}
+
 RunConfig read_config(Recipe& r) {
   RunConfig c;
   const std::string stem = fs::path(r.source()).stem().string();
@@ -117,11 +127,7 @@ RunConfig read_config(Recipe& r) {
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);
   m.rope_base = r.get_double("model.rope_base", m.rope_base);
-  try {
-    m.validate();
-  } catch (const ConfigError& e) {
-    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
-  }
+  in_recipe(r, [&] { m.validate(); });
   AL_CHECK_CONFIG(c.seq_len <= m.context, "recipe ", r.source(), ": train.seq_len (", c.seq_len,
                   ") must be <= model.context (", m.context, ")");
 
@@ -139,11 +145,7 @@ RunConfig read_config(Recipe& r) {
   c.eps = r.get_double("optim.eps", 1e-8);
   c.momentum = r.get_double("optim.momentum", 0.9);
   c.grad_clip = r.get_double("optim.grad_clip", 1.0);
-  try {
-    c.schedule.validate();
-  } catch (const ConfigError& e) {
-    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
-  }
+  in_recipe(r, [&] { c.schedule.validate(); });
   AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
                   c.grad_clip);
 
