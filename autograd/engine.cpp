@@ -6,7 +6,7 @@
 
 #include "autograd/grad_mode.h"
 #include "autograd/variable.h"
-#include "lib/cpu/arith.h"
+#include "lib/arith.h"
 #include "lib/error.h"
 
 namespace attnlab {
@@ -33,7 +33,7 @@ struct GradSlot {
       if (sole_owner(g) && g.shape() == sum.shape()) std::swap(sum, g);
       else sum = sum.clone();
     }
-    cpu::add_inplace(sum, g);
+    add_inplace(sum, g);
   }
 };
 
@@ -46,7 +46,7 @@ void accumulate_leaf(Variable& leaf, Tensor g) {
     leaf.set_grad(sole_owner(g) && whole ? std::move(g) : g.contiguous().clone());
   } else {
     Tensor acc = leaf.grad();
-    cpu::add_inplace(acc, g);
+    add_inplace(acc, g);
   }
 }
 
@@ -72,7 +72,7 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     if (!g.defined()) {
       AL_CHECK_SHAPE(root.numel() == 1, "backward: a gradient is needed for a root with more than one element; got ",
                      root.str());
-      g = Tensor::ones(root.shape(), root.dtype());
+      g = Tensor::ones(root.shape(), root.dtype(), root.device());
     }
     AL_CHECK_SHAPE(g.shape() == root.shape() && g.dtype() == root.dtype(), "backward: gradient ", g,
                    " does not match root ", root.str());
@@ -122,7 +122,7 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     for (int64_t i = 0; i < node->num_outputs(); ++i) {
       Tensor& d = douts[static_cast<size_t>(i)];
       if (i < static_cast<int64_t>(node_slots.size())) d = std::move(node_slots[static_cast<size_t>(i)].sum);
-      if (!d.defined()) d = Tensor::zeros(node->output_shape(i), node->output_dtype(i));
+      if (!d.defined()) d = Tensor::zeros(node->output_shape(i), node->output_dtype(i), node->output_device(i));
     }
     const std::vector<Variable>& inputs = node->inputs();
     GradMask needs(inputs.size());

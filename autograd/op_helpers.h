@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "autograd/variable.h"
@@ -50,12 +51,21 @@ inline void check_channel_vector(std::string_view op, std::string_view arg, cons
   check_same_device(op, "x", x, arg, v);
 }
 
-// Runs the CPU implementation, or reports that this build has no kernel for the device.
-template <typename CpuFn>
-decltype(auto) on_device(std::string_view op, const Tensor& t, CpuFn&& cpu) {
-  AL_CHECK_DEVICE(t.device().is_cpu(), op, ": no kernel for ", t.device(), " in this build (CUDA support is off); got ",
-                  t);
-  return cpu(CpuTag{});
+// Runs `fn(CpuTag{})` for a CPU tensor and `fn(CudaTag{})` for a CUDA one. An op states that it
+// has CUDA kernels by passing a generic lambda, `[&](auto dev) { return Op::forward(dev, ...); }`;
+// one without passes `[&](CpuTag dev) {...}` and a CUDA tensor gets a DeviceError naming the op.
+template <typename Fn>
+decltype(auto) on_device(std::string_view op, const Tensor& t, Fn&& fn) {
+  if (t.device().is_cpu()) return fn(CpuTag{});
+#if ATTNLAB_WITH_CUDA
+  if constexpr (std::is_invocable_v<Fn, CudaTag>) {
+    return fn(CudaTag{});
+  } else {
+    ::attnlab::detail::throw_error<DeviceError>(op, ": no CUDA kernel for this op yet (it runs on the CPU only); got ", t);
+  }
+#else
+  ::attnlab::detail::throw_error<DeviceError>(op, ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit); got ", t);
+#endif
 }
 
 }  // namespace attnlab::op

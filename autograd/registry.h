@@ -35,6 +35,12 @@ struct OpInfo {
   std::string name;
   std::function<std::vector<OpSample>()> samples;
   std::function<std::vector<OpMisuse>()> misuses;
+  // True when the op has CUDA kernels: the parity test then runs every sample (in f32) on CUDA
+  // and on the CPU and compares outputs and gradients.
+  bool cuda = false;
+  // Extra, larger samples for that parity test only: shapes that span several blocks and end on
+  // ragged edges (sizes that are not multiples of the block size). Optional.
+  std::function<std::vector<OpSample>()> parity_samples = {};
 };
 
 class OpRegistry {

@@ -83,6 +83,7 @@ Node::Node(std::string name, std::vector<Variable> inputs, BackwardFn fn, std::v
   for (const Tensor& t : outputs_meta) {
     out_shapes_.push_back(t.shape());
     out_dtypes_.push_back(t.dtype());
+    out_devices_.push_back(t.device());
   }
 }
 

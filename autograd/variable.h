@@ -77,6 +77,7 @@ class Node {
   int64_t num_outputs() const { return static_cast<int64_t>(out_shapes_.size()); }
   const Shape& output_shape(int64_t i) const { return out_shapes_[static_cast<size_t>(i)]; }
   DType output_dtype(int64_t i) const { return out_dtypes_[static_cast<size_t>(i)]; }
+  Device output_device(int64_t i) const { return out_devices_[static_cast<size_t>(i)]; }
   bool released() const { return !fn_; }
   std::vector<Tensor> apply(const std::vector<Tensor>& douts, const GradMask& needs) const { return fn_(douts, needs); }
   // Drops saved tensors and input edges once backward has used them.
@@ -88,6 +89,7 @@ class Node {
   BackwardFn fn_;
   std::vector<Shape> out_shapes_;
   std::vector<DType> out_dtypes_;
+  std::vector<Device> out_devices_;
 };
 
 // Wires freshly computed output tensors into the graph as the results of op `name` applied to

@@ -8,8 +8,8 @@ function(attnlab_target_defaults target)
   endif()
   target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${target} PUBLIC OpenMP::OpenMP_CXX)
-  # The CUDA backend is not built yet; code tests this with #if (DESIGN.md section 4).
-  target_compile_definitions(${target} PUBLIC ATTNLAB_WITH_CUDA=0)
+  # 1 when the CUDA backends are built (cmake/Dependencies.cmake); code tests it with #if.
+  target_compile_definitions(${target} PUBLIC ATTNLAB_WITH_CUDA=${ATTNLAB_WITH_CUDA})
 endfunction()
 
 # attnlab_library(name SOURCES...) : one static library per top folder.

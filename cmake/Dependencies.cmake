@@ -49,3 +49,35 @@ if(NOT ATTNLAB_BLAS STREQUAL "OFF")
     message(STATUS "attnlab: OpenBLAS (libopenblas-openmp-dev) not found; matmuls use Eigen")
   endif()
 endif()
+
+# CUDA (DESIGN.md section 4). Every kernel file is built twice: as C++ against lib/simt (the
+# emulator, which needs the toolkit's headers for dim3, __half, __nv_bfloat16 and the runtime's
+# types) into attnlab_cuda_emu, and by nvcc into attnlab_cuda_real (cuBLAS, sm_80 and sm_90)
+# whether or not a GPU is present. AUTO builds what the machine allows; ON requires both; OFF
+# builds neither, and CUDA tensors are then refused with a clear error.
+set(ATTNLAB_CUDA AUTO CACHE STRING "Build the CUDA backends (AUTO, ON, OFF)")
+set_property(CACHE ATTNLAB_CUDA PROPERTY STRINGS AUTO ON OFF)
+set(ATTNLAB_WITH_CUDA 0)       # the emulated backend (and CUDA dispatch in the ops) is built
+set(ATTNLAB_WITH_CUDA_REAL 0)  # the nvcc-built backend is built too
+if(NOT ATTNLAB_CUDA STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  find_package(Boost 1.74 QUIET COMPONENTS context)
+  if(CUDAToolkit_FOUND AND Boost_CONTEXT_FOUND)
+    set(ATTNLAB_WITH_CUDA 1)
+    if(CUDAToolkit_NVCC_EXECUTABLE AND EXISTS "${CUDAToolkit_NVCC_EXECUTABLE}")
+      set(ATTNLAB_WITH_CUDA_REAL 1)
+    endif()
+  endif()
+  if(ATTNLAB_CUDA STREQUAL "ON")
+    attnlab_require(CUDAToolkit_FOUND "the CUDA toolkit (ATTNLAB_CUDA=ON)" "the NVIDIA CUDA toolkit at /usr/local/cuda")
+    attnlab_require(Boost_CONTEXT_FOUND "Boost.Context (ATTNLAB_CUDA=ON)" libboost-context-dev)
+    attnlab_require(ATTNLAB_WITH_CUDA_REAL "nvcc (ATTNLAB_CUDA=ON)" "the NVIDIA CUDA toolkit at /usr/local/cuda")
+  endif()
+  if(ATTNLAB_WITH_CUDA_REAL)
+    message(STATUS "attnlab: CUDA kernels built by nvcc ${CUDAToolkit_VERSION} and emulated on the CPU")
+  elseif(ATTNLAB_WITH_CUDA)
+    message(STATUS "attnlab: CUDA kernels emulated on the CPU only (nvcc not found)")
+  else()
+    message(STATUS "attnlab: no CUDA backend (needs the CUDA toolkit and libboost-context-dev)")
+  endif()
+endif()

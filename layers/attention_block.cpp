@@ -22,8 +22,9 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
   for (const std::string& n : attention_variants()) known = known || n == config.attention;
   AL_CHECK_CONFIG(known, "CausalSelfAttention: unknown attention '", config.attention, "'; valid: softmax");
   const int64_t C = config.d_model;
-  c_attn_ = register_module("c_attn", std::make_shared<Linear>(C, 3 * C, config.bias, gen, dtype));
-  c_proj_ = register_module("c_proj", std::make_shared<Linear>(C, C, config.bias, gen, dtype));
+  const MatmulPrecision mp = config.matmul_precision;
+  c_attn_ = register_module("c_attn", std::make_shared<Linear>(C, 3 * C, config.bias, gen, dtype, mp));
+  c_proj_ = register_module("c_proj", std::make_shared<Linear>(C, C, config.bias, gen, dtype, mp));
 }
 
 CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t offset) const {

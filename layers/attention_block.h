@@ -31,6 +31,9 @@ struct AttentionBlockConfig {
   bool rope = false;  // rotate q and k (else the model adds learned positions to its input)
   double rope_base = 10000.0;
   std::string attention = "softmax";
+  // c_attn's and c_proj's matmul precision (bf16: mixed precision, layers/linear.h); the
+  // attention core runs in the parameters' dtype either way.
+  MatmulPrecision matmul_precision = MatmulPrecision::f32;
 };
 
 // One layer's cache: k and v [B, H, S_max, D]; rows [0, length) hold the cached positions.

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/grad_mode.h"
+#include "autograd/op_helpers.h"
 #include "autograd/ops.h"
 
 namespace attnlab {
@@ -82,11 +83,12 @@ GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype) : dropout_(c
   ac.rope = c.positions == "rope";
   ac.rope_base = c.rope_base;
   ac.attention = c.attention;
+  ac.matmul_precision = c.matmul_precision;
   // Registration order is the peer's (and so the checkpoint's): ln_1, attn, ln_2, mlp.
   ln_1_ = register_module("ln_1", make_norm(c.norm, c.d_model, c.bias, dtype));
   attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(ac, gen, dtype));
   ln_2_ = register_module("ln_2", make_norm(c.norm, c.d_model, c.bias, dtype));
-  mlp_ = register_module("mlp", make_mlp(c.mlp, c.d_model, c.hidden(), c.bias, gen, dtype));
+  mlp_ = register_module("mlp", make_mlp(c.mlp, c.d_model, c.hidden(), c.bias, gen, dtype, c.matmul_precision));
 }
 
 Variable GptBlock::forward(const Variable& x, Generator* gen) const {
@@ -105,6 +107,8 @@ Variable GptBlock::forward_cached(const Variable& x, KvSlot& slot, int64_t lengt
 Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config), dtype_(dtype) {
   config.validate();
   AL_CHECK_DTYPE(dtype == DType::f32 || dtype == DType::f64, "Gpt: dtype must be f32 or f64; got ", dtype);
+  AL_CHECK_DTYPE(config.matmul_precision == MatmulPrecision::f32 || dtype == DType::f32,
+                 "Gpt: matmul_precision = bf16 is mixed precision over f32 parameters; got dtype ", dtype);
   const int64_t C = config.d_model, Vp = config.padded_vocab();
   // The layers draw their own default init from a scratch stream; the GPT-2 init below is the
   // only thing drawn from `gen`, so a model is a function of (config, gen) alone.
@@ -116,7 +120,8 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   for (int64_t i = 0; i < config.layers; ++i) blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype)));
   ln_f_ = register_module("ln_f", make_norm(config.norm, C, config.bias, dtype));
   if (!config.tie_embeddings)
-    lm_head_ = register_module("lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype));
+    lm_head_ = register_module("lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype,
+                                                                  config.matmul_precision));
 
   const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(config.layers));
   for (auto& [name, p] : named_parameters()) {
@@ -142,7 +147,11 @@ Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const 
                  ") do not fit the context of ", config_.context, " (ids=", ids.str(),
                  offset > 0 ? ", after the cached positions" : "", ")");
   // Padded ids would be accepted by the table; they are not tokens.
-  const BadIndex bad = IndexSelectOp::find_bad_index(CpuTag{}, ids.data().contiguous(), config_.vocab_size);
+  // On the ids' device: a CUDA tensor's data pointer is not readable from the host on a GPU.
+  const Tensor flat = ids.data().contiguous();
+  const BadIndex bad = op::on_device(who, flat, [&](auto dev) {
+    return IndexSelectOp::find_bad_index(dev, flat, config_.vocab_size);
+  });
   AL_CHECK_SHAPE(!bad.found(), who, ": token id ", bad.value, " at position ", bad.pos,
                  " is outside the vocabulary [0, ", config_.vocab_size, ") for ids=", ids.str());
   Variable x = wte_->forward(ids);  // [B, T, C]
@@ -153,6 +162,9 @@ Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const 
 Variable Gpt::head(const Variable& x) const {
   const Variable y = ln_f_->forward(x);
   if (lm_head_) return lm_head_->forward(y);
+  // The tied head is y wte^T: the linear op does it in bf16 (no bias); f32 keeps its matmul.
+  if (config_.matmul_precision != MatmulPrecision::f32)
+    return linear(y, wte_->weight(), Variable(), config_.matmul_precision);
   const int64_t B = y.size(0), T = y.size(1), C = config_.d_model;
   const Variable logits = matmul(reshape(y, Shape{B * T, C}), wte_->weight(), /*trans_a=*/false, /*trans_b=*/true);
   return reshape(logits, Shape{B, T, config_.padded_vocab()});
@@ -188,7 +200,7 @@ KvCache Gpt::make_cache(int64_t batch) const {
   cache.batch_ = batch;
   cache.capacity_ = config_.context;
   const Shape shape{batch, config_.heads, config_.context, config_.head_dim()};
-  for (int64_t i = 0; i < config_.layers; ++i) cache.layers_.push_back({Tensor::zeros(shape, dtype_), Tensor::zeros(shape, dtype_)});
+  for (int64_t i = 0; i < config_.layers; ++i) cache.layers_.push_back({Tensor::zeros(shape, dtype_, device()), Tensor::zeros(shape, dtype_, device())});
   return cache;
 }
 

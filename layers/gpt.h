@@ -14,6 +14,12 @@
 // attention probabilities; the fused attention kernels have no such hook, so that one is not
 // done.)
 //
+// Matmul precision (config.matmul_precision): f32, or bf16 mixed precision in every linear
+// layer: h.<i>.attn.c_attn/.c_proj, h.<i>.mlp.c_fc/.c_proj and the head (lm_head, or the tied
+// product with wte.weight). Their inputs and weights are rounded to bf16 for the products, sums
+// and outputs stay f32 (autograd/ops/linear/linear.h); parameters, gradients, embeddings, norms,
+// attention, the loss and the optimizer stay f32. bf16 needs the model's dtype f32.
+//
 // Initialisation (GPT-2): every Linear and Embedding weight ~ normal(0, 0.02), the residual
 // projections (*.c_proj.weight) ~ normal(0, 0.02 / sqrt(2 layers)), biases 0, norm weights 1;
 // drawn from `gen` in parameter order.
@@ -48,6 +54,8 @@ struct GptConfig {
   bool tie_embeddings = true;
   double dropout = 0.0;
   double rope_base = 10000.0;
+  // Products of every linear layer and the head: f32, or bf16 mixed precision (see above).
+  MatmulPrecision matmul_precision = MatmulPrecision::f32;
 
   void validate() const;  // ConfigError naming the bad field and what is valid
   int64_t padded_vocab() const;

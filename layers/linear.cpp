@@ -6,9 +6,13 @@
 
 namespace attnlab {
 
-Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen, DType dtype) {
+Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen, DType dtype,
+               MatmulPrecision precision)
+    : precision_(precision) {
   AL_CHECK_CONFIG(in_features > 0 && out_features > 0, "Linear: sizes must be positive; got in=", in_features,
                   ", out=", out_features);
+  AL_CHECK_DTYPE(precision == MatmulPrecision::f32 || dtype == DType::f32,
+                 "Linear: bf16 matmul precision needs f32 parameters; got dtype ", dtype);
   Tensor w = Tensor::empty(Shape{out_features, in_features}, dtype);
   const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
   fill_uniform(w, gen, -bound, bound);
@@ -18,6 +22,6 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& 
 
 // One op, which also checks x against the weight: leading dims fold into one GEMM, and the bias
 // rides on it (autograd/ops/linear).
-Variable Linear::forward(const Variable& x) const { return linear(x, weight_, bias_); }
+Variable Linear::forward(const Variable& x) const { return linear(x, weight_, bias_, precision_); }
 
 }  // namespace attnlab

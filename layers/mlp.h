@@ -5,7 +5,9 @@
 //              y = c_proj(silu(gate) * up)                c_fc [2 Hd, C], c_proj [C, Hd]
 //              (gate and up are one stacked Linear, gate rows first, so one GEMM makes both.)
 // Parameter names c_fc.weight/.bias and c_proj.weight/.bias, as in GPT-2.
-// Initialisation is Linear's; a model re-initialises (see Gpt).
+// Initialisation is Linear's; a model re-initialises (see Gpt). `precision` is both Linears'
+// matmul precision (bf16: mixed precision, layers/linear.h); gelu, silu and the gating product
+// stay in the parameters' dtype.
 #pragma once
 
 #include <memory>
@@ -24,7 +26,8 @@ class Mlp : public Module {
 
 class GeluMlp : public Mlp {
  public:
-  GeluMlp(int64_t dim, int64_t hidden, bool bias, Generator& gen, DType dtype = DType::f32);
+  GeluMlp(int64_t dim, int64_t hidden, bool bias, Generator& gen, DType dtype = DType::f32,
+          MatmulPrecision precision = MatmulPrecision::f32);
   Variable forward(const Variable& x) const override;
   const Linear& c_fc() const { return *c_fc_; }
   const Linear& c_proj() const { return *c_proj_; }
@@ -35,7 +38,8 @@ class GeluMlp : public Mlp {
 
 class SwiGluMlp : public Mlp {
  public:
-  SwiGluMlp(int64_t dim, int64_t hidden, bool bias, Generator& gen, DType dtype = DType::f32);
+  SwiGluMlp(int64_t dim, int64_t hidden, bool bias, Generator& gen, DType dtype = DType::f32,
+            MatmulPrecision precision = MatmulPrecision::f32);
   Variable forward(const Variable& x) const override;
   const Linear& c_fc() const { return *c_fc_; }
   const Linear& c_proj() const { return *c_proj_; }
@@ -47,6 +51,6 @@ class SwiGluMlp : public Mlp {
 
 // kind: "gelu" or "swiglu"; ConfigError otherwise.
 std::shared_ptr<Mlp> make_mlp(const std::string& kind, int64_t dim, int64_t hidden, bool bias, Generator& gen,
-                              DType dtype = DType::f32);
+                              DType dtype = DType::f32, MatmulPrecision precision = MatmulPrecision::f32);
 
 }  // namespace attnlab

@@ -37,6 +37,20 @@ int64_t Module::num_parameters() const {
   return n;
 }
 
+void Module::to(Device device) {
+  for (auto& [name, v] : named_parameters()) {
+    if (v.device() == device) continue;
+    const Tensor moved = v.data().to(device);
+    v.mutable_data() = moved;
+    if (v.grad().defined()) v.set_grad(v.grad().to(device));
+  }
+}
+
+Device Module::device() const {
+  const auto params = named_parameters();
+  return params.empty() ? Device::cpu() : params.front().second.device();
+}
+
 void Module::zero_grad() {
   for (Variable& v : parameters()) v.zero_grad();
 }

@@ -26,6 +26,12 @@ class Module {
   int64_t num_parameters() const;
   void zero_grad();
 
+  // Moves every parameter (and any gradient it holds) to `device`, keeping each Variable's
+  // identity so optimizers built before or after see the same parameters.
+  void to(Device device);
+  // The device of the parameters (cpu for a module without any).
+  Device device() const;
+
   bool training() const { return training_; }
   void set_training(bool on);
 

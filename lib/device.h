@@ -1,5 +1,5 @@
-// Where a tensor lives: the CPU, or CUDA device N (the slot exists now; the CUDA backend
-// fills it in). Parsed from and printed as "cpu" / "cuda:0".
+// Where a tensor lives: the CPU, or CUDA device N (a real GPU, or the simt emulator in builds
+// whose kernels run on the CPU). Parsed from and printed as "cpu" / "cuda:0".
 #pragma once
 
 #include <ostream>
@@ -23,7 +23,9 @@ struct Device {
 
   bool is_cpu() const { return kind == Kind::cpu; }
   bool is_cuda() const { return kind == Kind::cuda; }
-  bool operator==(const Device&) const = default;
+  // Written out (not defaulted): kernel files include this header and stay C++17.
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
   std::string str() const;
 };
 

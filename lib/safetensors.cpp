@@ -47,9 +47,8 @@ std::string serialize_safetensors(const std::map<std::string, Tensor>& tensors,
   std::vector<Tensor> packed;
   for (const auto& [name, t] : tensors) {
     AL_CHECK_CONFIG(name != "__metadata__" && !name.empty(), "safetensors: invalid tensor name '", name, "'");
-    AL_CHECK_DEVICE(t.defined() && t.device().is_cpu(), "safetensors: tensor '", name,
-                    "' must be a defined CPU tensor; got ", t);
-    packed.push_back(t.contiguous());
+    AL_CHECK(t.defined(), "safetensors: tensor '", name, "' is undefined");
+    packed.push_back(t.to(Device::cpu()).contiguous());  // device tensors are written from a host copy
     const uint64_t bytes = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype());
     header[name] = {{"dtype", file_dtype_name(t.dtype())}, {"shape", t.shape().dims()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;

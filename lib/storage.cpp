@@ -7,6 +7,9 @@
 #include <new>
 
 #include "lib/error.h"
+#if ATTNLAB_WITH_CUDA
+#include "lib/cuda/runtime.h"
+#endif
 
 namespace attnlab {
 
@@ -117,12 +120,30 @@ HostCache& host_cache() {
 }  // namespace
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  AL_CHECK_DEVICE(device.is_cpu(), "storage: device ", device, " is not available in this build of attnlab");
-  data_ = host_cache().allocate(bytes, block_bytes_);
+  if (device.is_cpu()) {
+    data_ = host_cache().allocate(bytes, block_bytes_);
+    return;
+  }
+#if ATTNLAB_WITH_CUDA
+  static const int devices = cuda::device_count();
+  if (device.index < 0 || device.index >= devices) cuda::check_device(device);  // throws, naming what exists
+  data_ = cuda::malloc(bytes, device.index);
+  block_bytes_ = bytes;
+#else
+  AL_CHECK_DEVICE(false, "storage: ", device,
+                  " is not available: this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
+#endif
 }
 
 Storage::~Storage() {
-  if (data_) host_cache().release(data_, block_bytes_);
+  if (!data_) return;
+  if (device_.is_cpu()) {
+    host_cache().release(data_, block_bytes_);
+    return;
+  }
+#if ATTNLAB_WITH_CUDA
+  cuda::free(data_, block_bytes_, device_.index);
+#endif
 }
 
 HostCacheStats host_cache_stats() { return host_cache().stats(); }

@@ -7,6 +7,10 @@
 
 #include "lib/cpu/loops.h"
 #include "lib/error.h"
+#if ATTNLAB_WITH_CUDA
+#include "lib/cuda/runtime.h"
+#include "lib/cuda/tensor_kernels.h"
+#endif
 
 namespace attnlab {
 
@@ -96,6 +100,7 @@ const void* Tensor::raw_data() const { return const_cast<Tensor*>(this)->raw_dat
 template <typename T>
 T Tensor::item() const {
   AL_CHECK_SHAPE(numel() == 1, "item: expected a tensor with one element; got ", str());
+  if (!device_.is_cpu()) return to(Device::cpu()).item<T>();
   return dispatch_any(dtype_, [&](auto tag) -> T {
     using S = decltype(tag);
     return convert_to<T>(*static_cast<const S*>(raw_data()));
@@ -108,6 +113,7 @@ template int64_t Tensor::item<int64_t>() const;
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
+  if (!device_.is_cpu()) return to(Device::cpu()).to_vector<T>();
   Tensor c = to(dtype_v<T>).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + numel());
@@ -268,10 +274,21 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor out = empty(shape_, dtype_, device);
+  out.copy_(*this);
+  return out;
+}
+
 void Tensor::copy_(const Tensor& src) {
   AL_CHECK(defined() && src.defined(), "copy_: both tensors must be defined; got dst=", str(), ", src=", src.str());
   Shape b = broadcast_shapes(src.shape(), shape_, "copy_");
   AL_CHECK_SHAPE(b == shape_, "copy_: source ", src.str(), " does not broadcast to destination ", str());
+  if (!device_.is_cpu() || !src.device().is_cpu()) {
+    copy_across_devices(src);
+    return;
+  }
   std::array<std::vector<int64_t>, 2> st{strides_, broadcast_strides(src.shape(), src.strides(), shape_)};
   dispatch_any(dtype_, [&](auto dtag) {
     using D = decltype(dtag);
@@ -296,6 +313,12 @@ void Tensor::copy_(const Tensor& src) {
 
 void Tensor::fill_(double value) {
   AL_CHECK(defined(), "fill_: undefined tensor");
+#if ATTNLAB_WITH_CUDA
+  if (device_.is_cuda()) {
+    cuda::fill(*this, value);
+    return;
+  }
+#endif
   std::array<std::vector<int64_t>, 1> st{strides_};
   dispatch_any(dtype_, [&](auto tag) {
     using T = decltype(tag);
@@ -306,6 +329,40 @@ void Tensor::fill_(double value) {
       for (int64_t i = 0; i < n; ++i) d[i * inc[0]] = v;
     });
   });
+}
+
+// Copies that involve a CUDA tensor. Device to device runs one strided kernel (conversion and
+// broadcasting included). Across host and device, the bytes move as one contiguous block of the
+// source's dtype and shape, and the strided/converting/broadcasting part runs on the side that
+// owns the destination.
+void Tensor::copy_across_devices(const Tensor& src) {
+#if ATTNLAB_WITH_CUDA
+  if (device_.is_cuda() && src.device().is_cuda()) {
+    AL_CHECK_DEVICE(device_ == src.device(), "copy_: CUDA tensors on different devices; got dst=", str(), ", src=",
+                    src.str());
+    cuda::copy_strided(*this, src);
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype());
+  if (src.device().is_cuda()) {  // device -> host
+    const Tensor packed = src.contiguous();
+    Tensor host = empty(src.shape(), src.dtype());
+    cuda::copy_d2h(host.raw_data(), packed.raw_data(), bytes);
+    copy_(host);
+    return;
+  }
+  // host -> device
+  const Tensor packed = src.contiguous();
+  if (dtype_ == src.dtype() && shape_ == src.shape() && is_contiguous()) {
+    cuda::copy_h2d(raw_data(), packed.raw_data(), bytes);
+    return;
+  }
+  Tensor staged = empty(src.shape(), src.dtype(), device_);
+  cuda::copy_h2d(staged.raw_data(), packed.raw_data(), bytes);
+  cuda::copy_strided(*this, staged);
+#else
+  AL_CHECK_DEVICE(false, "copy_: this build of attnlab has no CUDA backend; got dst=", str(), ", src=", src.str());
+#endif
 }
 
 }  // namespace attnlab

@@ -86,6 +86,8 @@ class Tensor {
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(DType dtype) const;
+  // This tensor on `device` (itself if already there): a contiguous copy otherwise.
+  Tensor to(Device device) const;
   // Copies src into this tensor elementwise (any strides on both sides), converting dtype;
   // src must have this shape or broadcast to it.
   void copy_(const Tensor& src);
@@ -97,6 +99,7 @@ class Tensor {
 
  private:
   void check_dtype(DType want) const;
+  void copy_across_devices(const Tensor& src);
   StoragePtr storage_;
   Shape shape_;
   std::vector<int64_t> strides_;

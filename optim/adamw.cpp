@@ -7,6 +7,10 @@
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 
+#if ATTNLAB_WITH_CUDA
+#include "optim/optim_cuda.h"
+#endif
+
 namespace attnlab {
 
 AdamW::AdamW(std::vector<Variable> params, AdamWConfig config, std::vector<bool> decay)
@@ -62,11 +66,20 @@ void AdamW::step() {
     AL_CHECK(w.is_contiguous(), "adamw: parameter ", w, " must be contiguous");
     const Tensor g = p.grad().contiguous();
     if (!m_[k].defined()) {
-      m_[k] = Tensor::zeros(w.shape(), w.dtype());
-      v_[k] = Tensor::zeros(w.shape(), w.dtype());
+      m_[k] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+      v_[k] = Tensor::zeros(w.shape(), w.dtype(), w.device());
     }
     const Coefficients c{config_.beta1, config_.beta2, lr_ / c1, 1.0 / std::sqrt(c2), config_.eps,
                          decay_[k] ? lr_ * config_.weight_decay : 0.0};
+    if (w.device().is_cuda()) {
+      // The same coefficients; one fused kernel per parameter (optim/adamw_cuda.cu).
+#if ATTNLAB_WITH_CUDA
+      cuda::adamw_update(w, g, m_[k], v_[k], {c.b1, c.b2, c.step, c.rc2, c.eps, c.decay});
+#else
+      detail::throw_error<DeviceError>("adamw: this build has no CUDA backend; got parameter ", w);
+#endif
+      continue;
+    }
     dispatch_float(w.dtype(), "adamw", [&](auto tag) {
       using T = decltype(tag);
       T* pw = w.data<T>();

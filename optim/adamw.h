@@ -1,7 +1,9 @@
 // AdamW (Loshchilov & Hutter, decoupled weight decay), one fused pass per parameter:
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay p)
-// State (m, v) is f32 for f32 parameters and f64 for f64 ones; t counts steps. Weight decay
+// State (m, v) is f32 for f32 parameters and f64 for f64 ones, on the parameter's device (a CUDA
+// parameter is updated by one fused kernel, adamw_cuda.cu; state() hands out CPU copies of its
+// m and v, and load_state puts them back on the device); t counts steps. Weight decay
 // applies to the parameters `decay` marks (all when it is empty): transformers leave norms,
 // biases and embeddings undecayed.
 #pragma once

@@ -3,6 +3,10 @@
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 
+#if ATTNLAB_WITH_CUDA
+#include "optim/optim_cuda.h"
+#endif
+
 namespace attnlab {
 
 Sgd::Sgd(std::vector<Variable> params, SgdConfig config) : Optimizer(std::move(params)), config_(config) {
@@ -20,7 +24,17 @@ void Sgd::step() {
     Tensor& w = p.mutable_data();
     AL_CHECK(w.is_contiguous(), "sgd: parameter ", w, " must be contiguous");
     const Tensor g = p.grad().contiguous();
-    if (config_.momentum > 0 && !velocity_[k].defined()) velocity_[k] = Tensor::zeros(w.shape(), w.dtype());
+    if (config_.momentum > 0 && !velocity_[k].defined())
+      velocity_[k] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+    if (w.device().is_cuda()) {
+#if ATTNLAB_WITH_CUDA
+      Tensor none;
+      cuda::sgd_update(w, g, config_.momentum > 0 ? velocity_[k] : none, lr_, config_.momentum, config_.weight_decay);
+#else
+      detail::throw_error<DeviceError>("sgd: this build has no CUDA backend; got parameter ", w);
+#endif
+      continue;
+    }
     dispatch_float(w.dtype(), "sgd", [&](auto tag) {
       using T = decltype(tag);
       T* pw = w.data<T>();

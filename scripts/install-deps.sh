@@ -10,6 +10,7 @@ packages=(
   pkg-config
   libeigen3-dev        # CPU matmul (lib/)
   libboost-program-options-dev  # recipes and the CLI
+  libboost-context-dev          # fibers of the simt emulator that runs CUDA kernels on the CPU
   libgtest-dev         # tests
   nlohmann-json3-dev   # safetensors headers, metrics
   zlib1g-dev           # corpus extraction

@@ -34,6 +34,10 @@ constexpr const char* kUsage =
     "                      generate text from a checkpoint (a run directory means its latest)\n"
     "  eval RUN_OR_CHECKPOINT [--batches N]\n"
     "                      validation loss and perplexity of a checkpoint\n"
+    "  compare-devices RECIPE.ini --run.device=cuda [--steps N] [--section.key=value ...]\n"
+    "                      train N steps (default 1) on the CPU and on the device from the same\n"
+    "                      weights and batches; compare losses, gradients and weights (exit 1 if\n"
+    "                      they disagree beyond f32 tolerance)\n"
     "  gradcheck [OP ...]  float64 central-difference gradcheck of the named (default: all) ops\n"
     "  ops                 list the registered differentiable ops\n"
     "  help                this text\n";
@@ -73,6 +77,32 @@ int cmd_train(const std::vector<std::string>& args) {
   attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
   attnlab::run_train(recipe, options, std::cout);
   return 0;
+}
+
+int cmd_compare_devices(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> overrides;
+  int64_t steps = 1;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--steps" || a.rfind("--steps=", 0) == 0) {
+      const std::string v = a == "--steps" ? (i + 1 < args.size() ? args[++i] : "") : a.substr(8);
+      try {
+        steps = std::stoll(v);
+      } catch (const std::exception&) {
+        throw UsageError("compare-devices: --steps needs a whole number; got '" + v + "'");
+      }
+    } else if (a.rfind("--", 0) == 0) {
+      overrides.push_back(a);
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      throw UsageError("compare-devices: more than one recipe given ('" + path + "' and '" + a + "')");
+    }
+  }
+  if (path.empty()) throw UsageError("compare-devices: no recipe given; usage: attnlab compare-devices RECIPE.ini --run.device=cuda");
+  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
+  return attnlab::run_compare_devices(recipe, steps, std::cout) ? 0 : 1;
 }
 
 int cmd_sample(const std::vector<std::string>& args) {
@@ -137,13 +167,14 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(args);
     if (cmd == "sample") return cmd_sample(args);
     if (cmd == "eval") return cmd_eval(args);
+    if (cmd == "compare-devices") return cmd_compare_devices(args);
     if (cmd == "gradcheck") return cmd_gradcheck(args);
     if (cmd == "ops") return cmd_ops();
     if (cmd == "help" || cmd == "--help" || cmd == "-h") {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, gradcheck, ops, help");
+    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, gradcheck, ops, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

@@ -14,7 +14,8 @@ std::string gpt_config_json(const GptConfig& m) {
                   {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
                   {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
                   {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
-                  {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base}};
+                  {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base},
+                  {"matmul_precision", std::string(matmul_precision_name(m.matmul_precision))}};
   return j.dump();
 }
 
@@ -37,6 +38,8 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
     m.tie_embeddings = j.at("tie_embeddings");
     m.dropout = j.at("dropout");
     m.rope_base = j.at("rope_base");
+    // Checkpoints written before mixed precision existed are f32.
+    if (j.contains("matmul_precision")) m.matmul_precision = parse_matmul_precision(j.at("matmul_precision").get<std::string>());
     m.validate();
     return m;
   } catch (const json::exception& e) {

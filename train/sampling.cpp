@@ -55,7 +55,7 @@ std::vector<int32_t> generate(const Gpt& model, const std::vector<int32_t>& prom
   // Prefill with at most a context of prompt.
   std::vector<int32_t> window(history.end() - std::min<int64_t>(context, static_cast<int64_t>(history.size())),
                               history.end());
-  Tensor logits = model.forward_cached(Variable(as_ids(window)), cache).data();
+  Tensor logits = model.forward_cached(Variable(as_ids(window).to(model.device())), cache).data().to(Device::cpu());
   int64_t cached = static_cast<int64_t>(window.size());
   for (int64_t n = 0; n < o.tokens; ++n) {
     const Tensor last = logits.narrow(1, logits.size(1) - 1, 1).contiguous();
@@ -67,10 +67,10 @@ std::vector<int32_t> generate(const Gpt& model, const std::vector<int32_t>& prom
       cache = model.make_cache(1);
       const int64_t keep = std::max<int64_t>(1, context / 2);
       window.assign(history.end() - keep, history.end());
-      logits = model.forward_cached(Variable(as_ids(window)), cache).data();
+      logits = model.forward_cached(Variable(as_ids(window).to(model.device())), cache).data().to(Device::cpu());
       cached = keep;
     } else {
-      logits = model.forward_cached(Variable(as_ids({next})), cache).data();
+      logits = model.forward_cached(Variable(as_ids({next}).to(model.device())), cache).data().to(Device::cpu());
       ++cached;
     }
   }

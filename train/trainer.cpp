@@ -21,6 +21,9 @@
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 #include "lib/file_io.h"
+#if ATTNLAB_WITH_CUDA
+#include "lib/cuda/runtime.h"
+#endif
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "optim/sgd.h"
@@ -40,6 +43,7 @@ namespace {
 struct RunConfig {
   std::string name, dir;
   uint64_t seed = 1;
+  Device device;  // run.device: cpu, cuda or cuda:N
   // [data]
   std::string corpus, corpus_dir, tokenizer;
   int64_t bpe_vocab = 0;
@@ -75,12 +79,33 @@ void in_recipe(const Recipe& r, Fn&& validate) {
   }
 }
 
+std::string device_description(Device d) {
+#if ATTNLAB_WITH_CUDA
+  if (d.is_cuda()) return d.str() + " (" + cuda::device_name(d.index) + ")";
+#endif
+  return d.str();
+}
+
 RunConfig read_config(Recipe& r) {
   RunConfig c;
   const std::string stem = fs::path(r.source()).stem().string();
   c.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? "run" : stem);
   c.dir = r.get_string("run.dir", "runs");
   c.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
+  const std::string device = r.get_string("run.device", "cpu");
+  in_recipe(r, [&] { c.device = Device::parse(device); });
+  if (c.device.is_cuda()) {
+#if ATTNLAB_WITH_CUDA
+    try {
+      cuda::check_device(c.device);
+    } catch (const DeviceError& e) {
+      detail::throw_error<ConfigError>("recipe ", r.source(), ": run.device = ", device, ": ", e.what());
+    }
+#else
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": run.device = ", device,
+                                     ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
+#endif
+  }
   AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
                   "recipe ", r.source(), ": run.name must be a plain directory name; got '", c.name, "'");
 
@@ -127,6 +152,8 @@ RunConfig read_config(Recipe& r) {
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);
   m.rope_base = r.get_double("model.rope_base", m.rope_base);
+  const std::string precision = r.get_string("model.precision", "f32");
+  in_recipe(r, [&] { m.matmul_precision = parse_matmul_precision(precision); });
   in_recipe(r, [&] { m.validate(); });
   AL_CHECK_CONFIG(c.seq_len <= m.context, "recipe ", r.source(), ": train.seq_len (", c.seq_len,
                   ") must be <= model.context (", m.context, ")");
@@ -227,7 +254,9 @@ double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t s
   double total = 0;
   int64_t n = 0;
   for (const Batch& b : sequential_batches(tokens, batch, seq_len, max_batches)) {
-    total += cross_entropy(model.forward(Variable(b.x)), Variable(b.y)).data().item<double>();
+    total += cross_entropy(model.forward(Variable(b.x.to(model.device()))), Variable(b.y.to(model.device())))
+                 .data()
+                 .item<double>();
     ++n;
   }
   return total / static_cast<double>(std::max<int64_t>(n, 1));
@@ -290,6 +319,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   c.model.vocab_size = data.tokenizer->vocab_size();
   Generator init_gen(c.seed);
   Gpt model(c.model, init_gen);
+  model.to(c.device);
   Checkpoint resumed;
   std::string resumed_from;
   if (options.resume) {
@@ -352,6 +382,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       << model.num_parameters() << " parameters\n"
       << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer
       << " lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
+      << "  device: " << device_description(c.device) << "\n"
       << std::flush;
 
   std::ofstream metrics(metrics_path, std::ios::app);
@@ -384,8 +415,8 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     const double lr = c.schedule(step);
     opt->set_lr(lr);
     const Batch b = sampler.next();
-    const Variable logits = model.forward(Variable(b.x), c.model.dropout > 0 ? &dropout_gen : nullptr);
-    const Variable loss = cross_entropy(logits, Variable(b.y));
+    const Variable logits = model.forward(Variable(b.x.to(c.device)), c.model.dropout > 0 ? &dropout_gen : nullptr);
+    const Variable loss = cross_entropy(logits, Variable(b.y.to(c.device)));
     opt->zero_grad();
     loss.backward();
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
@@ -456,6 +487,114 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   return result;
 }
 
+
+namespace {
+
+// Largest |a - b| over all elements, relative to max(1e-6, max |b|) of the reference b.
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double diff = 0, scale = 1e-6;
+  for (size_t i = 0; i < x.size(); ++i) {
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    scale = std::max(scale, std::abs(y[i]));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
+  RunConfig c = read_config(recipe);
+  AL_CHECK_CONFIG(!c.device.is_cpu(), "compare-devices: run.device is cpu; name the device to compare with the CPU, "
+                                      "e.g. --run.device=cuda");
+  AL_CHECK_CONFIG(steps > 0, "compare-devices: --steps must be >= 1; got ", steps);
+  Dataset data = prepare_data(c, c.run_dir(), /*reuse=*/false, out);
+  c.model.vocab_size = data.tokenizer->vocab_size();
+
+  struct Side {
+    Device device;
+    std::unique_ptr<Gpt> model;
+    std::unique_ptr<Optimizer> opt;
+    std::unique_ptr<BatchSampler> sampler;
+    std::unique_ptr<Generator> dropout;
+    double loss = 0, seconds = 0;
+  };
+  auto make_side = [&](Device device) {
+    Side s{device, nullptr, nullptr, nullptr, nullptr};
+    Generator init(c.seed);
+    s.model = std::make_unique<Gpt>(c.model, init);
+    s.model->to(device);
+    s.opt = std::make_unique<AdamW>(s.model->parameters(),
+                                    AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
+                                                .weight_decay = c.weight_decay},
+                                    decay_mask(*s.model, c.decay_all));
+    s.sampler = std::make_unique<BatchSampler>(data.train, c.batch, c.seq_len, c.seed);
+    s.dropout = std::make_unique<Generator>(c.seed ^ 0x9e3779b97f4a7c15ull);
+    return s;
+  };
+  Side ref = make_side(Device::cpu()), dev = make_side(c.device);
+  out << "compare-devices: " << recipe.source() << ", " << steps << " AdamW step(s) of " << c.batch << " x "
+      << c.seq_len << " tokens, " << ref.model->num_parameters() << " parameters\n  cpu (" << cpu::max_threads()
+      << " threads) vs " << device_description(c.device) << "\n"
+      << "  step   loss cpu      loss " << c.device.str() << "    |d loss|    max grad diff (relative)\n";
+
+  auto train_step = [&](Side& s, int64_t step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    s.opt->set_lr(c.schedule(step));
+    const Batch b = s.sampler->next();
+    const Variable logits = s.model->forward(Variable(b.x.to(s.device)), c.model.dropout > 0 ? s.dropout.get() : nullptr);
+    const Variable loss = cross_entropy(logits, Variable(b.y.to(s.device)));
+    s.opt->zero_grad();
+    loss.backward();
+    s.loss = loss.data().item<double>();
+    s.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+
+  bool ok = true;
+  const auto ref_params = ref.model->named_parameters(), dev_params = dev.model->named_parameters();
+  for (int64_t step = 0; step < steps; ++step) {
+    train_step(ref, step);
+    train_step(dev, step);
+    double worst = 0;
+    std::string worst_name;
+    for (size_t i = 0; i < ref_params.size(); ++i) {
+      const Tensor& g = ref_params[i].second.grad();
+      if (!g.defined()) continue;
+      const double d = max_rel_diff(dev_params[i].second.grad(), g);
+      if (d > worst) worst = d, worst_name = ref_params[i].first;
+    }
+    const double dloss = std::abs(ref.loss - dev.loss);
+    ok = ok && dloss <= 1e-4 * std::max(1.0, std::abs(ref.loss)) && worst <= 1e-3;
+    char line[200];
+    std::snprintf(line, sizeof line, "  %4lld   %.6f    %.6f    %.2e    %.2e (%s)\n", static_cast<long long>(step + 1),
+                  ref.loss, dev.loss, dloss, worst, worst_name.c_str());
+    out << line;
+    for (Side* s : {&ref, &dev}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      clip_grad_norm(s->model->parameters(), c.grad_clip > 0 ? c.grad_clip : 1e30);
+      s->opt->step();
+      s->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+  // Weights are shown, not judged: AdamW moves every element by about lr whatever its gradient's
+  // size, so an element whose gradient is f32 noise (1e-9 here, -1e-9 there) may step either way.
+  double weights = 0;
+  for (size_t i = 0; i < ref_params.size(); ++i) {
+    const std::vector<double> a = dev_params[i].second.data().to_vector<double>();
+    const std::vector<double> b = ref_params[i].second.data().to_vector<double>();
+    for (size_t j = 0; j < a.size(); ++j) weights = std::max(weights, std::abs(a[j] - b[j]));
+  }
+  char line[320];
+  std::snprintf(line, sizeof line,
+                "  weights after %lld step(s): max |difference| %.2e (AdamW moves each element by up to lr = %.1e "
+                "a step)\n  time per step: cpu %.1f ms, %s %.1f ms (%.2fx)\n  %s\n",
+                static_cast<long long>(steps), weights, c.schedule.peak, 1e3 * ref.seconds / static_cast<double>(steps),
+                c.device.str().c_str(), 1e3 * dev.seconds / static_cast<double>(steps), ref.seconds / dev.seconds,
+                ok ? "PASS: losses and gradients agree to f32 tolerance"
+                   : "FAIL: losses or gradients disagree beyond f32 tolerance");
+  out << line;
+  return ok;
+}
 
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
   AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);

@@ -34,6 +34,13 @@ struct TrainResult {
 
 TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out);
 
+// `attnlab compare-devices`: the recipe's model trained for `steps` steps twice from the same
+// initial weights and batches, on the CPU and on run.device (e.g. cuda), printing per step the
+// two losses and the largest gradient difference (relative to the parameter's largest gradient),
+// and after the last step the largest weight difference and the time per step on each. True
+// when losses (1e-4 relative) and gradients (1e-3 relative) agree at every step.
+bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out);
+
 // `attnlab eval`: validation loss and perplexity of a checkpoint on its run's validation split
 // (all of it, or the first max_batches batches of the run's batch x seq_len windows).
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out);

@@ -163,16 +163,7 @@ Shape matmul_shape(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
   return Shape(std::move(out));
 }
 
-namespace {
-// A matrix operand as gemm sees it: base pointer, leading dim, and whether it is read transposed.
-// Makes the last two dims unit-stride in one direction, copying only when neither is.
-struct Operand {
-  Tensor t;
-  bool trans;
-  int64_t ld;
-};
-
-Operand as_operand(const Tensor& x, bool trans) {
+GemmOperand gemm_operand(const Tensor& x, bool trans) {
   const int64_t r = x.size(-2), c = x.size(-1);
   const int64_t sr = x.stride(-2), sc = x.stride(-1);
   if ((sc == 1 || c == 1) && sr >= std::max<int64_t>(c, 1)) return {x, trans, sr};
@@ -180,7 +171,6 @@ Operand as_operand(const Tensor& x, bool trans) {
   Tensor packed = x.contiguous();
   return {packed, trans, std::max<int64_t>(c, 1)};
 }
-}  // namespace
 
 void matmul_into(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double beta) {
   const Shape shape = matmul_shape(a, b, trans_a, trans_b);
@@ -195,7 +185,7 @@ void matmul_into(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bo
     std::vector<int64_t> xs(x.strides().begin(), x.strides().end() - 2);
     return broadcast_strides(xb, xs, batch_shape);
   };
-  const Operand oa = as_operand(a, trans_a), ob = as_operand(b, trans_b);
+  const GemmOperand oa = gemm_operand(a, trans_a), ob = gemm_operand(b, trans_b);
   const std::vector<int64_t> sa = batch_strides(oa.t), sb = batch_strides(ob.t);
   auto offsets = [&](int64_t i, int64_t& off_a, int64_t& off_b) {
     off_a = off_b = 0;

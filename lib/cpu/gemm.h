@@ -35,6 +35,17 @@ const char* gemm_backend();
 // The result shape of matmul(a, b, trans_a, trans_b); throws ShapeError naming `op` otherwise.
 Shape matmul_shape(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, const char* op = "matmul");
 
+// A matrix operand (the last two dims of x) as a GEMM sees it: the tensor to read, its leading
+// dim, and whether it is read transposed. Unit stride along the row gives a row-major matrix,
+// unit stride down the column a column-major one (read with `trans` flipped); anything else is
+// packed with Tensor::contiguous (on x's device). Shared by cpu::matmul and cuda::matmul.
+struct GemmOperand {
+  Tensor t;
+  bool trans;
+  int64_t ld;
+};
+GemmOperand gemm_operand(const Tensor& x, bool trans);
+
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
 // out = beta * out + a @ b, with out contiguous and of shape matmul_shape(a, b, ...).

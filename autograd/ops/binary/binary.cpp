@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "autograd/op_helpers.h"
+#include "autograd/ops/view/view.h"
 
 namespace attnlab {
 
@@ -80,6 +81,23 @@ std::vector<OpSample> BinaryOp::samples(BinaryKind kind) {
   };
 }
 
+std::vector<OpSample> BinaryOp::parity_samples(BinaryKind kind) {
+  auto run = [kind](const std::vector<Variable>& in) { return std::vector<Variable>{binary(kind, in[0], in[1])}; };
+  auto rhs = [kind](const Shape& s, uint64_t seed) {
+    return kind == BinaryKind::div ? sample_uniform(s, seed, 0.5, 2.0) : sample_randn(s, seed);
+  };
+  // A transposed input: [130, 37] seen as [37, 130] with strides (1, 37).
+  auto transposed = [](const std::vector<Variable>& in) { return std::vector<Variable>{in[0], transpose(in[1], 0, 1)}; };
+  auto run_t = [run, transposed](const std::vector<Variable>& in) { return run(transposed(in)); };
+  return {
+      {"[3, 37, 130] and [3, 37, 130]", {sample_randn(Shape{3, 37, 130}, 31), rhs(Shape{3, 37, 130}, 32)}, run},
+      {"[3, 37, 130] and [130] (bias)", {sample_randn(Shape{3, 37, 130}, 33), rhs(Shape{130}, 34)}, run},
+      {"[3, 37, 1] and [3, 1, 130]", {sample_randn(Shape{3, 37, 1}, 35), rhs(Shape{3, 1, 130}, 36)}, run},
+      {"[37, 130] and []", {sample_randn(Shape{37, 130}, 37), rhs(Shape{}, 38)}, run},
+      {"[37, 130] and transposed [130, 37]", {sample_randn(Shape{37, 130}, 39), rhs(Shape{130, 37}, 40)}, run_t},
+  };
+}
+
 std::vector<OpMisuse> BinaryOp::misuses(BinaryKind kind) {
   return {
       {"[2, 3] and [4] do not broadcast",
@@ -95,8 +113,11 @@ std::vector<OpMisuse> BinaryOp::misuses(BinaryKind kind) {
 
 void register_ops_binary(OpRegistry& registry) {
   for (const KindInfo& k : kKinds)
-    registry.add({std::string(k.name), [kind = k.kind] { return BinaryOp::samples(kind); },
-                  [kind = k.kind] { return BinaryOp::misuses(kind); }});
+    registry.add({.name = std::string(k.name),
+                  .samples = [kind = k.kind] { return BinaryOp::samples(kind); },
+                  .misuses = [kind = k.kind] { return BinaryOp::misuses(kind); },
+                  .cuda = true,
+                  .parity_samples = [kind = k.kind] { return BinaryOp::parity_samples(kind); }});
 }
 
 }  // namespace attnlab

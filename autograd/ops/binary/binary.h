@@ -7,7 +7,8 @@
 //
 // then each gradient is summed back to its input's shape (cpu::sum_to) over broadcast dims.
 // Shapes: a [*a], b [*b] -> y [broadcast(*a, *b)]; any strides (read through broadcast strides,
-// nothing is expanded in memory). dtypes: f32, f64 (CPU), a and b the same. CUDA: not yet.
+// nothing is expanded in memory). dtypes: f32, f64, a and b the same. CUDA: f32, f64 (at most 8
+// dims once contiguous dims are merged).
 // Saved for backward: a and b (held by the graph anyway; add and sub only read their shapes).
 #pragma once
 
@@ -31,7 +32,12 @@ struct BinaryOp {
   // {da, db} shaped like a and b; undefined where `needs` says no.
   static std::vector<Tensor> backward(CpuTag, BinaryKind kind, const Tensor& a, const Tensor& b, const Tensor& dy,
                                       const GradMask& needs);
+  static Tensor forward(CudaTag, BinaryKind kind, const Tensor& a, const Tensor& b);
+  static std::vector<Tensor> backward(CudaTag, BinaryKind kind, const Tensor& a, const Tensor& b, const Tensor& dy,
+                                      const GradMask& needs);
   static std::vector<OpSample> samples(BinaryKind kind);
+  // Larger shapes for the CUDA parity test: several blocks, ragged edges, every broadcast form.
+  static std::vector<OpSample> parity_samples(BinaryKind kind);
   static std::vector<OpMisuse> misuses(BinaryKind kind);
 };
 

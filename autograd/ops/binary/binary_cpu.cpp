@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "autograd/ops/binary/binary.h"
+#include "autograd/ops/binary/binary_math.h"
 #include "lib/cpu/arith.h"
 #include "lib/cpu/loops.h"
 
@@ -60,45 +61,19 @@ Tensor BinaryOp::forward(CpuTag, BinaryKind kind, const Tensor& a, const Tensor&
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   return dispatch_float(a.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
-    switch (kind) {
-      case BinaryKind::add: return map<T>(shape, [](T x, T y) { return x + y; }, a, b);
-      case BinaryKind::sub: return map<T>(shape, [](T x, T y) { return x - y; }, a, b);
-      case BinaryKind::mul: return map<T>(shape, [](T x, T y) { return x * y; }, a, b);
-      case BinaryKind::div: return map<T>(shape, [](T x, T y) { return x / y; }, a, b);
-    }
-    AL_ASSERT(false, "unknown BinaryKind");
+    return binary_math::forward(kind, a, b, [&](auto f, const auto&... in) { return map<T>(shape, f, in...); });
   });
 }
 
 std::vector<Tensor> BinaryOp::backward(CpuTag, BinaryKind kind, const Tensor& a, const Tensor& b, const Tensor& dy,
                                        const GradMask& needs) {
-  const Shape& shape = dy.shape();
-  std::vector<Tensor> grads(2);
-  dispatch_float(dy.dtype(), binary_name(kind), [&](auto tag) {
+  return dispatch_float(dy.dtype(), binary_name(kind), [&](auto tag) {
     using T = decltype(tag);
-    Tensor da, db;  // at the broadcast shape, before sum_to
-    switch (kind) {
-      case BinaryKind::add:
-      case BinaryKind::sub:
-        if (needs[0]) da = dy;
-        if (needs[1]) db = dy;
-        break;
-      case BinaryKind::mul:
-        if (needs[0]) da = map<T>(shape, [](T g, T other) { return g * other; }, dy, b);
-        if (needs[1]) db = map<T>(shape, [](T g, T other) { return g * other; }, dy, a);
-        break;
-      case BinaryKind::div:
-        if (needs[0]) da = map<T>(shape, [](T g, T den) { return g / den; }, dy, b);
-        if (needs[1]) db = map<T>(shape, [](T g, T num, T den) { return -g * num / (den * den); }, dy, a, b);
-        break;
-    }
-    if (da.defined()) grads[0] = cpu::sum_to(da, a.shape());
-    if (db.defined()) grads[1] = cpu::sum_to(db, b.shape());
-    // Negating after the reduction touches b's elements, not the broadcast shape's.
-    if (kind == BinaryKind::sub && db.defined())
-      grads[1] = map<T>(b.shape(), [](T g) { return -g; }, grads[1]);
+    return binary_math::backward(
+        kind, a, b, dy, needs, [&](auto f, const auto&... in) { return map<T>(dy.shape(), f, in...); },
+        [&](auto f, const Tensor& x) { return map<T>(b.shape(), f, x); },
+        [](const Tensor& g, const Shape& to) { return cpu::sum_to(g, to); });
   });
-  return grads;
 }
 
 }  // namespace attnlab

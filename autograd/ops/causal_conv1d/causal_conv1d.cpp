@@ -61,6 +61,28 @@ std::vector<OpSample> CausalConv1dOp::samples() {
   };
 }
 
+std::vector<OpSample> CausalConv1dOp::parity_samples() {
+  auto with_bias = [](const std::vector<Variable>& in) {
+    return std::vector<Variable>{causal_conv1d(in[0], in[1], in[2])};
+  };
+  auto no_bias = [](const std::vector<Variable>& in) {
+    return std::vector<Variable>{causal_conv1d(in[0], in[1], Variable())};
+  };
+  return {
+      // R = 300 rows: weight sums over 5 row chunks of 64 (ragged) and 3 column tiles (ragged).
+      {"x [3, 100, 70], W 4, bias",
+       {sample_randn(Shape{3, 100, 70}, 151), sample_randn(Shape{70, 4}, 152), sample_randn(Shape{70}, 153)},
+       with_bias},
+      {"x [2, 37, 130], W 5, no bias",
+       {sample_randn(Shape{2, 37, 130}, 154), sample_randn(Shape{130, 5}, 155)},
+       no_bias},
+      // Kernel longer than the sequence.
+      {"x [4, 3, 33], W 6 > T, bias",
+       {sample_randn(Shape{4, 3, 33}, 156), sample_randn(Shape{33, 6}, 157), sample_randn(Shape{33}, 158)},
+       with_bias},
+  };
+}
+
 std::vector<OpMisuse> CausalConv1dOp::misuses() {
   const Variable x(Tensor::zeros(Shape{2, 5, 3}, DType::f64)), w(Tensor::ones(Shape{3, 4}, DType::f64));
   const Variable w44(Tensor::ones(Shape{4, 4}, DType::f64)), x2d(Tensor::zeros(Shape{5, 3}, DType::f64));
@@ -77,8 +99,11 @@ std::vector<OpMisuse> CausalConv1dOp::misuses() {
 }
 
 void register_ops_causal_conv1d(OpRegistry& registry) {
-  registry.add(
-      {std::string(kName), [] { return CausalConv1dOp::samples(); }, [] { return CausalConv1dOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return CausalConv1dOp::samples(); },
+                .misuses = [] { return CausalConv1dOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return CausalConv1dOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

@@ -6,14 +6,14 @@
 //
 // Shapes: x [B, T, C], weight [C, W], bias [C] or an undefined Variable (no bias, and then no
 // bias input in the graph) -> y [B, T, C]. dtypes: f32, f64 (CPU), all inputs the same dtype.
-// CUDA: not yet.
+// CUDA: f32 (f32 accumulation).
 // Saved for backward: x and weight.
 // Backward (sums over valid times only):
 //   dx[b, s, c]     = sum_j weight[c, j] * dy[b, s + (W-1) - j, c]
 //   dweight[c, j]   = sum_{b,t} dy[b, t, c] * x[b, t - (W-1) + j, c]
 //   dbias[c]        = sum_{b,t} dy[b, t, c]
 // The (b, t) sums are taken over fixed blocks of rows combined in order, so they do not depend
-// on the thread count.
+// on the thread count (CPU) and need no atomics (CUDA: two passes).
 #pragma once
 
 #include <vector>
@@ -35,7 +35,12 @@ struct CausalConv1dOp {
   static Tensor forward(CpuTag, const Tensor& x, const Tensor& weight, const Tensor& bias);
   static Grads backward(CpuTag, const Tensor& x, const Tensor& weight, const Tensor& dy, bool need_dx,
                         bool need_dweight, bool need_dbias);
+  static Tensor forward(CudaTag, const Tensor& x, const Tensor& weight, const Tensor& bias);
+  static Grads backward(CudaTag, const Tensor& x, const Tensor& weight, const Tensor& dy, bool need_dx,
+                        bool need_dweight, bool need_dbias);
   static std::vector<OpSample> samples();
+  // Larger shapes for the CUDA parity test: several blocks, ragged edges.
+  static std::vector<OpSample> parity_samples();
   static std::vector<OpMisuse> misuses();
 };
 

@@ -131,6 +131,16 @@ std::vector<OpSample> ConcatOp::samples(ConcatKind kind) {
           sample(K::stack, "two [2, 2] at dim 0", {Shape{2, 2}, Shape{2, 2}}, 48, 0)};
 }
 
+std::vector<OpSample> ConcatOp::parity_samples(ConcatKind kind) {
+  using K = ConcatKind;
+  if (kind == K::concat)
+    return {sample(K::concat, "three along dim 1", {Shape{3, 5, 130}, Shape{3, 37, 130}, Shape{3, 1, 130}}, 91, 1),
+            sample(K::concat, "two along dim -1", {Shape{37, 130}, Shape{37, 257}}, 92, -1),
+            sample(K::concat, "ten along dim 1 (two launches)", std::vector<Shape>(10, Shape{37, 13}), 93, 1)};
+  return {sample(K::stack, "three [37, 130] at dim 1", {Shape{37, 130}, Shape{37, 130}, Shape{37, 130}}, 94, 1),
+          sample(K::stack, "nine [3, 130] at dim -1", std::vector<Shape>(9, Shape{3, 130}), 95, -1)};
+}
+
 std::vector<OpMisuse> ConcatOp::misuses(ConcatKind kind) {
   auto run = [kind](const std::vector<Variable>& xs, int64_t dim) {
     kind == ConcatKind::concat ? concat(xs, dim) : stack(xs, dim);
@@ -155,7 +165,11 @@ std::vector<OpMisuse> ConcatOp::misuses(ConcatKind kind) {
 void register_ops_concat(OpRegistry& registry) {
   for (const auto& [kind, name] : kKinds) {
     const ConcatKind k = kind;
-    registry.add({std::string(name), [k] { return ConcatOp::samples(k); }, [k] { return ConcatOp::misuses(k); }});
+    registry.add({.name = std::string(name),
+                  .samples = [k] { return ConcatOp::samples(k); },
+                  .misuses = [k] { return ConcatOp::misuses(k); },
+                  .cuda = true,
+                  .parity_samples = [k] { return ConcatOp::parity_samples(k); }});
   }
 }
 

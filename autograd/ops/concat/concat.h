@@ -6,7 +6,7 @@
 //                                                                  dxs[i] = dy[.., i, ..] along dim
 //
 // Inputs share dtype and device; dim may be negative (stack's counts over ndim + 1 places).
-// dtypes: any (the forward moves bytes; gradients are views of dy). CPU; CUDA: not yet.
+// dtypes: any (the forward moves bytes; gradients are views of dy). CPU and CUDA.
 // Saved for backward: the input shapes; no tensors.
 #pragma once
 
@@ -30,7 +30,10 @@ struct ConcatOp {
   // y's rank and matching y_shape everywhere but `dim`; outer and inner are the products of
   // y_shape before and after `dim`. The backward is views of dy and needs no kernel.
   static Tensor forward(CpuTag, const std::vector<Tensor>& xs, int64_t dim, const Shape& y_shape);
+  static Tensor forward(CudaTag, const std::vector<Tensor>& xs, int64_t dim, const Shape& y_shape);
   static std::vector<OpSample> samples(ConcatKind kind);
+  // Larger shapes for the CUDA parity test, and more inputs than one launch takes.
+  static std::vector<OpSample> parity_samples(ConcatKind kind);
   static std::vector<OpMisuse> misuses(ConcatKind kind);
 };
 

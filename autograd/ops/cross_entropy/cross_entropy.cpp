@@ -67,6 +67,27 @@ std::vector<OpSample> CrossEntropyOp::samples() {
   };
 }
 
+std::vector<OpSample> CrossEntropyOp::parity_samples() {
+  auto run = [](const std::vector<Variable>& in) { return std::vector<Variable>{cross_entropy(in[0], in[1])}; };
+  // Targets in [0, V), every seventh ignored (-100).
+  auto targets = [](int64_t n, int64_t v, uint64_t seed) {
+    const std::vector<double> u = sample_uniform(Shape{n}, seed, 0.0, static_cast<double>(v)).to_vector<double>();
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (size_t i = 0; i < t.size(); ++i)
+      t[i] = i % 7 == 3 ? -100 : static_cast<int32_t>(u[i]) % static_cast<int32_t>(v);
+    return Tensor::from_vector<int32_t>(Shape{n}, t);
+  };
+  return {
+      // One warp per row, 8 rows per block: 65 rows leave the last block one live row.
+      {"[65, 37] (warp per row, ragged)", {sample_randn(Shape{65, 37}, 35, 3.0), targets(65, 37, 36)}, run},
+      // One block per row: 256 threads over 1000 logits, then 512 over 3001.
+      {"[5, 3, 1000] with [5, 3] targets",
+       {sample_randn(Shape{5, 3, 1000}, 37, 5.0), targets(15, 1000, 38).reshape(Shape{5, 3})},
+       run},
+      {"[7, 3001] at scale 30", {sample_randn(Shape{7, 3001}, 39, 30.0), targets(7, 3001, 40)}, run},
+  };
+}
+
 std::vector<OpMisuse> CrossEntropyOp::misuses() {
   auto logits = [] { return Variable(Tensor::zeros(Shape{3, 5}, DType::f64)); };
   auto targets = [](const Shape& s, std::vector<int32_t> v) { return Variable(Tensor::from_vector<int32_t>(s, v)); };
@@ -82,7 +103,11 @@ std::vector<OpMisuse> CrossEntropyOp::misuses() {
 }
 
 void register_ops_cross_entropy(OpRegistry& registry) {
-  registry.add({kName, [] { return CrossEntropyOp::samples(); }, [] { return CrossEntropyOp::misuses(); }});
+  registry.add({.name = kName,
+                .samples = [] { return CrossEntropyOp::samples(); },
+                .misuses = [] { return CrossEntropyOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return CrossEntropyOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

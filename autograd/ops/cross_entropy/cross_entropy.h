@@ -4,8 +4,8 @@
 //   dx[n, v] = (exp(x[n, v] - lse_n) - [v == t_n]) * dloss / C,  zero rows where t_n == ignore
 // C counts the targets that are not ignored; when C = 0 the loss and every gradient are 0.
 // Shapes: logits [N, V] (or [*, V], e.g. [B, T, V], leading dims flattened to N), targets [N]
-// (or [*], e.g. [B, T]) -> loss [] (0-d). dtypes: logits f32, f64; targets i32 (CPU); row sums
-// accumulate in double. CUDA: not yet.
+// (or [*], e.g. [B, T]) -> loss [] (0-d). dtypes: logits f32, f64; targets i32 (CPU; row sums
+// accumulate in double). CUDA: logits f32, targets i32 (f32 accumulation).
 // Saved for backward: logits, targets and lse [N]; the probabilities are recomputed from lse
 // rather than stored ([N, V] is the largest tensor of a language model).
 #pragma once
@@ -31,7 +31,12 @@ struct CrossEntropyOp {
   static Forward forward(CpuTag, const Tensor& logits, const Tensor& targets, int32_t ignore_index);
   static Tensor backward(CpuTag, const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t count,
                          int32_t ignore_index, const Tensor& dloss);
+  static Forward forward(CudaTag, const Tensor& logits, const Tensor& targets, int32_t ignore_index);
+  static Tensor backward(CudaTag, const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t count,
+                         int32_t ignore_index, const Tensor& dloss);
   static std::vector<OpSample> samples();
+  // Larger shapes for the CUDA parity test: every launch shape, ragged edges.
+  static std::vector<OpSample> parity_samples();
   static std::vector<OpMisuse> misuses();
 };
 

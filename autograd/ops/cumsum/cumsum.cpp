@@ -40,6 +40,17 @@ std::vector<OpSample> CumsumOp::samples() {
   };
 }
 
+std::vector<OpSample> CumsumOp::parity_samples() {
+  auto run_with = [](int64_t dim) {
+    return [dim](const std::vector<Variable>& in) { return std::vector<Variable>{cumsum(in[0], dim)}; };
+  };
+  return {
+      {"[3, 37, 130] dim 1", {sample_randn(Shape{3, 37, 130}, 57)}, run_with(1)},
+      {"[3, 37, 130] dim -1", {sample_randn(Shape{3, 37, 130}, 58)}, run_with(-1)},
+      {"[37, 1000] dim 1 (block scan)", {sample_randn(Shape{37, 1000}, 59)}, run_with(1)},
+  };
+}
+
 std::vector<OpMisuse> CumsumOp::misuses() {
   auto x = [] { return Variable(Tensor::zeros(Shape{2, 3, 4}, DType::f32)); };
   return {
@@ -50,7 +61,11 @@ std::vector<OpMisuse> CumsumOp::misuses() {
 }
 
 void register_ops_cumsum(OpRegistry& registry) {
-  registry.add({kName, [] { return CumsumOp::samples(); }, [] { return CumsumOp::misuses(); }});
+  registry.add({.name = kName,
+                .samples = [] { return CumsumOp::samples(); },
+                .misuses = [] { return CumsumOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return CumsumOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

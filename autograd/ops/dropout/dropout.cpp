@@ -52,6 +52,20 @@ std::vector<OpSample> DropoutOp::samples() {
   };
 }
 
+std::vector<OpSample> DropoutOp::parity_samples() {
+  auto run_with = [](double p, uint64_t seed, uint64_t skip) {
+    return [=](const std::vector<Variable>& in) {
+      Generator gen(seed);
+      gen.reserve(skip);  // a Generator part-way through its stream
+      return std::vector<Variable>{dropout(in[0], p, gen)};
+    };
+  };
+  return {
+      {"[3, 37, 130] p=0.3", {sample_randn(Shape{3, 37, 130}, 81)}, run_with(0.3, 17, 0)},
+      {"[1001] p=0.9 (ragged last Philox block)", {sample_randn(Shape{1001}, 82)}, run_with(0.9, 18, 12345)},
+  };
+}
+
 std::vector<OpMisuse> DropoutOp::misuses() {
   return {
       {"p=1.5",
@@ -73,7 +87,11 @@ std::vector<OpMisuse> DropoutOp::misuses() {
 }
 
 void register_ops_dropout(OpRegistry& registry) {
-  registry.add({kName, [] { return DropoutOp::samples(); }, [] { return DropoutOp::misuses(); }});
+  registry.add({.name = kName,
+                .samples = [] { return DropoutOp::samples(); },
+                .misuses = [] { return DropoutOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return DropoutOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

@@ -30,6 +30,14 @@ Tensor gather_backward(std::string_view name, const Shape& x_shape, int64_t dim,
 
 }  // namespace
 
+IndexSelectOp::Split IndexSelectOp::split_at(const Shape& s, int64_t dim) {
+  Split r;
+  for (int64_t d = 0; d < dim; ++d) r.outer *= s[d];
+  r.n = s[dim];
+  for (int64_t d = dim + 1; d < s.ndim(); ++d) r.inner *= s[d];
+  return r;
+}
+
 std::string_view gather_name(GatherKind kind) {
   return kind == GatherKind::index_select ? "index_select" : "embedding";
 }
@@ -127,6 +135,24 @@ std::vector<OpSample> IndexSelectOp::samples(GatherKind kind) {
           embedding_sample("[4, 3] at a 0-d id", Shape{4, 3}, 56, Shape{}, {3})};
 }
 
+std::vector<OpSample> IndexSelectOp::parity_samples(GatherKind kind) {
+  // count indices in [0, n), from a fixed LCG so the sample is the same everywhere.
+  auto draw = [](int64_t count, int32_t n, uint32_t seed) {
+    std::vector<int32_t> v(static_cast<size_t>(count));
+    for (int32_t& x : v) {
+      seed = seed * 1664525u + 1013904223u;
+      x = static_cast<int32_t>((seed >> 8) % static_cast<uint32_t>(n));
+    }
+    return v;
+  };
+  if (kind == GatherKind::index_select)
+    return {select_sample("[3, 37, 130] dim 1 at 50 of 37", Shape{3, 37, 130}, 57, 1, draw(50, 37, 1)),
+            select_sample("[3, 37, 130] dim -1 at 200 of 130", Shape{3, 37, 130}, 58, -1, draw(200, 130, 2)),
+            select_sample("[300, 37] dim 0 at 400 of 20", Shape{300, 37}, 59, 0, draw(400, 20, 3))};
+  return {embedding_sample("[300, 130] at ids [3, 37]", Shape{300, 130}, 60, Shape{3, 37}, draw(111, 300, 4)),
+          embedding_sample("[50, 257] at ids [150] of 7", Shape{50, 257}, 61, Shape{150}, draw(150, 7, 5))};
+}
+
 std::vector<OpMisuse> IndexSelectOp::misuses(GatherKind kind) {
   if (kind == GatherKind::index_select)
     return {{"index past the end", [] { index_select(input(Shape{5, 3}), 0, ids(Shape{3}, {0, 5, 1})); }},
@@ -143,8 +169,11 @@ std::vector<OpMisuse> IndexSelectOp::misuses(GatherKind kind) {
 void register_ops_index_select(OpRegistry& registry) {
   for (const auto& [kind, name] : kKinds) {
     const GatherKind k = kind;
-    registry.add(
-        {std::string(name), [k] { return IndexSelectOp::samples(k); }, [k] { return IndexSelectOp::misuses(k); }});
+    registry.add({.name = std::string(name),
+                  .samples = [k] { return IndexSelectOp::samples(k); },
+                  .misuses = [k] { return IndexSelectOp::misuses(k); },
+                  .cuda = true,
+                  .parity_samples = [k] { return IndexSelectOp::parity_samples(k); }});
   }
 }
 

@@ -8,7 +8,8 @@
 // thread count. Indices get no gradient. Every index must lie in [0, N) (embedding: [0, V));
 // that is checked before anything is gathered.
 // dtypes: x/weight any for the forward (it moves bytes), f32 or f64 where a gradient is taken;
-// index/ids i32. CPU; CUDA: not yet.
+// index/ids i32. CPU and CUDA (the CUDA backward sums in the same order as the CPU's, without
+// float atomics: see index_select_cuda.cu).
 // Saved for backward: the index (contiguous) and x's shape.
 #pragma once
 
@@ -36,6 +37,11 @@ struct IndexSelectOp {
   // Both throw naming the op and printing shapes; check returns dim in [0, ndim).
   static int64_t check(const Tensor& x, int64_t dim, const Tensor& index);
   static void check_embedding(const Tensor& weight, const Tensor& ids);
+  // x's shape as [outer, n, inner] around `dim` (how both backends' kernels see x).
+  struct Split {
+    int64_t outer = 1, n = 1, inner = 1;
+  };
+  static Split split_at(const Shape& s, int64_t dim);
   // Scans idx (i32, contiguous, any shape) for a value outside [0, n).
   static BadIndex find_bad_index(CpuTag, const Tensor& idx, int64_t n);
   // y [outer, K, inner] = x [outer, N, inner] at idx [K] along the middle dim; x contiguous,
@@ -45,7 +51,13 @@ struct IndexSelectOp {
   // the k with idx[k] = n. `name` is the op for dtype errors.
   static Tensor backward(CpuTag, std::string_view name, const Shape& x_shape, int64_t dim, const Tensor& idx,
                          const Tensor& dy);
+  static BadIndex find_bad_index(CudaTag, const Tensor& idx, int64_t n);
+  static Tensor forward(CudaTag, const Tensor& x, int64_t dim, const Tensor& idx);
+  static Tensor backward(CudaTag, std::string_view name, const Shape& x_shape, int64_t dim, const Tensor& idx,
+                         const Tensor& dy);
   static std::vector<OpSample> samples(GatherKind kind);
+  // Larger shapes for the CUDA parity test: many repeated indices, several blocks and tiles.
+  static std::vector<OpSample> parity_samples(GatherKind kind);
   static std::vector<OpMisuse> misuses(GatherKind kind);
 };
 

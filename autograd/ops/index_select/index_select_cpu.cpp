@@ -12,20 +12,6 @@
 
 namespace attnlab {
 
-namespace {
-struct Split {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-Split split_at(const Shape& s, int64_t dim) {
-  Split r;
-  for (int64_t d = 0; d < dim; ++d) r.outer *= s[d];
-  r.n = s[dim];
-  for (int64_t d = dim + 1; d < s.ndim(); ++d) r.inner *= s[d];
-  return r;
-}
-}  // namespace
-
 BadIndex IndexSelectOp::find_bad_index(CpuTag, const Tensor& idx, int64_t n) {
   const int32_t* p = idx.data<int32_t>();
   for (int64_t k = 0; k < idx.numel(); ++k)

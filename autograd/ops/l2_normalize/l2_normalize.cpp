@@ -37,6 +37,17 @@ std::vector<OpSample> L2NormalizeOp::samples() {
   };
 }
 
+std::vector<OpSample> L2NormalizeOp::parity_samples() {
+  auto run = [](const std::vector<Variable>& in) { return std::vector<Variable>{l2_normalize(in[0])}; };
+  return {
+      // One warp per row, 8 rows per block: 65 rows leave the last block one live row.
+      {"x [65, 37]", {sample_randn(Shape{65, 37}, 141, 1.5)}, run},
+      // One block per row: 256 threads over 1000; then 3-d, 96 threads over 333.
+      {"x [37, 1000]", {sample_randn(Shape{37, 1000}, 142)}, run},
+      {"x [5, 13, 333]", {sample_randn(Shape{5, 13, 333}, 143, 0.5)}, run},
+  };
+}
+
 std::vector<OpMisuse> L2NormalizeOp::misuses() {
   const Variable x_i32(Tensor::zeros(Shape{2, 3}, DType::i32)), x_0d(Tensor::scalar(1.0, DType::f64));
   return {
@@ -46,7 +57,11 @@ std::vector<OpMisuse> L2NormalizeOp::misuses() {
 }
 
 void register_ops_l2_normalize(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return L2NormalizeOp::samples(); }, [] { return L2NormalizeOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return L2NormalizeOp::samples(); },
+                .misuses = [] { return L2NormalizeOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return L2NormalizeOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

@@ -62,6 +62,30 @@ std::vector<OpSample> LayerNormOp::samples() {
   };
 }
 
+std::vector<OpSample> LayerNormOp::parity_samples() {
+  auto with_bias = [](const std::vector<Variable>& in) {
+    return std::vector<Variable>{layer_norm(in[0], in[1], in[2])};
+  };
+  auto no_bias = [](const std::vector<Variable>& in) {
+    return std::vector<Variable>{layer_norm(in[0], in[1], Variable())};
+  };
+  return {
+      // One warp per row, 8 rows per block, 130 rows (ragged); weight sums over 3 row chunks of
+      // 64 and 2 column tiles of 32 (ragged).
+      {"x [130, 45], bias",
+       {sample_randn(Shape{130, 45}, 121, 2.0), sample_uniform(Shape{45}, 122, 0.5, 1.5), sample_randn(Shape{45}, 123)},
+       with_bias},
+      // One block per row (256 threads over 1000), rows offset from zero mean.
+      {"x [37, 1000] offset, bias",
+       {sample_uniform(Shape{37, 1000}, 124, 1.0, 4.0), sample_randn(Shape{1000}, 125), sample_randn(Shape{1000}, 126)},
+       with_bias},
+      // 3-d, 96 threads per row over 333, no bias.
+      {"x [5, 13, 333], no bias",
+       {sample_randn(Shape{5, 13, 333}, 127), sample_uniform(Shape{333}, 128, -1.5, 1.5)},
+       no_bias},
+  };
+}
+
 std::vector<OpMisuse> LayerNormOp::misuses() {
   const Variable x(Tensor::zeros(Shape{2, 3}, DType::f64)), w(Tensor::ones(Shape{3}, DType::f64));
   const Variable c2(Tensor::zeros(Shape{2}, DType::f64)), c4(Tensor::ones(Shape{4}, DType::f64));
@@ -77,7 +101,11 @@ std::vector<OpMisuse> LayerNormOp::misuses() {
 }
 
 void register_ops_layer_norm(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return LayerNormOp::samples(); }, [] { return LayerNormOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return LayerNormOp::samples(); },
+                .misuses = [] { return LayerNormOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return LayerNormOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

@@ -67,6 +67,21 @@ std::vector<OpSample> MatmulOp::samples() {
   };
 }
 
+std::vector<OpSample> MatmulOp::parity_samples() {
+  auto run = [](bool ta, bool tb) {
+    return [ta, tb](const std::vector<Variable>& in) { return std::vector<Variable>{matmul(in[0], in[1], ta, tb)}; };
+  };
+  auto r = [](const Shape& s, uint64_t seed) { return sample_randn(s, seed); };
+  // Several 64x64 tiles of C and 16-deep k-tiles, every side ending off a tile boundary.
+  return {
+      {"[2, 37, 65] @ [65, 33]", {r(Shape{2, 37, 65}, 141), r(Shape{65, 33}, 142)}, run(false, false)},
+      {"[70, 45]^T @ [70, 81]", {r(Shape{70, 45}, 143), r(Shape{70, 81}, 144)}, run(true, false)},
+      {"[3, 67, 20] @ [3, 130, 20]^T", {r(Shape{3, 67, 20}, 145), r(Shape{3, 130, 20}, 146)}, run(false, true)},
+      {"[2, 1, 33, 17]^T @ [3, 66, 33]^T", {r(Shape{2, 1, 33, 17}, 147), r(Shape{3, 66, 33}, 148)}, run(true, true)},
+      {"[40, 65] @ [2, 65, 70]", {r(Shape{40, 65}, 149), r(Shape{2, 65, 70}, 150)}, run(false, false)},
+  };
+}
+
 std::vector<OpMisuse> MatmulOp::misuses() {
   auto v = [](const Shape& s, DType dt = DType::f32) { return Variable(Tensor::ones(s, dt)); };
   return {
@@ -80,7 +95,11 @@ std::vector<OpMisuse> MatmulOp::misuses() {
 }
 
 void register_ops_matmul(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return MatmulOp::samples(); }, [] { return MatmulOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return MatmulOp::samples(); },
+                .misuses = [] { return MatmulOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return MatmulOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

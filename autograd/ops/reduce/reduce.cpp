@@ -47,6 +47,17 @@ Tensor distinct(const Shape& shape, uint64_t seed) {
 }
 }  // namespace
 
+ReduceOp::Split ReduceOp::split(const Shape& shape, const std::vector<bool>& reduce) {
+  Split s;
+  const auto dim = std::find(reduce.begin(), reduce.end(), true) - reduce.begin();
+  for (int64_t d = 0; d < shape.ndim(); ++d) {
+    if (d < dim) s.outer *= shape[d];
+    else if (d == dim) s.n = shape[d];
+    else s.inner *= shape[d];
+  }
+  return s;
+}
+
 std::string_view reduce_name(ReduceKind kind) {
   for (const KindInfo& k : kKinds)
     if (k.kind == kind) return k.name;
@@ -126,6 +137,35 @@ std::vector<OpSample> ReduceOp::samples(ReduceKind kind) {
   };
 }
 
+std::vector<OpSample> ReduceOp::parity_samples(ReduceKind kind) {
+  auto run = [kind](std::vector<int64_t> dims, bool keepdim) {
+    return [kind, dims, keepdim](const std::vector<Variable>& in) {
+      return std::vector<Variable>{reduce(kind, in[0], dims, keepdim)};
+    };
+  };
+  const Shape s{3, 37, 130};
+  if (kind == ReduceKind::max) {
+    // The last dim long enough for the block-per-row kernel.
+    return {
+        {"[3, 37, 130] dim 1", {distinct(s, 71)}, run({1}, false)},
+        {"[3, 37, 130] dim -1", {distinct(s, 72)}, run({-1}, false)},
+        {"[37, 1000] dim 1 keepdim", {distinct(Shape{37, 1000}, 73)}, run({1}, true)},
+        {"[1000, 37] dim 0", {distinct(Shape{1000, 37}, 74)}, run({0}, false)},
+    };
+  }
+  auto run_all = [kind](const std::vector<Variable>& in) {
+    return std::vector<Variable>{kind == ReduceKind::sum ? sum(in[0]) : mean(in[0])};
+  };
+  return {
+      {"[3, 37, 130] all", {sample_randn(s, 75)}, run_all},
+      {"[3, 37, 130] dim -1", {sample_randn(s, 76)}, run({-1}, false)},
+      {"[3, 37, 130] dims 0, 1 (columns)", {sample_randn(s, 77)}, run({0, 1}, false)},
+      {"[3, 37, 130] dims 0, 2 keepdim (permuted)", {sample_randn(s, 78)}, run({0, 2}, true)},
+      {"[37, 1000] dim 1", {sample_randn(Shape{37, 1000}, 79)}, run({1}, false)},
+      {"[3, 37, 130] no dims", {sample_randn(s, 80)}, run({}, false)},
+  };
+}
+
 std::vector<OpMisuse> ReduceOp::misuses(ReduceKind kind) {
   auto x = [](const Shape& s, DType dt = DType::f32) { return Variable(Tensor::ones(s, dt)); };
   std::vector<OpMisuse> m = {
@@ -142,8 +182,11 @@ std::vector<OpMisuse> ReduceOp::misuses(ReduceKind kind) {
 
 void register_ops_reduce(OpRegistry& registry) {
   for (const KindInfo& k : kKinds)
-    registry.add({std::string(k.name), [kind = k.kind] { return ReduceOp::samples(kind); },
-                  [kind = k.kind] { return ReduceOp::misuses(kind); }});
+    registry.add({.name = std::string(k.name),
+                  .samples = [kind = k.kind] { return ReduceOp::samples(kind); },
+                  .misuses = [kind = k.kind] { return ReduceOp::misuses(kind); },
+                  .cuda = true,
+                  .parity_samples = [kind = k.kind] { return ReduceOp::parity_samples(kind); }});
 }
 
 }  // namespace attnlab

@@ -18,21 +18,7 @@ namespace attnlab {
 
 namespace {
 
-// x's shape as [outer, n, inner] around the one reduced dim.
-struct Split {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-Split split(const Shape& shape, const std::vector<bool>& reduce) {
-  Split s;
-  const auto dim = std::find(reduce.begin(), reduce.end(), true) - reduce.begin();
-  for (int64_t d = 0; d < shape.ndim(); ++d) {
-    if (d < dim) s.outer *= shape[d];
-    else if (d == dim) s.n = shape[d];
-    else s.inner *= shape[d];
-  }
-  return s;
-}
+using Split = ReduceOp::Split;
 
 int64_t reduced_count(const Shape& shape, const std::vector<bool>& reduce) {
   int64_t n = 1;

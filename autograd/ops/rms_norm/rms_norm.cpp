@@ -41,6 +41,18 @@ std::vector<OpSample> RmsNormOp::samples() {
   };
 }
 
+std::vector<OpSample> RmsNormOp::parity_samples() {
+  auto run = [](const std::vector<Variable>& in) { return std::vector<Variable>{rms_norm(in[0], in[1])}; };
+  return {
+      // One warp per row, 8 rows per block, 130 rows (ragged); weight sums over 3 row chunks of
+      // 64 and 2 column tiles of 32 (ragged).
+      {"x [130, 45]", {sample_randn(Shape{130, 45}, 131, 1.5), sample_uniform(Shape{45}, 132, 0.5, 1.5)}, run},
+      // One block per row: 256 threads over 1000; then 3-d, 96 threads over 333.
+      {"x [37, 1000]", {sample_randn(Shape{37, 1000}, 133), sample_randn(Shape{1000}, 134)}, run},
+      {"x [5, 13, 333]", {sample_randn(Shape{5, 13, 333}, 135, 0.5), sample_uniform(Shape{333}, 136, -1.5, 1.5)}, run},
+  };
+}
+
 std::vector<OpMisuse> RmsNormOp::misuses() {
   const Variable x(Tensor::zeros(Shape{2, 3}, DType::f64)), w(Tensor::ones(Shape{3}, DType::f64));
   const Variable w4(Tensor::ones(Shape{4}, DType::f64)), w13(Tensor::ones(Shape{1, 3}, DType::f64));
@@ -56,7 +68,11 @@ std::vector<OpMisuse> RmsNormOp::misuses() {
 }
 
 void register_ops_rms_norm(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return RmsNormOp::samples(); }, [] { return RmsNormOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return RmsNormOp::samples(); },
+                .misuses = [] { return RmsNormOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return RmsNormOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

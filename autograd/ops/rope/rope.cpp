@@ -51,6 +51,20 @@ std::vector<OpSample> RopeOp::samples() {
   };
 }
 
+std::vector<OpSample> RopeOp::parity_samples() {
+  auto run_with = [](int64_t offset, double base) {
+    return [=](const std::vector<Variable>& in) { return std::vector<Variable>{rope(in[0], offset, base)}; };
+  };
+  auto permuted = [](const std::vector<Variable>& in) {
+    return std::vector<Variable>{rope(permute(in[0], {0, 2, 1, 3}), 7, 10000.0)};
+  };
+  return {
+      {"[2, 3, 37, 64] offset 5", {sample_randn(Shape{2, 3, 37, 64}, 161)}, run_with(5, 10000.0)},
+      {"[1, 4, 130, 10] offset 1000 base 500", {sample_randn(Shape{1, 4, 130, 10}, 162)}, run_with(1000, 500.0)},
+      {"permuted [2, 65, 3, 32] offset 7", {sample_randn(Shape{2, 65, 3, 32}, 163)}, permuted},
+  };
+}
+
 std::vector<OpMisuse> RopeOp::misuses() {
   return {
       {"odd head dim", [] { rope(Variable(Tensor::zeros(Shape{1, 2, 3, 5}, DType::f64)), 0); }},
@@ -62,7 +76,11 @@ std::vector<OpMisuse> RopeOp::misuses() {
 }
 
 void register_ops_rope(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return RopeOp::samples(); }, [] { return RopeOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return RopeOp::samples(); },
+                .misuses = [] { return RopeOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return RopeOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

@@ -8,7 +8,7 @@
 //
 // Shapes: x [B, H, T, D] with D even -> y [B, H, T, D]. position_offset >= 0 (a KV cache passes
 // its length: the new rows sit after the cached ones). base > 0.
-// dtypes: f32, f64 (CPU); angles, cos and sin are computed in double. CUDA: not yet.
+// dtypes: f32, f64 (CPU); CUDA: f32. Angles, cos and sin are computed in double on both.
 // Saved for backward: nothing but the arguments (the op is linear in x).
 #pragma once
 
@@ -26,7 +26,11 @@ struct RopeOp {
   // x contiguous [B, H, T, D]; `inverse` rotates by -theta (the backward).
   static Tensor forward(CpuTag, const Tensor& x, int64_t position_offset, double base, bool inverse = false);
   static Tensor backward(CpuTag, const Tensor& dy, int64_t position_offset, double base);
+  static Tensor forward(CudaTag, const Tensor& x, int64_t position_offset, double base, bool inverse = false);
+  static Tensor backward(CudaTag, const Tensor& dy, int64_t position_offset, double base);
   static std::vector<OpSample> samples();
+  // Larger shapes for the CUDA parity test: several blocks, ragged edges.
+  static std::vector<OpSample> parity_samples();
   static std::vector<OpMisuse> misuses();
 };
 

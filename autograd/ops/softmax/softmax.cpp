@@ -42,6 +42,18 @@ std::vector<OpSample> SoftmaxOp::samples(bool log) {
   };
 }
 
+std::vector<OpSample> SoftmaxOp::parity_samples(bool log) {
+  auto run = [log](const std::vector<Variable>& in) { return std::vector<Variable>{softmax_impl(log, in[0])}; };
+  return {
+      // One warp per row, 8 rows per block: 65 rows leave the last block one live row.
+      {"[65, 37] (warp per row, ragged)", {sample_randn(Shape{65, 37}, 25, 3.0)}, run},
+      // One block per row: 64 threads over 130, then 256 over 1000, then 512 over 3000 (6 each).
+      {"[5, 130]", {sample_randn(Shape{5, 130}, 26)}, run},
+      {"[3, 4, 1000] (3-d)", {sample_randn(Shape{3, 4, 1000}, 27, 5.0)}, run},
+      {"[2, 3000] at scale 30", {sample_randn(Shape{2, 3000}, 28, 30.0)}, run},
+  };
+}
+
 std::vector<OpMisuse> SoftmaxOp::misuses(bool log) {
   return {
       {"0-d input", [log] { softmax_impl(log, Variable(Tensor::scalar(1.0, DType::f64))); }},
@@ -51,8 +63,11 @@ std::vector<OpMisuse> SoftmaxOp::misuses(bool log) {
 
 void register_ops_softmax(OpRegistry& registry) {
   for (bool log : {false, true})
-    registry.add({std::string(SoftmaxOp::name(log)), [log] { return SoftmaxOp::samples(log); },
-                  [log] { return SoftmaxOp::misuses(log); }});
+    registry.add({.name = std::string(SoftmaxOp::name(log)),
+                  .samples = [log] { return SoftmaxOp::samples(log); },
+                  .misuses = [log] { return SoftmaxOp::misuses(log); },
+                  .cuda = true,
+                  .parity_samples = [log] { return SoftmaxOp::parity_samples(log); }});
 }
 
 }  // namespace attnlab

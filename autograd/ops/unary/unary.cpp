@@ -89,14 +89,26 @@ std::vector<OpSample> UnaryOp::samples(UnaryKind kind) {
   return {{"[3, 4]", {a}, run}, {"[2, 3, 5]", {b}, run}};
 }
 
+std::vector<OpSample> UnaryOp::parity_samples(UnaryKind kind) {
+  const KindInfo& k = info(kind);
+  auto run = [kind, p = k.param](const std::vector<Variable>& in) { return std::vector<Variable>{unary(kind, in[0], p)}; };
+  Tensor a = sample_uniform(Shape{3, 37, 130}, 13, k.low, k.high);  // 14430: 57 blocks of 256, the last ragged
+  Tensor b = sample_uniform(Shape{1000}, 14, k.low, k.high);
+  if (kind == UnaryKind::relu) a = away_from_zero(a), b = away_from_zero(b);
+  return {{"[3, 37, 130]", {a}, run}, {"[1000]", {b}, run}};
+}
+
 std::vector<OpMisuse> UnaryOp::misuses(UnaryKind kind) {
   return {{"i32 input", [kind] { unary(kind, Variable(Tensor::zeros(Shape{2, 3}, DType::i32)), 1.0); }}};
 }
 
 void register_ops_unary(OpRegistry& registry) {
   for (const KindInfo& k : kKinds)
-    registry.add({std::string(k.name), [kind = k.kind] { return UnaryOp::samples(kind); },
-                  [kind = k.kind] { return UnaryOp::misuses(kind); }});
+    registry.add({.name = std::string(k.name),
+                  .samples = [kind = k.kind] { return UnaryOp::samples(kind); },
+                  .misuses = [kind = k.kind] { return UnaryOp::misuses(kind); },
+                  .cuda = true,
+                  .parity_samples = [kind = k.kind] { return UnaryOp::parity_samples(kind); }});
 }
 
 }  // namespace attnlab

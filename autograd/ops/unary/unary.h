@@ -6,7 +6,7 @@
 //   gelu      x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))    (GPT-2's tanh form)
 //   silu      x sigmoid(x)           softplus  ln(1 + e^x)      add_scalar x + s    mul_scalar s x
 //
-// Shapes: x [*] -> y [*]. dtypes: f32, f64 (CPU). CUDA: not yet.
+// Shapes: x [*] -> y [*], x contiguous. dtypes: f32, f64 (CPU). CUDA: f32, f64.
 // Saved for backward: x, and y for the ops whose derivative reads it (exp, sqrt, rsqrt, tanh,
 // sigmoid). Derivatives at kinks: relu'(0) = 0.
 #pragma once
@@ -29,8 +29,12 @@ struct UnaryOp {
   // `param` is p for pow and s for add_scalar/mul_scalar, unused otherwise.
   static Tensor forward(CpuTag, UnaryKind kind, double param, const Tensor& x);
   static Tensor backward(CpuTag, UnaryKind kind, double param, const Tensor& x, const Tensor& y, const Tensor& dy);
+  static Tensor forward(CudaTag, UnaryKind kind, double param, const Tensor& x);
+  static Tensor backward(CudaTag, UnaryKind kind, double param, const Tensor& x, const Tensor& y, const Tensor& dy);
   static std::vector<OpSample> samples(UnaryKind kind);
   static std::vector<OpMisuse> misuses(UnaryKind kind);
+  // Larger shapes for the CUDA parity test: several blocks, ragged edges.
+  static std::vector<OpSample> parity_samples(UnaryKind kind);
 };
 
 Variable unary(UnaryKind kind, const Variable& x, double param = 0.0);

@@ -10,35 +10,15 @@ namespace attnlab {
 
 namespace {
 
-// Calls fn(f, df) with f(x) and df(x, y) = f'(x) for `kind` as lambdas over T, so each kind gets
-// its own tight loop.
+// Calls fn(f, df) with f(x) and df(x, y) = f'(x) for `kind` as lambdas over T (the maths of
+// unary_math.h, shared with the CUDA kernels), so each kind gets its own tight loop.
 template <typename T, typename Fn>
 void with_kind(UnaryKind kind, T p, Fn&& fn) {
-  using namespace unary_math;
-  switch (kind) {
-    case UnaryKind::neg: return fn([](T x) { return -x; }, [](T, T) { return T(-1); });
-    case UnaryKind::exp: return fn([](T x) { return std::exp(x); }, [](T, T y) { return y; });
-    case UnaryKind::log: return fn([](T x) { return std::log(x); }, [](T x, T) { return T(1) / x; });
-    case UnaryKind::sqrt: return fn([](T x) { return std::sqrt(x); }, [](T, T y) { return T(0.5) / y; });
-    case UnaryKind::rsqrt:
-      return fn([](T x) { return T(1) / std::sqrt(x); }, [](T, T y) { return T(-0.5) * y * y * y; });
-    case UnaryKind::pow:
-      return fn([p](T x) { return std::pow(x, p); }, [p](T x, T) { return p * std::pow(x, p - T(1)); });
-    case UnaryKind::tanh: return fn([](T x) { return std::tanh(x); }, [](T, T y) { return T(1) - y * y; });
-    case UnaryKind::sigmoid: return fn([](T x) { return sigmoid(x); }, [](T, T y) { return y * (T(1) - y); });
-    case UnaryKind::relu:
-      return fn([](T x) { return x > T(0) ? x : T(0); }, [](T x, T) { return x > T(0) ? T(1) : T(0); });
-    case UnaryKind::gelu: return fn([](T x) { return gelu(x); }, [](T x, T) { return gelu_grad(x); });
-    case UnaryKind::silu:
-      return fn([](T x) { return x * sigmoid(x); },
-                [](T x, T) {
-                  const T s = sigmoid(x);
-                  return s * (T(1) + x * (T(1) - s));
-                });
-    case UnaryKind::softplus: return fn([](T x) { return softplus(x); }, [](T x, T) { return sigmoid(x); });
-    case UnaryKind::add_scalar: return fn([p](T x) { return x + p; }, [](T, T) { return T(1); });
-    case UnaryKind::mul_scalar: return fn([p](T x) { return p * x; }, [p](T, T) { return p; });
-  }
+  unary_math::with_unary_kind(kind, [&](auto k) {
+    constexpr UnaryKind K = decltype(k)::value;
+    fn([p](T x) { return unary_math::unary_f<K>(x, p); },
+       [p](T x, T y) { return unary_math::unary_df<K>(x, y, p); });
+  });
 }
 
 // GELU in f32 is a large share of a transformer step (glibc's scalar tanhf was about a quarter

@@ -254,6 +254,32 @@ std::vector<OpSample> ViewOp::samples(ViewKind kind) {
   AL_ASSERT(false, "unknown ViewKind");
 }
 
+std::vector<OpSample> ViewOp::parity_samples(ViewKind kind) {
+  const Shape s{3, 37, 130};
+  switch (kind) {
+    case ViewKind::reshape:
+      return {sample("permuted [130, 3, 37] as [130, 111] (copies)", s, 81,
+                     [](const Variable& x) { return reshape(permute(x, {2, 0, 1}), Shape{130, 111}); })};
+    case ViewKind::view:
+      return {sample("[3, 37, 130] as [111, -1]", s, 82, [](const Variable& x) { return view(x, Shape{111, -1}); })};
+    case ViewKind::permute:
+      return {sample("[3, 37, 130] by [2, 0, 1]", s, 83, [](const Variable& x) { return permute(x, {2, 0, 1}); })};
+    case ViewKind::transpose:
+      return {sample("[3, 37, 130] (0, 2)", s, 84, [](const Variable& x) { return transpose(x, 0, 2); })};
+    case ViewKind::contiguous:
+      return {sample("of a transpose (copies)", s, 85, [](const Variable& x) { return contiguous(transpose(x, 1, 2)); })};
+    case ViewKind::narrow:
+      return {sample("[3, 37, 130] dim 1 [5, 29)", s, 86, [](const Variable& x) { return narrow(x, 1, 5, 24); }),
+              sample("[3, 37, 130] dim -1 [0, 129)", s, 87, [](const Variable& x) { return narrow(x, -1, 0, 129); })};
+    case ViewKind::slice:
+      return {sample("[3, 37, 130] dim 1 2:35:3", s, 88, [](const Variable& x) { return slice(x, 1, 2, 35, 3); }),
+              sample("[3, 37, 130] dim 2 1::7", s, 89, [](const Variable& x) { return slice(x, 2, 1, 130, 7); }),
+              sample("transposed [130, 37, 3] dim 0 3:-2:4", s, 90,
+                     [](const Variable& x) { return slice(transpose(x, 0, 2), 0, 3, -2, 4); })};
+  }
+  AL_ASSERT(false, "unknown ViewKind");
+}
+
 std::vector<OpMisuse> ViewOp::misuses(ViewKind kind) {
   switch (kind) {
     case ViewKind::reshape:
@@ -286,7 +312,11 @@ std::vector<OpMisuse> ViewOp::misuses(ViewKind kind) {
 void register_ops_view(OpRegistry& registry) {
   for (const auto& [kind, name] : kKinds) {
     const ViewKind k = kind;
-    registry.add({std::string(name), [k] { return ViewOp::samples(k); }, [k] { return ViewOp::misuses(k); }});
+    registry.add({.name = std::string(name),
+                  .samples = [k] { return ViewOp::samples(k); },
+                  .misuses = [k] { return ViewOp::misuses(k); },
+                  .cuda = true,
+                  .parity_samples = [k] { return ViewOp::parity_samples(k); }});
   }
 }
 

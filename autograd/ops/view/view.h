@@ -13,7 +13,8 @@
 // Dims may be negative (counted from the end). narrow's start may be negative too; slice's
 // start/end follow Python (negative from the end, then clamped to [0, size]); step >= 1.
 // dtypes: any (views move no numbers; a gradient has x's dtype). Devices: the views are
-// metadata on any device; the one kernel, narrow/slice's scatter backward, is CPU (CUDA: not yet).
+// metadata on any device (reshape's and contiguous's copies are Tensor::contiguous, on any
+// device); the one kernel, narrow/slice's scatter backward, exists for CPU and CUDA (any dtype).
 // Saved for backward: shapes and arguments only, no tensors.
 #pragma once
 
@@ -45,7 +46,10 @@ struct ViewOp {
   static SliceArgs check_slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step);
   // dx [x_shape] = 0 except dx.slice(s) = dy; dy [the slice's shape], any strides.
   static Tensor backward(CpuTag, const Shape& x_shape, const SliceArgs& s, const Tensor& dy);
+  static Tensor backward(CudaTag, const Shape& x_shape, const SliceArgs& s, const Tensor& dy);
   static std::vector<OpSample> samples(ViewKind kind);
+  // Larger shapes for the CUDA parity test (the copying and scattering cases).
+  static std::vector<OpSample> parity_samples(ViewKind kind);
   static std::vector<OpMisuse> misuses(ViewKind kind);
 };
 

@@ -2,6 +2,7 @@
 #include "layers/attention/softmax/softmax_attention.h"
 
 #include "autograd/op_helpers.h"
+#include "autograd/ops/view/view.h"
 
 namespace attnlab {
 
@@ -86,9 +87,47 @@ std::vector<OpMisuse> SoftmaxAttentionOp::misuses() {
   };
 }
 
+// Larger shapes for the CUDA parity test: several query and key tiles at every tile-shape class
+// of the kernels (padded head dim 32, 64, 128), ragged edges, T != S, a prefix, and strided inputs.
+std::vector<OpSample> SoftmaxAttentionOp::parity_samples() {
+  auto run = [](AttentionMask mask, double scale = 0.0) {
+    return [mask, scale](const std::vector<Variable>& in) {
+      return std::vector<Variable>{softmax_attention(in[0], in[1], in[2], mask, scale)};
+    };
+  };
+  // Inputs given token-major, [B, T, H, D], and permuted to [B, H, T, D] views (row stride H * D).
+  auto run_token_major = [](AttentionMask mask) {
+    return [mask](const std::vector<Variable>& in) {
+      const std::vector<int64_t> bhtd{0, 2, 1, 3};
+      return std::vector<Variable>{
+          softmax_attention(permute(in[0], bhtd), permute(in[1], bhtd), permute(in[2], bhtd), mask)};
+    };
+  };
+  auto qkv = [](int64_t B, int64_t H, int64_t T, int64_t S, int64_t Dk, int64_t Dv, uint64_t seed) {
+    return std::vector<Tensor>{sample_randn(Shape{B, H, T, Dk}, seed), sample_randn(Shape{B, H, S, Dk}, seed + 1),
+                               sample_randn(Shape{B, H, S, Dv}, seed + 2)};
+  };
+  const AttentionMask causal{true, 0}, full{false, 0};
+  return {
+      {"causal B=2 H=3 T=S=70 D=24", qkv(2, 3, 70, 70, 24, 24, 401), run(causal)},
+      {"causal B=1 H=2 T=S=130 D=16 scale=0.3", qkv(1, 2, 130, 130, 16, 16, 411), run(causal, 0.3)},
+      {"causal T=5 S=37 (KV-cache offset) Dk=40 Dv=24", qkv(2, 2, 5, 37, 40, 24, 421), run(causal)},
+      {"prefix=20 T=S=45 D=24", qkv(1, 2, 45, 45, 24, 24, 431), run(AttentionMask{true, 20})},
+      {"not causal T=33 S=50 D=72", qkv(1, 2, 33, 50, 72, 72, 441), run(full)},
+      {"causal T=S=40 D=128", qkv(1, 1, 40, 40, 128, 128, 451), run(causal)},
+      {"prefix=30 T=40 S=67 Dk=Dv=40, q k v token-major views",
+       {sample_randn(Shape{1, 40, 2, 40}, 461), sample_randn(Shape{1, 67, 2, 40}, 462),
+        sample_randn(Shape{1, 67, 2, 40}, 463)},
+       run_token_major(AttentionMask{true, 30})},
+  };
+}
+
 void register_attention_softmax(OpRegistry& registry) {
-  registry.add({std::string(kName), [] { return SoftmaxAttentionOp::samples(); },
-                [] { return SoftmaxAttentionOp::misuses(); }});
+  registry.add({.name = std::string(kName),
+                .samples = [] { return SoftmaxAttentionOp::samples(); },
+                .misuses = [] { return SoftmaxAttentionOp::misuses(); },
+                .cuda = true,
+                .parity_samples = [] { return SoftmaxAttentionOp::parity_samples(); }});
 }
 
 }  // namespace attnlab

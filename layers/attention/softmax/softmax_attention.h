@@ -5,7 +5,7 @@
 //
 // Shapes: q [B, H, T, Dk], k [B, H, S, Dk], v [B, H, S, Dv] -> out [B, H, T, Dv];
 //         lse [B, H, T] (log-sum-exp of each row's scaled scores), saved for backward.
-// dtypes: f32, f64 (CPU). CUDA: not yet.
+// dtypes: f32, f64 (CPU); f32 on CUDA (softmax_attention_cuda.cu), with Dk, Dv <= 128.
 // Forward: tiles of queries x keys with an online softmax, O(T) extra memory per (b, h), never
 // the [T, S] matrix; tiles wholly above the causal diagonal are skipped.
 // Backward recomputes P from q, k and lse: D_i = <dout_i, out_i>, dS = P * (dout v^T - D),
@@ -14,7 +14,8 @@
 // of a fused [B, T, 3C] projection, see split_heads). out, dq, dk, dv are [B, H, *, D] views of
 // token-major memory ([B, T, H, D]; for self-attention dq, dk, dv share one [B, T, 3, H, D]
 // buffer), so that merging heads into [B, T, C] and split_heads' backward need no copy.
-// OpenMP over (b, h) pairs. The composed reference (matmul, mask, softmax, matmul from autograd
+// CPU: OpenMP over (b, h) pairs; CUDA: a block per (b, h, query tile), and per key tile for dk, dv
+// (deterministic: no atomics). The composed reference (matmul, mask, softmax, matmul from autograd
 // primitives) is softmax_attention_reference.
 #pragma once
 
@@ -38,7 +39,13 @@ struct SoftmaxAttentionOp {
                          double scale);
   static Grads backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const Tensor& dout, const AttentionMask& mask, double scale);
+  static Forward forward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                         double scale);
+  static Grads backward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor& dout, const AttentionMask& mask, double scale);
   static std::vector<OpSample> samples();
+  // Larger samples for the CUDA parity test (several tiles, ragged edges, every tile shape).
+  static std::vector<OpSample> parity_samples();
   static std::vector<OpMisuse> misuses();
 };
 
