@@ -76,7 +76,11 @@ function(attnlab_add_cuda_backends)
       CUDA_COMPILER_LAUNCHER "${PROJECT_SOURCE_DIR}/cmake/ptxas-log.sh;${ptxas_log}")
     target_compile_options(attnlab_cuda_real PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-v --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra -lineinfo>)
-    target_link_libraries(attnlab_cuda_real PUBLIC attnlab_lib CUDA::cudart CUDA::cublas)
+    # cuDNN and NCCL sit beside the toolkit's libraries (lib/cuda/libraries.h checks their calls).
+    find_library(ATTNLAB_CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} REQUIRED)
+    find_library(ATTNLAB_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} REQUIRED)
+    target_link_libraries(attnlab_cuda_real PUBLIC attnlab_lib CUDA::cudart CUDA::cublas ${ATTNLAB_CUDNN_LIBRARY}
+                                                   ${ATTNLAB_NCCL_LIBRARY})
     set(ATTNLAB_PTXAS_LOG "${ptxas_log}" CACHE INTERNAL "")
   endif()
 

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 echo "GPU: $(head -1 "$logs/gpu.txt")"
 
 t0=$SECONDS
-if cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNLAB_CUDA=ON > "$logs/configure.log" 2>&1 &&
+if cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DATTNLAB_CUDA=ON > "$logs/configure.log" 2>&1 &&
    cmake --build "$build" -j "$(nproc)" > "$logs/build.log" 2>&1; then
   row "build (ATTNLAB_CUDA=ON, sm_80 + sm_90)" PASS "$((SECONDS - t0)) s"
 else

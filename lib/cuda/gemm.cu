@@ -39,11 +39,8 @@
 
 #include "lib/cpu/gemm.h"
 #include "lib/cuda/gemm.h"
+#include "lib/cuda/libraries.h"
 #include "lib/error.h"
-
-#if !ATTNLAB_SIMT_EMULATED
-#include <cublas_v2.h>
-#endif
 
 namespace attnlab::cuda {
 
@@ -184,12 +181,6 @@ void launch_tiled(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T
 
 #if !ATTNLAB_SIMT_EMULATED
 
-void check_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  ::attnlab::detail::throw_error<CudaError>(what, " failed at ", file, ":", line, ": ", cublasGetStatusString(status),
-                                            " (cublasStatus_t ", static_cast<int>(status), ")");
-}
-#define AL_CUBLAS_CHECK(call) check_cublas((call), #call, __FILE__, __LINE__)
 
 // One handle per device, created on first use and kept for the life of the process (destroying
 // it from a static destructor could run after the CUDA context is gone). The mutex covers the

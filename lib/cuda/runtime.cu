@@ -66,7 +66,37 @@ void check_device(Device device) {
 
 void set_device(int index) { AL_CUDA_CHECK(cudaSetDevice(index)); }
 
-cudaStream_t current_stream() { return nullptr; }  // the legacy default stream
+namespace {
+// The calling thread's current stream; null is the legacy default stream.
+thread_local cudaStream_t t_current_stream = nullptr;
+}  // namespace
+
+cudaStream_t current_stream() { return t_current_stream; }
+
+DeviceGuard::DeviceGuard(int index) {
+  AL_CUDA_CHECK(cudaGetDevice(&previous_));
+  if (index != previous_) AL_CUDA_CHECK(cudaSetDevice(index));
+}
+
+DeviceGuard::~DeviceGuard() { (void)cudaSetDevice(previous_); }  // destructors do not throw
+
+Stream::Stream() {
+  cudaStream_t s = nullptr;
+  AL_CUDA_CHECK(cudaStreamCreate(&s));
+  handle_ = s;
+}
+
+Stream::~Stream() {
+  if (handle_) (void)cudaStreamDestroy(static_cast<cudaStream_t>(handle_));
+}
+
+void Stream::synchronize() const { AL_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(handle_))); }
+
+StreamGuard::StreamGuard(const Stream& stream) : previous_(t_current_stream) {
+  t_current_stream = static_cast<cudaStream_t>(stream.handle());
+}
+
+StreamGuard::~StreamGuard() { t_current_stream = static_cast<cudaStream_t>(previous_); }
 
 void copy_h2d(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;

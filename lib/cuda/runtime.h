@@ -28,6 +28,47 @@ void check_device(Device device);
 // Makes `index` the current device of the calling thread (cudaSetDevice).
 void set_device(int index);
 
+// Makes a device current for a scope and restores the previous one after it.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int index);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// A CUDA stream owned by this object (created blocking: the legacy default stream, which the
+// synchronous copies use, waits for it, so host reads after a copy always see its kernels).
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  void* handle() const { return handle_; }  // a cudaStream_t
+  void synchronize() const;
+
+ private:
+  void* handle_ = nullptr;
+};
+
+// Queues every kernel and copy of the calling thread on `stream` for a scope (current_stream()
+// in lib/cuda/kernel.h), then restores the previous stream. The caching allocator assumes a block
+// is used on one stream at a time.
+class StreamGuard {
+ public:
+  explicit StreamGuard(const Stream& stream);
+  ~StreamGuard();
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  void* previous_;
+};
+
 // Device memory from the caching allocator; free() returns it to the cache.
 void* malloc(size_t bytes, int device);
 void free(void* ptr, size_t bytes, int device);
