@@ -301,6 +301,17 @@ std::vector<bool> decay_mask(const Gpt& model, bool decay_all) {
   return mask;
 }
 
+// The recipe's optimizer over the model's parameters.
+std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) {
+  if (c.optimizer == "adamw")
+    return std::make_unique<AdamW>(model.parameters(),
+                                   AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
+                                               .weight_decay = c.weight_decay},
+                                   decay_mask(model, c.decay_all));
+  return std::make_unique<Sgd>(model.parameters(),
+                               SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+}
+
 }  // namespace
 
 TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
@@ -339,15 +350,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   if (!data.from_run_dir) save_data(data, run_dir);
   write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
 
-  std::unique_ptr<Optimizer> opt;
-  if (c.optimizer == "adamw")
-    opt = std::make_unique<AdamW>(model.parameters(),
-                                  AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
-                                              .weight_decay = c.weight_decay},
-                                  decay_mask(model, c.decay_all));
-  else
-    opt = std::make_unique<Sgd>(model.parameters(),
-                                SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+  std::unique_ptr<Optimizer> opt = make_optimizer(c, model);
   BatchSampler sampler(data.train, c.batch, c.seq_len, c.seed);
   Generator dropout_gen(c.seed ^ 0x9e3779b97f4a7c15ull);
   int64_t step = 0, skipped = 0;
@@ -524,16 +527,13 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
     Generator init(c.seed);
     s.model = std::make_unique<Gpt>(c.model, init);
     s.model->to(device);
-    s.opt = std::make_unique<AdamW>(s.model->parameters(),
-                                    AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
-                                                .weight_decay = c.weight_decay},
-                                    decay_mask(*s.model, c.decay_all));
+    s.opt = make_optimizer(c, *s.model);
     s.sampler = std::make_unique<BatchSampler>(data.train, c.batch, c.seq_len, c.seed);
     s.dropout = std::make_unique<Generator>(c.seed ^ 0x9e3779b97f4a7c15ull);
     return s;
   };
   Side ref = make_side(Device::cpu()), dev = make_side(c.device);
-  out << "compare-devices: " << recipe.source() << ", " << steps << " AdamW step(s) of " << c.batch << " x "
+  out << "compare-devices: " << recipe.source() << ", " << steps << " " << c.optimizer << " step(s) of " << c.batch << " x "
       << c.seq_len << " tokens, " << ref.model->num_parameters() << " parameters\n  cpu (" << cpu::max_threads()
       << " threads) vs " << device_description(c.device) << "\n"
       << "  step   loss cpu      loss " << c.device.str() << "    |d loss|    max grad diff (relative)\n";

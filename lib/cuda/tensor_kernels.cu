@@ -227,21 +227,15 @@ Tensor sum_dims(const Tensor& x, const std::vector<bool>& reduce) {
   AL_CHECK_DTYPE(x.dtype() == DType::f32 || x.dtype() == DType::f64, "cuda sum_dims: x must be f32 or f64; got ", x);
   AL_CHECK_SHAPE(static_cast<int64_t>(reduce.size()) == x.ndim(), "cuda sum_dims: one flag per dim of x; got ",
                  reduce.size(), " flags for x=", x);
-  std::vector<int64_t> out_sizes, outer_strides, inner_sizes, inner_strides;
+  // The kept dims form the outer layout (one output each), the reduced dims the inner one.
+  std::vector<int64_t> out_sizes, outer_sizes, outer_strides, inner_sizes, inner_strides;
   for (int64_t d = 0; d < x.ndim(); ++d) {
     const bool r = reduce[static_cast<size_t>(d)];
     out_sizes.push_back(r ? 1 : x.size(d));
-    if (r) {
-      inner_sizes.push_back(x.size(d));
-      inner_strides.push_back(x.stride(d));
-    } else {
-      outer_strides.push_back(x.stride(d));
-    }
+    (r ? inner_sizes : outer_sizes).push_back(x.size(d));
+    (r ? inner_strides : outer_strides).push_back(x.stride(d));
   }
   Tensor out = Tensor::empty(Shape(out_sizes), x.dtype(), x.device());
-  std::vector<int64_t> outer_sizes;
-  for (int64_t d = 0; d < x.ndim(); ++d)
-    if (!reduce[static_cast<size_t>(d)]) outer_sizes.push_back(x.size(d));
   const Layout<1> outer = make_layout<1>("sum_dims", Shape(outer_sizes), {outer_strides});
   const Layout<1> inner = make_layout<1>("sum_dims", Shape(inner_sizes), {inner_strides});
   if (out.numel() == 0) return out;
