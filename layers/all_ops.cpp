@@ -2,14 +2,27 @@
 
 namespace attnlab {
 
-const OpRegistry& all_ops() {
-  static const OpRegistry registry = [] {
-    OpRegistry r;
-    register_all_ops(r);
-    register_all_attention_ops(r);
-    return r;
+namespace {
+
+struct Registries {
+  OpRegistry ops;
+  AttentionOpRegistry attention;
+};
+
+const Registries& registries() {
+  static const Registries r = [] {
+    Registries x;
+    register_all_ops(x.ops);
+    register_all_attention_ops(x.ops, x.attention);
+    return x;
   }();
-  return registry;
+  return r;
 }
+
+}  // namespace
+
+const OpRegistry& all_ops() { return registries().ops; }
+
+const AttentionOpRegistry& attention_ops() { return registries().attention; }
 
 }  // namespace attnlab

@@ -3,6 +3,7 @@
 
 #include "autograd/op_helpers.h"
 #include "autograd/ops/view/view.h"
+#include "layers/attention/variant_op.h"
 
 namespace attnlab {
 
@@ -122,7 +123,13 @@ std::vector<OpSample> SoftmaxAttentionOp::parity_samples() {
   };
 }
 
-void register_attention_softmax(OpRegistry& registry) {
+void register_attention_softmax(OpRegistry& registry, AttentionOpRegistry& attention) {
+  attention.add({.name = "softmax",
+                 .description = "softmax(scale q k^T + mask) v, flash-style; no extras",
+                 .cuda = true,
+                 .fused = [](const AttnOpArgs& a) { return AttnOpResult{.out = softmax_attention(a.q, a.k, a.v, a.mask)}; },
+                 .reference =
+                     [](const AttnOpArgs& a) { return AttnOpResult{.out = softmax_attention_reference(a.q, a.k, a.v, a.mask)}; }});
   registry.add({.name = std::string(kName),
                 .samples = [] { return SoftmaxAttentionOp::samples(); },
                 .misuses = [] { return SoftmaxAttentionOp::misuses(); },
