@@ -19,9 +19,12 @@ Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t
 
 std::string_view SigmoidAttentionOp::name(SigmoidBias mode) {
   switch (mode) {
-    case SigmoidBias::per_head: return "sigmoid_neglogn_attention";
-    case SigmoidBias::neglog_visible: return "sigmoid_neglog_visible_attention";
-    default: return "sigmoid_attention";
+    case SigmoidBias::per_head:
+      return "sigmoid_neglogn_attention";
+    case SigmoidBias::neglog_visible:
+      return "sigmoid_neglog_visible_attention";
+    default:
+      return "sigmoid_attention";
   }
 }
 
@@ -29,8 +32,8 @@ void SigmoidAttentionOp::check(const Tensor& q, const Tensor& k, const Tensor& v
                                const AttentionMask& mask) {
   const std::string_view op = name(mode);
   check_attention_inputs(op, q, k, v);
-  AL_CHECK_CONFIG(mask.prefix >= 0, op, ": mask.prefix must be >= 0; got prefix=", mask.prefix, " with q=", q, ", k=", k,
-                  ", v=", v);
+  AL_CHECK_CONFIG(mask.prefix >= 0, op, ": mask.prefix must be >= 0; got prefix=", mask.prefix, " with q=", q,
+                  ", k=", k, ", v=", v);
   if (mode == SigmoidBias::per_head) {
     AL_CHECK_CONFIG(bias.defined(), op, ": the per-head form needs its bias b [H]; got none with q=", q);
     AL_CHECK_SHAPE(bias.ndim() == 1 && bias.size(0) == q.size(1), op, ": b must be [H] with H=", q.size(1),
@@ -136,35 +139,29 @@ std::vector<OpSample> parity_samples(SigmoidBias mode) {
 
 std::vector<OpMisuse> SigmoidAttentionOp::misuses(SigmoidBias mode) {
   auto t = [](const Shape& s, DType dt = DType::f32) { return Variable(Tensor::ones(s, dt)); };
+  std::vector<OpMisuse> m;
+  auto add = [&](std::string label, Variable q, Variable k, Variable v, Variable b, AttentionMask mask = {}) {
+    m.push_back({std::move(label), [=] { sigmoid_attention(q, k, v, mode, b, mask); }});
+  };
   // The bias the form expects: b [2] for H = 2 in the per-head form, none otherwise.
   const bool per_head = mode == SigmoidBias::per_head;
-  auto b = [per_head, t] { return per_head ? t(Shape{2}) : Variable(); };
-  auto call = [mode](const Variable& q, const Variable& k, const Variable& v, const Variable& bias,
-                     AttentionMask mask = {}) { sigmoid_attention(q, k, v, mode, bias, mask); };
-  std::vector<OpMisuse> m = {
-      {"k with Dk=3, q with Dk=4", [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 3}), t(Shape{1, 2, 4, 4}), b()); }},
-      {"3-D q", [=] { call(t(Shape{2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), b()); }},
-      {"S=3 < T=5", [=] { call(t(Shape{1, 2, 5, 4}), t(Shape{1, 2, 3, 4}), t(Shape{1, 2, 3, 4}), b()); }},
-      {"q f32, k and v f64",
-       [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}, DType::f64), t(Shape{1, 2, 4, 4}, DType::f64), b()); }},
-      {"i32 inputs",
-       [=] {
-         call(t(Shape{1, 2, 4, 4}, DType::i32), t(Shape{1, 2, 4, 4}, DType::i32), t(Shape{1, 2, 4, 4}, DType::i32), b());
-       }},
-      {"v with S=5, k with S=4", [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 5, 4}), b()); }},
-      {"negative prefix",
-       [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), b(), AttentionMask{true, -1}); }},
-  };
+  const Variable b = per_head ? t(Shape{2}) : Variable();
+  const Variable x = t(Shape{1, 2, 4, 4});  // q, k or v [B=1, H=2, 4, D=4]
+  add("k with Dk=3, q with Dk=4", x, t(Shape{1, 2, 4, 3}), x, b);
+  add("3-D q", t(Shape{2, 4, 4}), x, x, b);
+  add("S=3 < T=5", t(Shape{1, 2, 5, 4}), t(Shape{1, 2, 3, 4}), t(Shape{1, 2, 3, 4}), b);
+  add("q f32, k and v f64", x, t(Shape{1, 2, 4, 4}, DType::f64), t(Shape{1, 2, 4, 4}, DType::f64), b);
+  add("i32 inputs", t(Shape{1, 2, 4, 4}, DType::i32), t(Shape{1, 2, 4, 4}, DType::i32),
+      t(Shape{1, 2, 4, 4}, DType::i32), b);
+  add("v with S=5, k with S=4", x, x, t(Shape{1, 2, 5, 4}), b);
+  add("negative prefix", x, x, x, b, AttentionMask{true, -1});
   if (per_head) {
-    m.push_back({"b missing", [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), Variable()); }});
-    m.push_back({"b [3] for H=2", [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{3})); }});
-    m.push_back({"b [1, 2] for H=2",
-                 [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2})); }});
-    m.push_back({"b f64, q k v f32",
-                 [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{2}, DType::f64)); }});
+    add("b missing", x, x, x, Variable());
+    add("b [3] for H=2", x, x, x, t(Shape{3}));
+    add("b [1, 2] for H=2", x, x, x, t(Shape{1, 2}));
+    add("b f64, q k v f32", x, x, x, t(Shape{2}, DType::f64));
   } else {
-    m.push_back({"b given to a form without a learnt bias",
-                 [=] { call(t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{1, 2, 4, 4}), t(Shape{2})); }});
+    add("b given to a form without a learnt bias", x, x, x, t(Shape{2}));
   }
   return m;
 }

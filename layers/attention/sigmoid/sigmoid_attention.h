@@ -50,15 +50,14 @@ struct SigmoidAttentionOp {
   // per_head and undefined otherwise; mask.prefix >= 0.
   static void check(const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode, const Tensor& bias,
                     const AttentionMask& mask);
-  static Tensor forward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode,
-                        const Tensor& bias, const AttentionMask& mask, double scale);
-  static Grads backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode,
-                        const Tensor& bias, const Tensor& dout, const AttentionMask& mask, double scale, bool need_db);
+  static Tensor forward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode, const Tensor& bias,
+                        const AttentionMask& mask, double scale);
+  static Grads backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode, const Tensor& bias,
+                        const Tensor& dout, const AttentionMask& mask, double scale, bool need_db);
   static Tensor forward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode,
                         const Tensor& bias, const AttentionMask& mask, double scale);
   static Grads backward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v, SigmoidBias mode,
-                        const Tensor& bias, const Tensor& dout, const AttentionMask& mask, double scale,
-                        bool need_db);
+                        const Tensor& bias, const Tensor& dout, const AttentionMask& mask, double scale, bool need_db);
   static std::vector<OpMisuse> misuses(SigmoidBias mode);
 };
 

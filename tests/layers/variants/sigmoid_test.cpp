@@ -18,6 +18,7 @@
 
 #include "autograd/ops.h"
 #include "layers/attention/sigmoid/sigmoid_attention.h"
+#include "layers/attention/softmax/softmax_attention.h"
 #include "lib/cuda/runtime.h"
 
 namespace attnlab {
@@ -95,7 +96,8 @@ TEST(SigmoidAttention, LargePositiveBiasGivesPrefixSumOfValues) {
         for (int64_t i = 0; i < mc.T; ++i)
           for (int64_t d = 0; d < Dv; ++d) {
             double sum = 0;
-            for (int64_t j = 0; j < visible(mc.mask, mc.T, mc.S, i); ++j) sum += vv[static_cast<size_t>((bh * mc.S + j) * Dv + d)];
+            for (int64_t j = 0; j < visible(mc.mask, mc.T, mc.S, i); ++j)
+              sum += vv[static_cast<size_t>((bh * mc.S + j) * Dv + d)];
             worst = std::max(worst, std::abs(out[static_cast<size_t>((bh * mc.T + i) * Dv + d)] - sum));
           }
       EXPECT_LE(worst, dt == DType::f64 ? 1e-12 : 1e-4) << dtype_name(dt) << " T=" << mc.T << " S=" << mc.S;
@@ -171,7 +173,8 @@ void check_zero_scores(Device device) {
       const int64_t B = 2, H = 3, D = 4, Dv = 3;
       const DType dt = device.is_cpu() ? DType::f64 : DType::f32;
       const double tol = device.is_cpu() ? 1e-13 : 1e-5;
-      const Tensor q = Tensor::zeros(Shape{B, H, mc.T, D}, dt, device), k = Tensor::zeros(Shape{B, H, mc.S, D}, dt, device),
+      const Tensor q = Tensor::zeros(Shape{B, H, mc.T, D}, dt, device),
+                   k = Tensor::zeros(Shape{B, H, mc.S, D}, dt, device),
                    v = Tensor::ones(Shape{B, H, mc.S, Dv}, dt, device);
       const std::vector<double> bias{-1.0, -2.5, 0.75};
       const Tensor b =
@@ -224,9 +227,8 @@ TEST(SigmoidAttention, PerHeadBiasGradientMatchesFiniteDifferences) {
     const Grads g = run(SigmoidBias::per_head, q, k, v, b, mc.mask, w);
     const std::vector<double> db = g.db.to_vector<double>();
     auto loss = [&](const Tensor& bb) {
-      const Tensor out = sigmoid_attention(Variable(q), Variable(k), Variable(v), SigmoidBias::per_head, Variable(bb),
-                                           mc.mask)
-                             .data();
+      const Tensor out =
+          sigmoid_attention(Variable(q), Variable(k), Variable(v), SigmoidBias::per_head, Variable(bb), mc.mask).data();
       const std::vector<double> o = out.to_vector<double>(), ww = w.to_vector<double>();
       double s = 0;
       for (size_t i = 0; i < o.size(); ++i) s += o[i] * ww[i];
@@ -312,7 +314,8 @@ TEST(SigmoidAttention, DISABLED_TimingFusedVsReference) {
 #endif
   for (int64_t T : {256, 1024}) {
     const int64_t B = 4, H = 8, D = 64;
-    const Tensor q = sample_randn(Shape{B, H, T, D}, 51).to(DType::f32), k = sample_randn(Shape{B, H, T, D}, 52).to(DType::f32),
+    const Tensor q = sample_randn(Shape{B, H, T, D}, 51).to(DType::f32),
+                 k = sample_randn(Shape{B, H, T, D}, 52).to(DType::f32),
                  v = sample_randn(Shape{B, H, T, D}, 53).to(DType::f32),
                  dout = sample_randn(Shape{B, H, T, D}, 54).to(DType::f32);
     auto time = [&](bool reference, int reps) {
@@ -324,11 +327,23 @@ TEST(SigmoidAttention, DISABLED_TimingFusedVsReference) {
       }
       return best;
     };
-    const double fused = time(false, 5), ref = time(true, 2);
-    std::printf("sigmoid attention fwd+bwd f32 B=%lld H=%lld D=%lld T=%lld, 2 threads: fused %.1f ms, reference %.1f ms "
-                "(%.1fx)\n",
-                static_cast<long long>(B), static_cast<long long>(H), static_cast<long long>(D),
-                static_cast<long long>(T), fused, ref, ref / fused);
+    // The fused softmax kernel of the same shape, for scale: the two do the same tile products.
+    auto time_softmax = [&](int reps) {
+      double best = 1e30;
+      for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Variable vq(q, true), vk(k, true), vv(v, true);
+        softmax_attention(vq, vk, vv, kCausal).backward(dout);
+        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return best;
+    };
+    const double fused = time(false, 5), ref = time(true, 2), softmax = time_softmax(5);
+    std::printf(
+        "sigmoid attention fwd+bwd f32 B=%lld H=%lld D=%lld T=%lld causal, 2 threads: fused %.1f ms, reference "
+        "%.1f ms (%.1fx); fused softmax %.1f ms\n",
+        static_cast<long long>(B), static_cast<long long>(H), static_cast<long long>(D), static_cast<long long>(T),
+        fused, ref, ref / fused, softmax);
   }
 #ifdef _OPENMP
   omp_set_num_threads(saved);
