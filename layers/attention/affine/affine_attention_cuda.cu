@@ -24,10 +24,10 @@
 //   epilogue    grid (ceil(T / 64), B*H), 64 threads: thread d (and d + 64, ...) starts C at
 //               n_{i0} from the chunk sums below it plus the rows of its own chunk, then walks the
 //               tile's queries, adding keys up to n_i and writing out_i[d].
-//   row dots    grid (ceil(T / 64), B*H), 64 threads, 2 x 64 x 65 floats of dynamic smem: the epilogue's walk, each
-//               thread keeping its columns' share of <G_i, O^sm_i> and <G_i, C_i> per row in shared
-//               memory and writing dO^sm; after a barrier thread r sums row r's 64 shares in order
-//               and writes dz.
+//   row dots    grid (ceil(T / 64), B*H), 64 threads, 2 x 64 x 65 floats of dynamic smem: the
+//               epilogue's walk, each thread keeping its columns' share of <G_i, O^sm_i> and
+//               <G_i, C_i> per row in shared memory and writing dO^sm; after a barrier thread r
+//               sums row r's 64 shares in order and writes dz.
 //   dv          grid (ceil(S / 64), B*H), 64 threads: thread d starts R at the first query that sees
 //               the tile's last key (chunk sums above it plus the rest of its chunk), then walks the
 //               keys down, adding the queries that start to see each key, and adds R to dv_j[d].

@@ -9,7 +9,7 @@
 //   - c_a left out equals c_a = 0 (and gets no gradient slot);
 //   - dz is 0 beyond the clip's kinks (w_a, c_a gradients only from rows inside);
 //   - the registered samples keep z away from the kinks (finite differences across a kink fail);
-//   - option and shape misuse errors;
+//   - option and shape misuse errors; no queries (T = 0);
 //   - a fused vs reference fwd+bwd timing at B=4, H=8, D=64, T=256 and 1024 (printed, not asserted).
 #include <gtest/gtest.h>
 
@@ -284,6 +284,20 @@ TEST(AffineAttention, SamplesAvoidTheKinks) {
   }
   EXPECT_GT(inside, 0);
   EXPECT_GT(outside, 0);
+}
+
+// No queries (T = 0, S = 3): an empty output, zero gradients for k, v and the gate's parameters.
+TEST(AffineAttention, NoQueries) {
+  Inputs in = make_inputs(1, 2, 0, 3, 4, 5, 1050);
+  const AffineAttentionResult r = affine_attention(in.q, in.k, in.v, in.x, in.w, in.c, in.abar);
+  EXPECT_EQ(r.out.shape(), Shape({1, 2, 0, 4}));
+  EXPECT_EQ(r.alpha.shape(), Shape({1, 2, 0}));
+  sum(r.out).backward();
+  for (const Variable* p : {&in.k, &in.v, &in.w, &in.c}) {
+    ASSERT_TRUE(p->grad().defined());
+    EXPECT_EQ(max_diff(p->grad(), Tensor::zeros(p->shape(), DType::f64)), 0.0);
+  }
+  EXPECT_TRUE(bit_equal(affine_abar_update(in.abar, r.alpha), in.abar));
 }
 
 TEST(AffineAttention, MisuseIsRefused) {
