@@ -98,6 +98,17 @@ OpSample without_r0(OpSample s) {
   return s;
 }
 
+// The sample's call with the carried energy r as a second output (no gradient), so the CUDA
+// parity test compares it too.
+OpSample with_r(OpSample s, AttentionMask mask) {
+  s.run = [mask](const std::vector<Variable>& in) {
+    const InfsaResult r =
+        infsa_attention(in[0], in[1], in[2], in[3], mask, 0.0, in.size() > 4 ? in[4].data() : Tensor());
+    return std::vector<Variable>{r.out, Variable(r.r)};
+  };
+  return s;
+}
+
 AttnDims dims(int64_t B, int64_t H, int64_t T, int64_t S, int64_t Dk, int64_t Dv) {
   AttnDims d;
   d.B = B, d.H = H, d.T = T, d.S = S, d.Dk = Dk, d.Dv = Dv;
@@ -166,12 +177,13 @@ std::vector<OpSample> InfsaAttentionOp::parity_samples() {
   const AttentionOpSpec spec = infsa_spec();
   const AttentionMask causal{true, 0}, full{false, 0};
   std::vector<OpSample> s = {
-      attention_op_sample(spec, dims(2, 3, 70, 70, 24, 24), causal, 401),
-      without_r0(attention_op_sample(spec, dims(1, 2, 130, 130, 16, 16), causal, 411)),
-      attention_op_sample(spec, dims(2, 2, 5, 37, 40, 24), causal, 421),
-      attention_op_sample(spec, dims(1, 2, 45, 45, 24, 24), AttentionMask{true, 20}, 431),
-      attention_op_sample(spec, dims(1, 2, 33, 50, 72, 72), full, 441),
-      attention_op_sample(spec, dims(1, 1, 40, 40, 128, 128), causal, 451),
+      with_r(attention_op_sample(spec, dims(2, 3, 70, 70, 24, 24), causal, 401), causal),
+      with_r(without_r0(attention_op_sample(spec, dims(1, 2, 130, 130, 16, 16), causal, 411)), causal),
+      with_r(attention_op_sample(spec, dims(2, 2, 5, 37, 40, 24), causal, 421), causal),
+      with_r(attention_op_sample(spec, dims(1, 2, 45, 45, 24, 24), AttentionMask{true, 20}, 431),
+             AttentionMask{true, 20}),
+      with_r(attention_op_sample(spec, dims(1, 2, 33, 50, 72, 72), full, 441), full),
+      with_r(attention_op_sample(spec, dims(1, 1, 40, 40, 128, 128), causal, 451), causal),
   };
   // Inputs given token-major, [B, T, H, D], and permuted to [B, H, T, D] views (row stride H * D).
   OpSample tm;
@@ -182,9 +194,9 @@ std::vector<OpSample> InfsaAttentionOp::parity_samples() {
   tm.grad_inputs = {true, true, true, true, false};
   tm.run = [](const std::vector<Variable>& in) {
     const std::vector<int64_t> bhtd{0, 2, 1, 3};
-    return std::vector<Variable>{infsa_attention(permute(in[0], bhtd), permute(in[1], bhtd), permute(in[2], bhtd),
-                                                 in[3], AttentionMask{true, 30}, 0.0, in[4].data())
-                                     .out};
+    const InfsaResult r = infsa_attention(permute(in[0], bhtd), permute(in[1], bhtd), permute(in[2], bhtd), in[3],
+                                          AttentionMask{true, 30}, 0.0, in[4].data());
+    return std::vector<Variable>{r.out, Variable(r.r)};
   };
   s.push_back(std::move(tm));
   return s;
