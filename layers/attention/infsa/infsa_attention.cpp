@@ -118,8 +118,9 @@ AttnDims dims(int64_t B, int64_t H, int64_t T, int64_t S, int64_t Dk, int64_t Dv
 }  // namespace
 
 // Central differences step the inputs by 1e-6, so a score within ~1e-5 of relu's kink at 0 would
-// make the numeric gradient meaningless there. These seeds give every visible score |c <q, k>|
-// > 1e-3 (tests/layers/variants/infsa_test.cpp, SamplesStayClearOfTheReluKink, checks it).
+// make the numeric gradient meaningless there. These seeds give every score |c <q, k>| > 1e-3,
+// masked or not (tests/layers/variants/infsa_test.cpp, GradcheckSamplesStayClearOfTheReluKink,
+// checks it).
 std::vector<OpSample> InfsaAttentionOp::samples() {
   const AttentionOpSpec spec = infsa_spec();
   const AttentionMask causal{true, 0}, full{false, 0};
