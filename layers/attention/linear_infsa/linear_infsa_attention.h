@@ -22,9 +22,9 @@
 // dtypes: f32, f64 on the CPU; f32 on CUDA (linear_infsa_attention_cuda.cu), Dk, Dv <= 128.
 // Fused CPU kernel (linear_infsa_attention_cpu.cpp): chunks of 64 queries, intra-chunk
 // (F G^T o M) V plus F S_prev with the state S [Dk, Dv], z [Dk] carried across chunks: O(T C D + T D^2)
-// time and O(T D) memory per (b, h). Backward: the chunked linear-attention backward (a forward pass
-// carrying S, z for dqbar, a reverse pass carrying dS, dz for dk, dv) and then the prefix-mean chain
-// rule (reverse scans gP_s = sum_{i >= s} dqbar_i / N_i, gN_s = -sum_{i >= s} <dqbar_i, qbar_i> / N_i,
+// time and memory linear in T per (b, h). Backward: the chunked linear-attention backward (a forward
+// pass saving S, z at each chunk start, then a reverse pass carrying dS, dz that gives dqbar, dk, dv)
+// and then the prefix-mean chain rule (reverse scans gP_s = sum_{i >= s} dqbar_i / N_i, gN_s = -sum_{i >= s} <dqbar_i, qbar_i> / N_i,
 // dq~_s = n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s).
 // Saved for backward: q, k, v, theta, p0, n0, out and den; the prefix mean is recomputed.
 // The composed reference (the exact quadratic [T, S] form from autograd primitives, qbar from

@@ -15,13 +15,16 @@
 //
 // Backward, for dout = G_i (per row): dnum_i = gamma dout_i / (den_i + eps),
 // dden_i = -<dout_i, out_i> / (den_i + eps), dA_ij = <dnum_i, v_j> + dden_i on visible pairs, and
-//   df_i = sum_j dA_ij g_j   = S_i^T-side: (dA G)_i + S_prev^T dnum_i + dden_i z_prev
-//   dg_j = sum_i dA_ij f_i   = (dA^T F)_j + dS_next v_j + dz_next
-//   dv_j = sum_i A_ij dnum_i = (A^T dNum)_j + dS_next^T g_j
-// where S_prev, z_prev hold the keys before the chunk (pass 1, forward over chunks) and
+//   df_i = sum_j dA_ij g_j    -> per chunk: dA G + dNum S_prev^T + dden z_prev^T
+//   dg_j = sum_i dA_ij f_i    -> per chunk: dA^T F + V dS_next^T + dz_next
+//   dv_j = sum_i A_ij dnum_i  -> per chunk: A^T dNum + G dS_next
+// where S_prev, z_prev hold the keys before the chunk (pass 1 runs forward over the chunks and
+// saves them, S^T [Dv, Dk] and z per chunk: T / 64 x Dv x Dk scratch, linear in T) and
 // dS_next = sum f_i dnum_i^T, dz_next = sum dden_i f_i over the queries after the chunk (pass 2,
-// reverse over chunks); the masked dA of each chunk is stored in pass 1 ([T, kC]) and reused.
+// reverse over the chunks, computes everything else, recomputing A).
 // The keys before query 0 get dg = dS v + dz, dv = dS^T g with the states over all queries.
+// The triangular products ((F G^T) o M, (dNum V^T) o M, and those with A, dA or their transposes)
+// go in blocks of 12 rows that compute only the part of the triangle they need.
 // Then dk = c dg o [k > 0], and the prefix-mean chain rule (spec 3.8 (A)'s backward with f = relu(qbar)):
 //   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i,
 //   gP_s = sum_{i >= s} dP_i,  gN_s = sum_{i >= s} dN_i   (reverse scans)
@@ -32,7 +35,7 @@
 //
 // Each (b, h) pair is one task (OpenMP over the B * H pairs): the bits do not depend on the
 // thread count, and dtheta's per-pair partial sums are added in (b) order after the loop. Scratch
-// is per task and linear in T (the prefix mean, relu'd k and its transpose, the stored dA chunks);
+// is per task and linear in T (the prefix mean, relu'd k and its transpose, the saved states);
 // never a [T, S] matrix. The tile products use a register-blocked vector micro-kernel (GCC vector
 // extensions), like the softmax attention's.
 #include <algorithm>
@@ -176,15 +179,38 @@ void tile_mm(int64_t M, int64_t N, int64_t K, const F* A, int64_t sai, int64_t s
     }
 }
 
-// x [rows, cols] (leading dim ld) -> xt [cols, rows] (leading dim ldt). Small matrices (a head's
-// keys once per call, a D x D state once per chunk): a plain blocked loop is enough.
+// In-register transpose of W x W lanes in log2(W) butterfly stages: at stage b, rows r and r + b
+// (r & b == 0) swap their off-diagonal b x b blocks.
+template <typename V, int W, int B, size_t... L>
+inline void butterfly(V& lo, V& hi, std::index_sequence<L...>) {
+  const V a = lo, b = hi;
+  lo = __builtin_shufflevector(a, b, ((L & B) == 0 ? L : W + L - B)...);
+  hi = __builtin_shufflevector(a, b, ((L & B) == 0 ? L + B : W + L)...);
+}
+template <typename V, int W, int B = 1>
+inline void transpose_lanes(V* r) {
+  if constexpr (B < W) {
+    for (int i = 0; i < W; ++i)
+      if ((i & B) == 0) butterfly<V, W, B>(r[i], r[i + B], std::make_index_sequence<W>{});
+    transpose_lanes<V, W, 2 * B>(r);
+  }
+}
+
+// x [rows, cols] (leading dim ld) -> xt [cols, rows] (leading dim ldt), in W x W register blocks.
 template <typename F>
 void transpose_into(const F* x, int64_t rows, int64_t cols, int64_t ld, F* xt, int64_t ldt) {
-  constexpr int64_t kB = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kB)
-    for (int64_t c0 = 0; c0 < cols; c0 += kB)
-      for (int64_t r = r0; r < std::min(rows, r0 + kB); ++r)
-        for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c) xt[c * ldt + r] = x[r * ld + c];
+  using V = typename Vec<F>::V;
+  constexpr int W = static_cast<int>(kLanes<F>);
+  const int64_t rw = rows / W * W, cw = cols / W * W;
+  for (int64_t r0 = 0; r0 < rw; r0 += W)
+    for (int64_t c0 = 0; c0 < cw; c0 += W) {
+      V blk[W];
+      for (int i = 0; i < W; ++i) __builtin_memcpy(&blk[i], x + (r0 + i) * ld + c0, sizeof(V));
+      transpose_lanes<V, W>(blk);
+      for (int i = 0; i < W; ++i) __builtin_memcpy(xt + (c0 + i) * ldt + r0, &blk[i], sizeof(V));
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < rw ? cw : 0; c < cols; ++c) xt[c * ldt + r] = x[r * ld + c];
 }
 
 // ---- layouts ------------------------------------------------------------------------------------
@@ -218,8 +244,9 @@ template <typename F>
 struct Scratch {
   int64_t sp;
   std::vector<F> f, g, gt, a, acc, state, state_t, z;
-  // backward only
-  std::vector<F> vt, dnum, dden, da, df, dg, dz;
+  // backward only: v^T, the row gradients, dA, df, dg, dz, the states before each chunk
+  // (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean in double.
+  std::vector<F> vt, dnum, dden, da, df, dg, dz, st_saved, z_saved;
   std::vector<double> qbar, nrm, nrun;
   Scratch(const Dims& d, bool backward)
       : sp(round_up_lanes<F>(d.S) + kLanes<F>),
@@ -236,10 +263,12 @@ struct Scratch {
     vt.assign(static_cast<size_t>(d.Dv * sp), F(0));
     dnum.resize(static_cast<size_t>(d.T * d.Dv));
     dden.resize(static_cast<size_t>(d.T));
-    da.resize(static_cast<size_t>(chunks * kC * kC));
+    da.resize(static_cast<size_t>(kC * kC));
     df.resize(static_cast<size_t>(d.T * d.Dk));
     dg.resize(static_cast<size_t>(d.S * d.Dk));
     dz.resize(static_cast<size_t>(d.Dk));
+    st_saved.resize(static_cast<size_t>(chunks * d.Dv * d.Dk));
+    z_saved.resize(static_cast<size_t>(chunks * d.Dk));
     qbar.resize(static_cast<size_t>(d.T * d.Dk));
     nrm.resize(static_cast<size_t>(d.T));
     nrun.resize(static_cast<size_t>(d.T));
@@ -256,46 +285,79 @@ void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N
   for (int64_t i = 0; i < dm.T; ++i) {
     const F* qi = q.row(i);
     double ss = 0;
-    for (int64_t d = 0; d < Dk; ++d) {
-      const double x = c * static_cast<double>(qi[d]);
-      ss += x * x;
-    }
-    const double n = std::sqrt(ss);
-    for (int64_t d = 0; d < Dk; ++d) P[d] += n * (c * static_cast<double>(qi[d]));
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < Dk; ++d) ss += static_cast<double>(qi[d]) * qi[d];
+    const double n = c * std::sqrt(ss);  // ||c q|| with c > 0
+    const double nc = n * c;
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) P[d] += nc * static_cast<double>(qi[d]);
     N += n;
     const double inv = N > 0 ? 1.0 / N : 0.0;
     F* fi = f + i * Dk;
+#pragma omp simd
     for (int64_t d = 0; d < Dk; ++d) {
-      const double qb = P[d] * inv;
-      const F x = static_cast<F>(qb);
+      const F x = static_cast<F>(P[d] * inv);
       fi[d] = x > F(0) ? x : F(0);
-      if (qbar) qbar[i * Dk + d] = qb;
     }
-    if (nrm) nrm[i] = n, nrun[i] = N;
+    if (qbar) {
+#pragma omp simd
+      for (int64_t d = 0; d < Dk; ++d) qbar[i * Dk + d] = P[d] * inv;
+      nrm[i] = n, nrun[i] = N;
+    }
   }
 }
 
 // g = relu(c k) [S, Dk] and its transpose gt [Dk, sp].
 template <typename F>
 void relu_keys(Rows<const F> k, const Dims& dm, double c, Scratch<F>& ws) {
+  const F cf = static_cast<F>(c);
   for (int64_t j = 0; j < dm.S; ++j) {
     const F* kj = k.row(j);
     F* gj = ws.g.data() + j * dm.Dk;
+#pragma omp simd
     for (int64_t d = 0; d < dm.Dk; ++d) {
-      const F x = static_cast<F>(c * static_cast<double>(kj[d]));
+      const F x = cf * kj[d];
       gj[d] = x > F(0) ? x : F(0);
     }
   }
   transpose_into(ws.g.data(), dm.S, dm.Dk, dm.Dk, ws.gt.data(), ws.sp);
 }
 
-// A = (F_c G_c^T) o M for the chunk of queries [i0, i0 + cn) (keys [j0, j0 + cn)): row r keeps the
-// columns j <= r; the columns past r up to the whole vector are zeroed.
+// The triangular products of a chunk go in blocks of kRB rows (of the product's output), each
+// computing only the part of the triangle it needs, so little of the masked half is computed.
+constexpr int64_t kRB = 12;
+
+// X = (P Q^T) o M [cn, cn] (leading dim kC): row r keeps the columns j <= r, the rest of the row up
+// to the whole vector past cn is zero. P [cn, K] (leading dim ldp), Qt = Q^T [K, *] (leading dim
+// ldq), both with unit-stride rows.
 template <typename F>
-void chunk_scores(const F* f, const Scratch<F>& ws, int64_t Dk, int64_t i0, int64_t j0, int64_t cn, F* a) {
+void lower_product(int64_t cn, int64_t K, const F* p, int64_t ldp, const F* qt, int64_t ldq, F* x) {
   const int64_t w = round_up_lanes<F>(cn);
-  tile_mm<F>(cn, w, Dk, f + i0 * Dk, Dk, 1, ws.gt.data() + j0, ws.sp, false, a, kC);
-  for (int64_t r = 0; r < cn; ++r) std::fill(a + r * kC + r + 1, a + r * kC + w, F(0));
+  for (int64_t r0 = 0; r0 < cn; r0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - r0);
+    tile_mm<F>(rows, round_up_lanes<F>(r0 + rows), K, p + r0 * ldp, ldp, 1, qt, ldq, false, x + r0 * kC, kC);
+  }
+  for (int64_t r = 0; r < cn; ++r) std::fill(x + r * kC + r + 1, x + r * kC + w, F(0));
+}
+
+// C [cn, N] (+)= X B for X lower-triangular [cn, cn] (leading dim kC): row block [r0, r0 + rows)
+// needs the first r0 + rows rows of B [cn, N] (leading dim ldb).
+template <typename F>
+void lower_times(int64_t cn, int64_t N, const F* x, const F* b, int64_t ldb, bool accumulate, F* c, int64_t ldc) {
+  for (int64_t r0 = 0; r0 < cn; r0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - r0);
+    tile_mm<F>(rows, N, r0 + rows, x + r0 * kC, kC, 1, b, ldb, accumulate, c + r0 * ldc, ldc);
+  }
+}
+
+// C [cn, N] (+)= X^T B for X lower-triangular [cn, cn] (leading dim kC): output row block
+// [j0, j0 + rows) is a sum over the rows i >= j0 of X and B [cn, N] (leading dim ldb).
+template <typename F>
+void lower_t_times(int64_t cn, int64_t N, const F* x, const F* b, int64_t ldb, bool accumulate, F* c, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < cn; j0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - j0);
+    tile_mm<F>(rows, N, cn - j0, x + j0 * kC + j0, 1, kC, b + j0 * ldb, ldb, accumulate, c + j0 * ldc, ldc);
+  }
 }
 
 // z[d] += sum over the rows [0, rows) of x [rows, D] (row stride ld), scaled per row by w (or 1).
@@ -306,6 +368,17 @@ void add_col_sums(F* z, const F* x, int64_t rows, int64_t D, int64_t ld, const F
     const F* xr = x + r * ld;
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) z[d] += s * xr[d];
+  }
+}
+
+// x[r][d] += w[r] y[d] (w null: 1) for r < rows (x's row stride ld).
+template <typename F>
+void add_outer(F* x, int64_t rows, int64_t D, int64_t ld, const F* w, const F* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const F s = w ? w[r] : F(1);
+    F* xr = x + r * ld;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) xr[d] += s * y[d];
   }
 }
 
@@ -335,21 +408,26 @@ void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out
 
   for (int64_t i0 = 0; i0 < T; i0 += kC) {
     const int64_t cn = std::min(kC, T - i0), j0 = off + i0;
-    chunk_scores(f, ws, Dk, i0, j0, cn, a);
-    tile_mm<F>(cn, Dv, Dk, f + i0 * Dk, Dk, 1, st, Dv, false, acc, Dv);   // F S_prev
-    tile_mm<F>(cn, Dv, cn, a, kC, 1, v.row(j0), v.ld, true, acc, Dv);     // + A V
+    const F* fc = f + i0 * Dk;
+    lower_product(cn, Dk, fc, Dk, ws.gt.data() + j0, ws.sp, a);         // A = (F G^T) o M
+    tile_mm<F>(cn, Dv, Dk, fc, Dk, 1, st, Dv, false, acc, Dv);          // F S_prev
+    lower_times(cn, Dv, a, v.row(j0), v.ld, true, acc, Dv);             // + A V
     for (int64_t r = 0; r < cn; ++r) {
-      const F* fr = f + (i0 + r) * Dk;
+      const F* fr = fc + r * Dk;
       const F* ar = a + r * kC;
       double s = 0;
+#pragma omp simd reduction(+ : s)
       for (int64_t j = 0; j <= r; ++j) s += ar[j];
+#pragma omp simd reduction(+ : s)
       for (int64_t d = 0; d < Dk; ++d) s += static_cast<double>(fr[d]) * z[d];
       den[i0 + r] = static_cast<F>(s);
-      const double scale = gamma / (s + LinearInfsaAttentionOp::kEps);
+      const F scale = static_cast<F>(gamma / (s + LinearInfsaAttentionOp::kEps));
       const F* accr = acc + r * Dv;
       F* o = out.row(i0 + r);
-      for (int64_t d = 0; d < Dv; ++d) o[d] = static_cast<F>(scale * static_cast<double>(accr[d]));
+#pragma omp simd
+      for (int64_t d = 0; d < Dv; ++d) o[d] = scale * accr[d];
     }
+    if (i0 + cn == T) break;  // the last chunk's keys feed no later chunk
     tile_mm<F>(Dk, Dv, cn, g + j0 * Dk, 1, Dk, v.row(j0), v.ld, true, st, Dv);  // S += G^T V
     add_col_sums(z, g + j0 * Dk, cn, Dk, Dk);
   }
@@ -373,10 +451,12 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
   F* dnum = ws.dnum.data();
   F* dden = ws.dden.data();
   F* a = ws.a.data();
+  F* da = ws.da.data();
   F* df = ws.df.data();
   F* dg = ws.dg.data();
   F* z = ws.z.data();
   F* dz = ws.dz.data();
+  const int64_t DvDk = Dv * Dk;
 
   // Row scalars: dnum = gamma dout / (den + eps), dden = -<dout, out> / (den + eps).
   double delta_sum = 0;
@@ -384,90 +464,91 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
     const F* go = dout.row(i);
     const F* o = out.row(i);
     double dot = 0;
+#pragma omp simd reduction(+ : dot)
     for (int64_t d = 0; d < Dv; ++d) dot += static_cast<double>(go[d]) * o[d];
     delta_sum += dot;
     const double inv = 1.0 / (static_cast<double>(den[i]) + LinearInfsaAttentionOp::kEps);
     dden[i] = static_cast<F>(-dot * inv);
+    const F s = static_cast<F>(gamma * inv);
     F* dn = dnum + i * Dv;
-    for (int64_t d = 0; d < Dv; ++d) dn[d] = static_cast<F>(gamma * inv * static_cast<double>(go[d]));
+#pragma omp simd
+    for (int64_t d = 0; d < Dv; ++d) dn[d] = s * go[d];
   }
 
-  // Pass 1, forward over chunks with S^T [Dv, Dk] and z over the keys before each chunk:
-  // dA (stored), df = dA G + dNum S^T... (as S_prev^T dnum_i per row) + dden z.
-  F* st_t = ws.state_t.data();  // S^T [Dv, Dk]
+  // Pass 1, forward over chunks: the state before each chunk, S^T [Dv, Dk] and z, saved.
+  F* st_t = ws.state_t.data();
   tile_mm<F>(Dv, Dk, off, v.row(0), 1, v.ld, g, Dk, false, st_t, Dk);
   std::fill(z, z + Dk, F(0));
   add_col_sums(z, g, off, Dk, Dk);
-  for (int64_t i0 = 0; i0 < T; i0 += kC) {
-    const int64_t cn = std::min(kC, T - i0), j0 = off + i0, w = round_up_lanes<F>(cn);
-    F* dac = ws.da.data() + i0 * kC;
-    tile_mm<F>(cn, w, Dv, dnum + i0 * Dv, Dv, 1, vt + j0, sp, false, dac, kC);  // dNum V^T
-    for (int64_t r = 0; r < cn; ++r) {
-      F* dr = dac + r * kC;
-      const F e = dden[i0 + r];
-      for (int64_t j = 0; j <= r; ++j) dr[j] += e;
-      std::fill(dr + r + 1, dr + w, F(0));
-    }
-    F* dfc = df + i0 * Dk;
-    tile_mm<F>(cn, Dk, cn, dac, kC, 1, g + j0 * Dk, Dk, false, dfc, Dk);      // dA G
-    tile_mm<F>(cn, Dk, Dv, dnum + i0 * Dv, Dv, 1, st_t, Dk, true, dfc, Dk);   // + dNum S_prev^T
-    for (int64_t r = 0; r < cn; ++r) {
-      const F e = dden[i0 + r];
-      F* dr = dfc + r * Dk;
-#pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) dr[d] += e * z[d];
-    }
+  const int64_t chunks = (T + kC - 1) / kC;
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    const int64_t i0 = ci * kC, cn = std::min(kC, T - i0), j0 = off + i0;
+    std::copy(st_t, st_t + DvDk, ws.st_saved.data() + ci * DvDk);
+    std::copy(z, z + Dk, ws.z_saved.data() + ci * Dk);
+    if (ci + 1 == chunks) break;  // the last chunk's keys feed no later chunk
     tile_mm<F>(Dv, Dk, cn, v.row(j0), 1, v.ld, g + j0 * Dk, Dk, true, st_t, Dk);  // S^T += V^T G
     add_col_sums(z, g + j0 * Dk, cn, Dk, Dk);
   }
 
   // Pass 2, reverse over chunks with dS = sum f_i dnum_i^T [Dk, Dv] and dz = sum dden_i f_i over
-  // the queries after each chunk: dg = dA^T F + V dS^T + dz, dv = A^T dNum + G dS.
-  F* ds = ws.state.data();     // dS [Dk, Dv]
+  // the queries after each chunk:
+  //   df = dA G + dNum S_prev^T + dden z_prev,  dg = dA^T F + V dS^T + dz,  dv = A^T dNum + G dS.
+  F* ds = ws.state.data();      // dS [Dk, Dv]
   F* ds_t = ws.state_t.data();  // dS^T [Dv, Dk], refreshed from dS per chunk
   std::fill(ds, ds + Dk * Dv, F(0));
   std::fill(dz, dz + Dk, F(0));
-  const int64_t chunks = (T + kC - 1) / kC;
   for (int64_t ci = chunks - 1; ci >= 0; --ci) {
     const int64_t i0 = ci * kC, cn = std::min(kC, T - i0), j0 = off + i0;
-    const F* dac = ws.da.data() + i0 * kC;
     const F* fc = f + i0 * Dk;
     const F* dnc = dnum + i0 * Dv;
-    chunk_scores(f, ws, Dk, i0, j0, cn, a);
+    const F* gc = g + j0 * Dk;
+    lower_product(cn, Dk, fc, Dk, ws.gt.data() + j0, sp, a);  // A = (F G^T) o M
+    lower_product(cn, Dv, dnc, Dv, vt + j0, sp, da);           // dNum V^T, then + dden, o M
+    for (int64_t r = 0; r < cn; ++r) {
+      F* dr = da + r * kC;
+      const F e = dden[i0 + r];
+#pragma omp simd
+      for (int64_t j = 0; j <= r; ++j) dr[j] += e;
+    }
+    F* dfc = df + i0 * Dk;
+    tile_mm<F>(cn, Dk, Dv, dnc, Dv, 1, ws.st_saved.data() + ci * DvDk, Dk, false, dfc, Dk);  // dNum S_prev^T
+    lower_times(cn, Dk, da, gc, Dk, true, dfc, Dk);                                         // + dA G
+    add_outer(dfc, cn, Dk, Dk, dden + i0, ws.z_saved.data() + ci * Dk);                     // + dden z_prev
+
     transpose_into(ds, Dk, Dv, Dv, ds_t, Dk);
     F* dgc = dg + j0 * Dk;
-    tile_mm<F>(cn, Dk, cn, dac, 1, kC, fc, Dk, false, dgc, Dk);          // dA^T F
-    tile_mm<F>(cn, Dk, Dv, v.row(j0), v.ld, 1, ds_t, Dk, true, dgc, Dk);  // + V dS^T
-    for (int64_t r = 0; r < cn; ++r) {
-      F* dr = dgc + r * Dk;
-#pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) dr[d] += dz[d];
-    }
-    tile_mm<F>(cn, Dv, cn, a, 1, kC, dnc, Dv, false, dv.row(j0), dv.ld);       // A^T dNum
-    tile_mm<F>(cn, Dv, Dk, g + j0 * Dk, Dk, 1, ds, Dv, true, dv.row(j0), dv.ld);  // + G dS
-    tile_mm<F>(Dk, Dv, cn, fc, 1, Dk, dnc, Dv, true, ds, Dv);                  // dS += F^T dNum
+    tile_mm<F>(cn, Dk, Dv, v.row(j0), v.ld, 1, ds_t, Dk, false, dgc, Dk);  // V dS^T
+    lower_t_times(cn, Dk, da, fc, Dk, true, dgc, Dk);                     // + dA^T F
+    add_outer(dgc, cn, Dk, Dk, static_cast<const F*>(nullptr), dz);       // + dz
+
+    tile_mm<F>(cn, Dv, Dk, gc, Dk, 1, ds, Dv, false, dv.row(j0), dv.ld);  // G dS
+    lower_t_times(cn, Dv, a, dnc, Dv, true, dv.row(j0), dv.ld);           // + A^T dNum
+
+    tile_mm<F>(Dk, Dv, cn, fc, 1, Dk, dnc, Dv, true, ds, Dv);  // dS += F^T dNum
     add_col_sums(dz, fc, cn, Dk, Dk, dden + i0);
   }
   // The keys before query 0 are seen by every query.
   if (off > 0) {
     transpose_into(ds, Dk, Dv, Dv, ds_t, Dk);
     tile_mm<F>(off, Dk, Dv, v.row(0), v.ld, 1, ds_t, Dk, false, dg, Dk);
-    for (int64_t j = 0; j < off; ++j) {
-      F* dr = dg + j * Dk;
-#pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) dr[d] += dz[d];
-    }
+    add_outer(dg, off, Dk, Dk, static_cast<const F*>(nullptr), dz);
     tile_mm<F>(off, Dv, Dk, g, Dk, 1, ds, Dv, false, dv.row(0), dv.ld);
   }
+  const F cf = static_cast<F>(c);
   for (int64_t j = 0; j < S; ++j) {
     const F* gj = g + j * Dk;
     const F* dgj = dg + j * Dk;
     F* o = dk.row(j);
-    for (int64_t d = 0; d < Dk; ++d) o[d] = gj[d] > F(0) ? static_cast<F>(c * static_cast<double>(dgj[d])) : F(0);
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) {
+      const F on = gj[d] > F(0) ? F(1) : F(0);  // a 0/1 factor, not a select: it vectorizes
+      o[d] = on * (cf * dgj[d]);
+    }
   }
 
   // The prefix-mean chain rule: reverse scans of dP and dN, then dq.
   std::vector<double> gP(static_cast<size_t>(Dk), 0.0);
+  double* gp = gP.data();
   double gN = 0;
   for (int64_t s = T - 1; s >= 0; --s) {
     const double Ns = ws.nrun[s];
@@ -477,9 +558,11 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
       const F* dfs = df + s * Dk;
       const double* qb = ws.qbar.data() + s * Dk;
       double dot = 0;
+#pragma omp simd reduction(+ : dot)
       for (int64_t d = 0; d < Dk; ++d) {
-        const double dqb = fs[d] > F(0) ? static_cast<double>(dfs[d]) : 0.0;
-        gP[d] += dqb * inv;
+        const double on = fs[d] > F(0) ? 1.0 : 0.0;
+        const double dqb = on * static_cast<double>(dfs[d]);
+        gp[d] += dqb * inv;
         dot += dqb * qb[d];
       }
       gN -= dot * inv;
@@ -488,11 +571,13 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
     const F* qs = q.row(s);
     F* o = dq.row(s);
     if (n > 0) {
+      // dq = c (n gP + (<gP, c q> + gN) c q / n)
       double gq = 0;
-      for (int64_t d = 0; d < Dk; ++d) gq += gP[d] * (c * static_cast<double>(qs[d]));
-      const double coef = (gq + gN) / n;
-      for (int64_t d = 0; d < Dk; ++d)
-        o[d] = static_cast<F>(c * (n * gP[d] + coef * (c * static_cast<double>(qs[d]))));
+#pragma omp simd reduction(+ : gq)
+      for (int64_t d = 0; d < Dk; ++d) gq += gp[d] * static_cast<double>(qs[d]);
+      const double coef = (c * gq + gN) * c * c / n, cn = c * n;
+#pragma omp simd
+      for (int64_t d = 0; d < Dk; ++d) o[d] = static_cast<F>(cn * gp[d] + coef * static_cast<double>(qs[d]));
     } else {
       std::fill(o, o + Dk, F(0));  // a zero query: no energy, and the subgradient 0 at the kink
     }
