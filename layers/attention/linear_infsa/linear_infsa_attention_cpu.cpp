@@ -1,0 +1,714 @@
+// CPU forward and backward of the fused linear-InfSA attention (form B), f32 and f64.
+//
+// Maths per (b, h) (see linear_infsa_attention.h): off = S - T, query i at position off + i,
+//   f_i = relu(qbar_i) [Dk] (qbar the running energy-weighted mean query), g_j = relu(c k_j) [Dk],
+//   num_i = sum_{j <= off + i} <f_i, g_j> v_j,  den_i = sum_{j <= off + i} <f_i, g_j>,
+//   out_i = gamma num_i / (den_i + eps).
+//
+// Chunked forward (chunks of kC = 64 queries; chunk [i0, i0 + cn) sees the keys [j0, j0 + cn),
+// j0 = off + i0, inside the chunk and everything before through the state):
+//   S = sum_{j < off} g_j v_j^T [Dk, Dv], z = sum_{j < off} g_j [Dk]        (the keys before query 0)
+//   per chunk:  A = (F G^T) o M  [cn, cn], M the lower triangle with the diagonal
+//               num = F S + A V,  den = F z + rowsum A
+//               S += G^T V,  z += colsum G
+// with F, G, V the chunk's rows of f, g, v.
+//
+// Backward, for dout = G_i (per row): dnum_i = gamma dout_i / (den_i + eps),
+// dden_i = -<dout_i, out_i> / (den_i + eps), dA_ij = <dnum_i, v_j> + dden_i on visible pairs, and
+//   df_i = sum_j dA_ij g_j    -> per chunk: dA G + dNum S_prev^T + dden z_prev^T
+//   dg_j = sum_i dA_ij f_i    -> per chunk: dA^T F + V dS_next^T + dz_next
+//   dv_j = sum_i A_ij dnum_i  -> per chunk: A^T dNum + G dS_next
+// where S_prev, z_prev hold the keys before the chunk (pass 1 runs forward over the chunks and
+// saves them, S^T [Dv, Dk] and z per chunk: T / 64 x Dv x Dk scratch, linear in T) and
+// dS_next = sum f_i dnum_i^T, dz_next = sum dden_i f_i over the queries after the chunk (pass 2,
+// reverse over the chunks, computes everything else, recomputing A).
+// The keys before query 0 get dg = dS v + dz, dv = dS^T g with the states over all queries.
+// The triangular products ((F G^T) o M, (dNum V^T) o M, and those with A, dA or their transposes)
+// go in blocks of 12 rows that compute only the part of the triangle they need.
+// Then dk = c dg o [k > 0], and the prefix-mean chain rule (spec 3.8 (A)'s backward with f = relu(qbar)):
+//   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i,
+//   gP_s = sum_{i >= s} dP_i,  gN_s = sum_{i >= s} dN_i   (reverse scans)
+//   dq_s = c (n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s)   (0 for a zero query, n_s = 0)
+//   dtheta_h = (1 - gamma_h) sum_{b, i} <dout_i, out_i>.
+// The prefix mean (n, P, N, qbar) and the row scalars of the chain rule run in double in both
+// dtypes (O(T D) work): the relu masks of qbar then follow the exact values, not f32 rounding.
+//
+// Each (b, h) pair is one task (OpenMP over the B * H pairs): the bits do not depend on the
+// thread count, and dtheta's per-pair partial sums are added in (b) order after the loop. Scratch
+// is per task and linear in T (the prefix mean, relu'd k and its transpose, the saved states);
+// never a [T, S] matrix. The tile products use a register-blocked vector micro-kernel (GCC vector
+// extensions), like the softmax attention's.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "layers/attention/linear_infsa/linear_infsa_attention.h"
+#include "lib/cpu/parallel.h"
+#include "lib/error.h"
+
+namespace attnlab {
+
+namespace {
+
+constexpr std::string_view kName = "linear_infsa_attention";
+constexpr int64_t kC = 64;  // queries per chunk (a multiple of every vector width below)
+
+// ---- the tile products --------------------------------------------------------------------------
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kNV = 4;  // C vectors per micro-kernel row: 6 x 4 zmm accumulators of 32 registers
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kNV = 2;  // 6 x 2 ymm accumulators of 16
+#else
+constexpr int kVecBytes = 16;
+constexpr int kNV = 2;
+#endif
+constexpr int kR = 6;  // C rows per micro-kernel
+
+template <typename F>
+struct Vec {
+  typedef F V __attribute__((vector_size(kVecBytes)));
+};
+template <typename F>
+constexpr int64_t kLanes = kVecBytes / static_cast<int64_t>(sizeof(F));
+
+template <typename F>
+int64_t round_up_lanes(int64_t n) {
+  return (n + kLanes<F> - 1) / kLanes<F> * kLanes<F>;
+}
+
+// Every lane = x (x - 0 is exactly x, even for -0).
+template <typename V, typename F>
+inline V splat(F x) {
+  return x - V{};
+}
+
+// C[M, N] = A B (or C += A B when `accumulate`) for A(i, k) = A[i * sai + k * sak] (a row-major
+// tile or its transpose) and B row-major [K, N] with leading dim ldb. The micro-kernel keeps R rows
+// x NV vectors of C in registers over the whole K loop.
+template <typename F, int R, int NV>
+void micro(int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb, bool accumulate, F* C,
+           int64_t ldc) {
+  using V = typename Vec<F>::V;
+  constexpr int W = kVecBytes / sizeof(F);
+  V c[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(&b[v], B + k * ldb + v * W, sizeof(V));
+    const F* ak = A + k * sak;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const V a = splat<V>(ak[r * sai]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      F* p = C + r * ldc + v * W;
+      V out = c[r][v];
+      if (accumulate) {
+        V old;
+        __builtin_memcpy(&old, p, sizeof(V));
+        out += old;
+      }
+      __builtin_memcpy(p, &out, sizeof(V));
+    }
+}
+
+template <typename F, int R>
+void micro_rows(int nv, int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb, bool accumulate,
+                F* C, int64_t ldc) {
+  static_assert(kNV == 2 || kNV == 4);
+  switch (nv) {
+    case 1: return micro<F, R, 1>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
+    case 2: return micro<F, R, 2>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
+    case 3:
+      if constexpr (kNV >= 3) return micro<F, R, 3>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
+      break;
+    default:
+      if constexpr (kNV >= 4) return micro<F, R, 4>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
+      break;
+  }
+}
+
+template <typename F>
+void tile_mm(int64_t M, int64_t N, int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb,
+             bool accumulate, F* C, int64_t ldc) {
+  constexpr int64_t W = kLanes<F>;
+  if (K == 0) {  // an empty sum: C = 0 (or unchanged)
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, F(0));
+    return;
+  }
+  int64_t j = 0;
+  while (N - j >= W) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, (N - j) / W));
+    for (int64_t i = 0; i < M; i += kR) {
+      const F* a = A + i * sai;
+      const F* b = B + j;
+      F* c = C + i * ldc + j;
+      switch (std::min<int64_t>(kR, M - i)) {
+        case 1: micro_rows<F, 1>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+        case 2: micro_rows<F, 2>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+        case 3: micro_rows<F, 3>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+        case 4: micro_rows<F, 4>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+        case 5: micro_rows<F, 5>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+        default: micro_rows<F, 6>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
+      }
+    }
+    j += nv * W;
+  }
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t jj = j; jj < N; ++jj) {
+      F s = 0;
+      for (int64_t k = 0; k < K; ++k) s += A[i * sai + k * sak] * B[k * ldb + jj];
+      F& c = C[i * ldc + jj];
+      c = accumulate ? c + s : s;
+    }
+}
+
+// In-register transpose of W x W lanes in log2(W) butterfly stages: at stage b, rows r and r + b
+// (r & b == 0) swap their off-diagonal b x b blocks.
+template <typename V, int W, int B, size_t... L>
+inline void butterfly(V& lo, V& hi, std::index_sequence<L...>) {
+  const V a = lo, b = hi;
+  lo = __builtin_shufflevector(a, b, ((L & B) == 0 ? L : W + L - B)...);
+  hi = __builtin_shufflevector(a, b, ((L & B) == 0 ? L + B : W + L)...);
+}
+template <typename V, int W, int B = 1>
+inline void transpose_lanes(V* r) {
+  if constexpr (B < W) {
+    for (int i = 0; i < W; ++i)
+      if ((i & B) == 0) butterfly<V, W, B>(r[i], r[i + B], std::make_index_sequence<W>{});
+    transpose_lanes<V, W, 2 * B>(r);
+  }
+}
+
+// x [rows, cols] (leading dim ld) -> xt [cols, rows] (leading dim ldt), in W x W register blocks.
+template <typename F>
+void transpose_into(const F* x, int64_t rows, int64_t cols, int64_t ld, F* xt, int64_t ldt) {
+  using V = typename Vec<F>::V;
+  constexpr int W = static_cast<int>(kLanes<F>);
+  const int64_t rw = rows / W * W, cw = cols / W * W;
+  for (int64_t r0 = 0; r0 < rw; r0 += W)
+    for (int64_t c0 = 0; c0 < cw; c0 += W) {
+      V blk[W];
+      for (int i = 0; i < W; ++i) __builtin_memcpy(&blk[i], x + (r0 + i) * ld + c0, sizeof(V));
+      transpose_lanes<V, W>(blk);
+      for (int i = 0; i < W; ++i) __builtin_memcpy(xt + (c0 + i) * ldt + r0, &blk[i], sizeof(V));
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < rw ? cw : 0; c < cols; ++c) xt[c * ldt + r] = x[r * ld + c];
+}
+
+// ---- layouts ------------------------------------------------------------------------------------
+
+struct Dims {
+  int64_t T, S, Dk, Dv;
+  int64_t off() const { return S - T; }
+};
+
+// One (b, h) matrix: row i at p + i * ld, its elements unit-stride.
+template <typename F>
+struct Rows {
+  F* p;
+  int64_t ld;
+  F* row(int64_t i) const { return p + i * ld; }
+};
+
+// A [B, H, rows, D] tensor whose last dim is unit-stride (any other strides).
+template <typename F>
+struct Heads {
+  F* p;
+  int64_t sb, sh, ld;
+  Heads(F* data, const Tensor& t) : p(data), sb(t.stride(0)), sh(t.stride(1)), ld(t.stride(2)) {}
+  Rows<F> at(int64_t b, int64_t h) const { return {p + b * sb + h * sh, ld}; }
+};
+
+// Per-task scratch, sized once per task for the call's dims; `sp` is the padded key count, the
+// leading dim of the transposed keys (and values), whose padding columns stay zero so a ragged
+// chunk still runs in whole vectors.
+template <typename F>
+struct Scratch {
+  int64_t sp;
+  std::vector<F> f, g, gt, a, acc, state, state_t, z;
+  // backward only: v^T, the row gradients, dA, df, dg, dz, the states before each chunk
+  // (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean in double.
+  std::vector<F> vt, dnum, dden, da, df, dg, dz, st_saved, z_saved;
+  std::vector<double> qbar, nrm, nrun;
+  Scratch(const Dims& d, bool backward)
+      : sp(round_up_lanes<F>(d.S) + kLanes<F>),
+        f(static_cast<size_t>(d.T * d.Dk)),
+        g(static_cast<size_t>(d.S * d.Dk)),
+        gt(static_cast<size_t>(d.Dk * sp), F(0)),
+        a(static_cast<size_t>(kC * kC)),
+        acc(backward ? 0 : static_cast<size_t>(kC * d.Dv)),
+        state(static_cast<size_t>(d.Dk * d.Dv)),
+        state_t(static_cast<size_t>(d.Dk * d.Dv)),
+        z(static_cast<size_t>(d.Dk)) {
+    if (!backward) return;
+    const int64_t chunks = (d.T + kC - 1) / kC;
+    vt.assign(static_cast<size_t>(d.Dv * sp), F(0));
+    dnum.resize(static_cast<size_t>(d.T * d.Dv));
+    dden.resize(static_cast<size_t>(d.T));
+    da.resize(static_cast<size_t>(kC * kC));
+    df.resize(static_cast<size_t>(d.T * d.Dk));
+    dg.resize(static_cast<size_t>(d.S * d.Dk));
+    dz.resize(static_cast<size_t>(d.Dk));
+    st_saved.resize(static_cast<size_t>(chunks * d.Dv * d.Dk));
+    z_saved.resize(static_cast<size_t>(chunks * d.Dk));
+    qbar.resize(static_cast<size_t>(d.T * d.Dk));
+    nrm.resize(static_cast<size_t>(d.T));
+    nrun.resize(static_cast<size_t>(d.T));
+  }
+};
+
+// The prefix mean of one (b, h), in double: n_i = ||c q_i||, P_i = p0 + sum n_s c q_s,
+// N_i = n0 + sum n_s, qbar_i = P_i / N_i (0 where N_i <= 0); f = relu(qbar) in F. Backward also
+// keeps qbar, n and N (non-null pointers). Returns the final P in `P` (in: p0) and N (in: n0).
+template <typename F>
+void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N, F* f, double* qbar, double* nrm,
+                 double* nrun) {
+  const int64_t Dk = dm.Dk;
+  for (int64_t i = 0; i < dm.T; ++i) {
+    const F* qi = q.row(i);
+    double ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < Dk; ++d) ss += static_cast<double>(qi[d]) * qi[d];
+    const double n = c * std::sqrt(ss);  // ||c q|| with c > 0
+    const double nc = n * c;
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) P[d] += nc * static_cast<double>(qi[d]);
+    N += n;
+    const double inv = N > 0 ? 1.0 / N : 0.0;
+    F* fi = f + i * Dk;
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) {
+      const F x = static_cast<F>(P[d] * inv);
+      fi[d] = x > F(0) ? x : F(0);
+    }
+    if (qbar) {
+#pragma omp simd
+      for (int64_t d = 0; d < Dk; ++d) qbar[i * Dk + d] = P[d] * inv;
+      nrm[i] = n, nrun[i] = N;
+    }
+  }
+}
+
+// g = relu(c k) [S, Dk] and its transpose gt [Dk, sp].
+template <typename F>
+void relu_keys(Rows<const F> k, const Dims& dm, double c, Scratch<F>& ws) {
+  const F cf = static_cast<F>(c);
+  for (int64_t j = 0; j < dm.S; ++j) {
+    const F* kj = k.row(j);
+    F* gj = ws.g.data() + j * dm.Dk;
+#pragma omp simd
+    for (int64_t d = 0; d < dm.Dk; ++d) {
+      const F x = cf * kj[d];
+      gj[d] = x > F(0) ? x : F(0);
+    }
+  }
+  transpose_into(ws.g.data(), dm.S, dm.Dk, dm.Dk, ws.gt.data(), ws.sp);
+}
+
+// The triangular products of a chunk go in blocks of kRB rows (of the product's output), each
+// computing only the part of the triangle it needs, so little of the masked half is computed.
+constexpr int64_t kRB = 12;
+
+// X = (P Q^T) o M [cn, cn] (leading dim kC): row r keeps the columns j <= r, the rest of the row up
+// to the whole vector past cn is zero. P [cn, K] (leading dim ldp), Qt = Q^T [K, *] (leading dim
+// ldq), both with unit-stride rows.
+template <typename F>
+void lower_product(int64_t cn, int64_t K, const F* p, int64_t ldp, const F* qt, int64_t ldq, F* x) {
+  const int64_t w = round_up_lanes<F>(cn);
+  for (int64_t r0 = 0; r0 < cn; r0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - r0);
+    tile_mm<F>(rows, round_up_lanes<F>(r0 + rows), K, p + r0 * ldp, ldp, 1, qt, ldq, false, x + r0 * kC, kC);
+  }
+  for (int64_t r = 0; r < cn; ++r) std::fill(x + r * kC + r + 1, x + r * kC + w, F(0));
+}
+
+// C [cn, N] (+)= X B for X lower-triangular [cn, cn] (leading dim kC): row block [r0, r0 + rows)
+// needs the first r0 + rows rows of B [cn, N] (leading dim ldb).
+template <typename F>
+void lower_times(int64_t cn, int64_t N, const F* x, const F* b, int64_t ldb, bool accumulate, F* c, int64_t ldc) {
+  for (int64_t r0 = 0; r0 < cn; r0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - r0);
+    tile_mm<F>(rows, N, r0 + rows, x + r0 * kC, kC, 1, b, ldb, accumulate, c + r0 * ldc, ldc);
+  }
+}
+
+// C [cn, N] (+)= X^T B for X lower-triangular [cn, cn] (leading dim kC): output row block
+// [j0, j0 + rows) is a sum over the rows i >= j0 of X and B [cn, N] (leading dim ldb).
+template <typename F>
+void lower_t_times(int64_t cn, int64_t N, const F* x, const F* b, int64_t ldb, bool accumulate, F* c, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < cn; j0 += kRB) {
+    const int64_t rows = std::min(kRB, cn - j0);
+    tile_mm<F>(rows, N, cn - j0, x + j0 * kC + j0, 1, kC, b + j0 * ldb, ldb, accumulate, c + j0 * ldc, ldc);
+  }
+}
+
+// z[d] += sum over the rows [0, rows) of x [rows, D] (row stride ld), scaled per row by w (or 1).
+template <typename F>
+void add_col_sums(F* z, const F* x, int64_t rows, int64_t D, int64_t ld, const F* w = nullptr) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const F s = w ? w[r] : F(1);
+    const F* xr = x + r * ld;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) z[d] += s * xr[d];
+  }
+}
+
+// x[r][d] += w[r] y[d] (w null: 1) for r < rows (x's row stride ld).
+template <typename F>
+void add_outer(F* x, int64_t rows, int64_t D, int64_t ld, const F* w, const F* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const F s = w ? w[r] : F(1);
+    F* xr = x + r * ld;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) xr[d] += s * y[d];
+  }
+}
+
+// One (b, h): q [T, Dk], k [S, Dk], v [S, Dv] -> out [T, Dv], den [T], p [Dk], n.
+template <typename F>
+void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* den, F* p_out, F* n_out,
+                  const F* p0, const F* n0, const Dims& dm, double c, double gamma, Scratch<F>& ws) {
+  const int64_t T = dm.T, Dk = dm.Dk, Dv = dm.Dv, off = dm.off();
+  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
+  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  double N = n0 ? static_cast<double>(*n0) : 0.0;
+  F* f = ws.f.data();
+  prefix_mean<F>(q, dm, c, P.data(), N, f, nullptr, nullptr, nullptr);
+  for (int64_t d = 0; d < Dk; ++d) p_out[d] = static_cast<F>(P[d]);
+  *n_out = static_cast<F>(N);
+
+  relu_keys(k, dm, c, ws);
+  const F* g = ws.g.data();
+  F* st = ws.state.data();  // S [Dk, Dv]
+  F* z = ws.z.data();
+  F* a = ws.a.data();
+  F* acc = ws.acc.data();
+  // The keys before query 0.
+  tile_mm<F>(Dk, Dv, off, g, 1, Dk, v.row(0), v.ld, false, st, Dv);
+  std::fill(z, z + Dk, F(0));
+  add_col_sums(z, g, off, Dk, Dk);
+
+  for (int64_t i0 = 0; i0 < T; i0 += kC) {
+    const int64_t cn = std::min(kC, T - i0), j0 = off + i0;
+    const F* fc = f + i0 * Dk;
+    lower_product(cn, Dk, fc, Dk, ws.gt.data() + j0, ws.sp, a);         // A = (F G^T) o M
+    tile_mm<F>(cn, Dv, Dk, fc, Dk, 1, st, Dv, false, acc, Dv);          // F S_prev
+    lower_times(cn, Dv, a, v.row(j0), v.ld, true, acc, Dv);             // + A V
+    for (int64_t r = 0; r < cn; ++r) {
+      const F* fr = fc + r * Dk;
+      const F* ar = a + r * kC;
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = 0; j <= r; ++j) s += ar[j];
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < Dk; ++d) s += static_cast<double>(fr[d]) * z[d];
+      den[i0 + r] = static_cast<F>(s);
+      const F scale = static_cast<F>(gamma / (s + LinearInfsaAttentionOp::kEps));
+      const F* accr = acc + r * Dv;
+      F* o = out.row(i0 + r);
+#pragma omp simd
+      for (int64_t d = 0; d < Dv; ++d) o[d] = scale * accr[d];
+    }
+    if (i0 + cn == T) break;  // the last chunk's keys feed no later chunk
+    tile_mm<F>(Dk, Dv, cn, g + j0 * Dk, 1, Dk, v.row(j0), v.ld, true, st, Dv);  // S += G^T V
+    add_col_sums(z, g + j0 * Dk, cn, Dk, Dk);
+  }
+}
+
+// One (b, h) backward: dq [T, Dk], dk [S, Dk], dv [S, Dv]; returns sum_i <dout_i, out_i>.
+template <typename F>
+double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<const F> out, const F* den,
+                     Rows<const F> dout, Rows<F> dq, Rows<F> dk, Rows<F> dv, const F* p0, const F* n0, const Dims& dm,
+                     double c, double gamma, Scratch<F>& ws) {
+  const int64_t T = dm.T, S = dm.S, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
+  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
+  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  double N = n0 ? static_cast<double>(*n0) : 0.0;
+  F* f = ws.f.data();
+  prefix_mean<F>(q, dm, c, P.data(), N, f, ws.qbar.data(), ws.nrm.data(), ws.nrun.data());
+  relu_keys(k, dm, c, ws);
+  transpose_into(v.p, S, Dv, v.ld, ws.vt.data(), sp);
+  const F* g = ws.g.data();
+  const F* vt = ws.vt.data();
+  F* dnum = ws.dnum.data();
+  F* dden = ws.dden.data();
+  F* a = ws.a.data();
+  F* da = ws.da.data();
+  F* df = ws.df.data();
+  F* dg = ws.dg.data();
+  F* z = ws.z.data();
+  F* dz = ws.dz.data();
+  const int64_t DvDk = Dv * Dk;
+
+  // Row scalars: dnum = gamma dout / (den + eps), dden = -<dout, out> / (den + eps).
+  double delta_sum = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    const F* go = dout.row(i);
+    const F* o = out.row(i);
+    double dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < Dv; ++d) dot += static_cast<double>(go[d]) * o[d];
+    delta_sum += dot;
+    const double inv = 1.0 / (static_cast<double>(den[i]) + LinearInfsaAttentionOp::kEps);
+    dden[i] = static_cast<F>(-dot * inv);
+    const F s = static_cast<F>(gamma * inv);
+    F* dn = dnum + i * Dv;
+#pragma omp simd
+    for (int64_t d = 0; d < Dv; ++d) dn[d] = s * go[d];
+  }
+
+  // Pass 1, forward over chunks: the state before each chunk, S^T [Dv, Dk] and z, saved.
+  F* st_t = ws.state_t.data();
+  tile_mm<F>(Dv, Dk, off, v.row(0), 1, v.ld, g, Dk, false, st_t, Dk);
+  std::fill(z, z + Dk, F(0));
+  add_col_sums(z, g, off, Dk, Dk);
+  const int64_t chunks = (T + kC - 1) / kC;
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    const int64_t i0 = ci * kC, cn = std::min(kC, T - i0), j0 = off + i0;
+    std::copy(st_t, st_t + DvDk, ws.st_saved.data() + ci * DvDk);
+    std::copy(z, z + Dk, ws.z_saved.data() + ci * Dk);
+    if (ci + 1 == chunks) break;  // the last chunk's keys feed no later chunk
+    tile_mm<F>(Dv, Dk, cn, v.row(j0), 1, v.ld, g + j0 * Dk, Dk, true, st_t, Dk);  // S^T += V^T G
+    add_col_sums(z, g + j0 * Dk, cn, Dk, Dk);
+  }
+
+  // Pass 2, reverse over chunks with dS = sum f_i dnum_i^T [Dk, Dv] and dz = sum dden_i f_i over
+  // the queries after each chunk:
+  //   df = dA G + dNum S_prev^T + dden z_prev,  dg = dA^T F + V dS^T + dz,  dv = A^T dNum + G dS.
+  F* ds = ws.state.data();      // dS [Dk, Dv]
+  F* ds_t = ws.state_t.data();  // dS^T [Dv, Dk], refreshed from dS per chunk
+  std::fill(ds, ds + Dk * Dv, F(0));
+  std::fill(dz, dz + Dk, F(0));
+  for (int64_t ci = chunks - 1; ci >= 0; --ci) {
+    const int64_t i0 = ci * kC, cn = std::min(kC, T - i0), j0 = off + i0;
+    const F* fc = f + i0 * Dk;
+    const F* dnc = dnum + i0 * Dv;
+    const F* gc = g + j0 * Dk;
+    lower_product(cn, Dk, fc, Dk, ws.gt.data() + j0, sp, a);  // A = (F G^T) o M
+    lower_product(cn, Dv, dnc, Dv, vt + j0, sp, da);           // dNum V^T, then + dden, o M
+    for (int64_t r = 0; r < cn; ++r) {
+      F* dr = da + r * kC;
+      const F e = dden[i0 + r];
+#pragma omp simd
+      for (int64_t j = 0; j <= r; ++j) dr[j] += e;
+    }
+    F* dfc = df + i0 * Dk;
+    tile_mm<F>(cn, Dk, Dv, dnc, Dv, 1, ws.st_saved.data() + ci * DvDk, Dk, false, dfc, Dk);  // dNum S_prev^T
+    lower_times(cn, Dk, da, gc, Dk, true, dfc, Dk);                                         // + dA G
+    add_outer(dfc, cn, Dk, Dk, dden + i0, ws.z_saved.data() + ci * Dk);                     // + dden z_prev
+
+    transpose_into(ds, Dk, Dv, Dv, ds_t, Dk);
+    F* dgc = dg + j0 * Dk;
+    tile_mm<F>(cn, Dk, Dv, v.row(j0), v.ld, 1, ds_t, Dk, false, dgc, Dk);  // V dS^T
+    lower_t_times(cn, Dk, da, fc, Dk, true, dgc, Dk);                     // + dA^T F
+    add_outer(dgc, cn, Dk, Dk, static_cast<const F*>(nullptr), dz);       // + dz
+
+    tile_mm<F>(cn, Dv, Dk, gc, Dk, 1, ds, Dv, false, dv.row(j0), dv.ld);  // G dS
+    lower_t_times(cn, Dv, a, dnc, Dv, true, dv.row(j0), dv.ld);           // + A^T dNum
+
+    tile_mm<F>(Dk, Dv, cn, fc, 1, Dk, dnc, Dv, true, ds, Dv);  // dS += F^T dNum
+    add_col_sums(dz, fc, cn, Dk, Dk, dden + i0);
+  }
+  // The keys before query 0 are seen by every query.
+  if (off > 0) {
+    transpose_into(ds, Dk, Dv, Dv, ds_t, Dk);
+    tile_mm<F>(off, Dk, Dv, v.row(0), v.ld, 1, ds_t, Dk, false, dg, Dk);
+    add_outer(dg, off, Dk, Dk, static_cast<const F*>(nullptr), dz);
+    tile_mm<F>(off, Dv, Dk, g, Dk, 1, ds, Dv, false, dv.row(0), dv.ld);
+  }
+  const F cf = static_cast<F>(c);
+  for (int64_t j = 0; j < S; ++j) {
+    const F* gj = g + j * Dk;
+    const F* dgj = dg + j * Dk;
+    F* o = dk.row(j);
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) {
+      const F on = gj[d] > F(0) ? F(1) : F(0);  // a 0/1 factor, not a select: it vectorizes
+      o[d] = on * (cf * dgj[d]);
+    }
+  }
+
+  // The prefix-mean chain rule: reverse scans of dP and dN, then dq.
+  std::vector<double> gP(static_cast<size_t>(Dk), 0.0);
+  double* gp = gP.data();
+  double gN = 0;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const double Ns = ws.nrun[s];
+    if (Ns > 0) {
+      const double inv = 1.0 / Ns;
+      const F* fs = f + s * Dk;
+      const F* dfs = df + s * Dk;
+      const double* qb = ws.qbar.data() + s * Dk;
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < Dk; ++d) {
+        const double on = fs[d] > F(0) ? 1.0 : 0.0;
+        const double dqb = on * static_cast<double>(dfs[d]);
+        gp[d] += dqb * inv;
+        dot += dqb * qb[d];
+      }
+      gN -= dot * inv;
+    }
+    const double n = ws.nrm[s];
+    const F* qs = q.row(s);
+    F* o = dq.row(s);
+    if (n > 0) {
+      // dq = c (n gP + (<gP, c q> + gN) c q / n)
+      double gq = 0;
+#pragma omp simd reduction(+ : gq)
+      for (int64_t d = 0; d < Dk; ++d) gq += gp[d] * static_cast<double>(qs[d]);
+      const double coef = (c * gq + gN) * c * c / n, cn = c * n;
+#pragma omp simd
+      for (int64_t d = 0; d < Dk; ++d) o[d] = static_cast<F>(cn * gp[d] + coef * static_cast<double>(qs[d]));
+    } else {
+      std::fill(o, o + Dk, F(0));  // a zero query: no energy, and the subgradient 0 at the kink
+    }
+  }
+  return delta_sum;
+}
+
+// (b, h) pairs per task: at least ~2^16 multiply-adds each, so tiny problems run inline. Depends on
+// the shape only; each pair's arithmetic is the same however the pairs are grouped.
+int64_t heads_grain(const Dims& dm) {
+  const int64_t work = std::max<int64_t>(1, dm.S * (kC + dm.Dk + dm.Dv) * (dm.Dk + dm.Dv));
+  return std::max<int64_t>(1, (int64_t{1} << 16) / work);
+}
+
+bool unit_last_stride(const Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
+
+Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
+  AL_ASSERT(unit_last_stride(q) && unit_last_stride(k) && unit_last_stride(v), kName,
+            ": q, k, v need a unit-stride last dim; got q=", q, ", k=", k, ", v=", v);
+  return {q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+// [B, H, rows, D] stored as [B, rows, H, D], the layout the softmax attention gives its output and
+// gradients, so merging heads into [B, T, C] is a view.
+Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, DType dtype) {
+  return Tensor::empty(Shape{B, rows, H, D}, dtype).permute({0, 2, 1, 3});
+}
+
+template <typename F>
+std::vector<double> gammas(const Tensor& theta) {
+  const F* th = theta.data<F>();
+  std::vector<double> g(static_cast<size_t>(theta.numel()));
+  for (size_t h = 0; h < g.size(); ++h) g[h] = 1.0 / (1.0 + std::exp(-static_cast<double>(th[h])));
+  return g;
+}
+
+}  // namespace
+
+LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Tensor& q, const Tensor& k,
+                                                                const Tensor& v, const Tensor& theta, const Tensor& p0,
+                                                                const Tensor& n0, double scale) {
+  check(q, k, v, theta, AttentionMask{}, p0, n0);
+  const Dims dm = dims_of(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1);
+  Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()), Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
+             Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
+  if (B * H == 0) return fw;
+  const double c = attention_scale(scale, dm.Dk);
+  dispatch_float(q.dtype(), kName, [&](auto tag) {
+    using F = decltype(tag);
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v);
+    const Heads<F> ho(fw.out.data<F>(), fw.out);
+    F* pden = fw.den.data<F>();
+    F* pp = fw.p.data<F>();
+    F* pn = fw.n.data<F>();
+    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
+    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
+    const std::vector<double> gam = gammas<F>(theta);
+    cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
+      Scratch<F> ws(dm, false);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, pp + bh * dm.Dk,
+                        pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+                        gam[static_cast<size_t>(h)], ws);
+      }
+    });
+  });
+  return fw;
+}
+
+LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Tensor& q, const Tensor& k,
+                                                               const Tensor& v, const Tensor& theta, const Tensor& p0,
+                                                               const Tensor& n0, const Tensor& out, const Tensor& den,
+                                                               const Tensor& dout, double scale) {
+  const Dims dm = dims_of(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1);
+  AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
+                out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
+                out.dtype() == q.dtype() && den.dtype() == q.dtype() && dout.dtype() == q.dtype(),
+            kName, ": backward got out=", out, ", den=", den, ", dout=", dout, " for q=", q, ", v=", v);
+  // Self-attention (T = S, Dk = Dv) puts dq, dk, dv in one [B, T, 3, H, D] buffer, the layout of a
+  // fused q|k|v projection's gradient (as the softmax attention does). Every element is written.
+  Grads gr;
+  if (dm.T == dm.S && dm.Dk == dm.Dv) {
+    const int64_t T = dm.T, D = dm.Dk;
+    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, q.dtype());
+    auto part = [&](int64_t i) {
+      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, q.dtype());
+    };
+    gr = {part(0), part(1), part(2), Tensor()};
+  } else {
+    gr = {empty_token_major(B, H, dm.T, dm.Dk, q.dtype()), empty_token_major(B, H, dm.S, dm.Dk, q.dtype()),
+          empty_token_major(B, H, dm.S, dm.Dv, q.dtype()), Tensor()};
+  }
+  gr.dtheta = Tensor::zeros(Shape{H}, q.dtype());
+  if (B * H * dm.T == 0) {
+    gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
+    return gr;
+  }
+  const double c = attention_scale(scale, dm.Dk);
+  dispatch_float(q.dtype(), kName, [&](auto tag) {
+    using F = decltype(tag);
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v), ho(out.data<F>(), out),
+        hdo(dout.data<F>(), dout);
+    const Heads<F> hdq(gr.dq.data<F>(), gr.dq), hdk(gr.dk.data<F>(), gr.dk), hdv(gr.dv.data<F>(), gr.dv);
+    const F* pden = den.data<F>();
+    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
+    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
+    const std::vector<double> gam = gammas<F>(theta);
+    std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
+    cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
+      Scratch<F> ws(dm, true);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        delta[static_cast<size_t>(bh)] = backward_head<F>(
+            hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, hdo.at(b, h), hdq.at(b, h),
+            hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+            gam[static_cast<size_t>(h)], ws);
+      }
+    });
+    // dtheta_h = gamma_h (1 - gamma_h) sum <dout, num / (den + eps)> = (1 - gamma_h) sum <dout, out>,
+    // summed over b in order.
+    F* dth = gr.dtheta.data<F>();
+    for (int64_t h = 0; h < H; ++h) {
+      double s = 0;
+      for (int64_t b = 0; b < B; ++b) s += delta[static_cast<size_t>(b * H + h)];
+      dth[h] = static_cast<F>((1.0 - gam[static_cast<size_t>(h)]) * s);
+    }
+  });
+  return gr;
+}
+
+}  // namespace attnlab
