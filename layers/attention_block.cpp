@@ -1,14 +1,54 @@
 #include "layers/attention_block.h"
 
+#include <algorithm>
+#include <cmath>
+
+#include "autograd/grad_mode.h"
 #include "autograd/ops.h"
+#include "layers/attention/affine/affine_attention.h"
+#include "layers/attention/infsa/infsa_attention.h"
+#include "layers/attention/linear_infsa/linear_infsa_attention.h"
+#include "layers/attention/sigmoid/sigmoid_attention.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "layers/positions.h"
 
 namespace attnlab {
 
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+void check_choice(const char* field, const std::string& value, const std::vector<std::string>& valid) {
+  for (const std::string& v : valid)
+    if (v == value) return;
+  AL_CHECK_CONFIG(false, "attention option ", field, " = '", value, "' is not known; valid: ", join(valid));
+}
+
+double logit(double p) { return std::log(p / (1.0 - p)); }
+
+// The per-head values of a [H] tensor, on the host.
+std::vector<double> host_values(const Tensor& t) { return t.to(Device::cpu()).to_vector<double>(); }
+
+}  // namespace
+
 const std::vector<std::string>& attention_variants() {
-  static const std::vector<std::string> names{"softmax"};
+  static const std::vector<std::string> names{"softmax", "sigmoid", "affine", "infsa", "linear_infsa"};
   return names;
+}
+
+void AttentionOptions::validate(const std::string& attention) const {
+  check_choice("attention", attention, attention_variants());
+  check_choice("sigmoid.bias", sigmoid_bias, {"zero", "neglogn", "neglog_visible"});
+  check_choice("affine.phi", affine_phi, {"linear_clip", "sigmoid"});
+  check_choice("affine.bias_norm", affine_bias_norm, {"visible", "full"});
+  AL_CHECK_CONFIG(affine_rho >= 0.0 && affine_rho < 1.0, "attention option affine.rho must be in [0, 1); got ",
+                  affine_rho);
+  AL_CHECK_CONFIG(infsa_gamma > 0.0 && infsa_gamma < 1.0,
+                  "attention option infsa.gamma (the initial discount) must be in (0, 1); got ", infsa_gamma);
 }
 
 CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Generator& gen, DType dtype)
@@ -18,13 +58,44 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
                   ", heads=", config.heads);
   AL_CHECK_CONFIG(!config.rope || head_dim() % 2 == 0, "CausalSelfAttention: rotary positions need an even head dim; got ",
                   head_dim(), " (d_model=", config.d_model, ", heads=", config.heads, ")");
-  bool known = false;
-  for (const std::string& n : attention_variants()) known = known || n == config.attention;
-  AL_CHECK_CONFIG(known, "CausalSelfAttention: unknown attention '", config.attention, "'; valid: softmax");
-  const int64_t C = config.d_model;
+  config.options.validate(config.attention);
+  const int64_t C = config.d_model, H = config.heads, D = head_dim();
   const MatmulPrecision mp = config.matmul_precision;
   c_attn_ = register_module("c_attn", std::make_shared<Linear>(C, 3 * C, config.bias, gen, dtype, mp));
   c_proj_ = register_module("c_proj", std::make_shared<Linear>(C, C, config.bias, gen, dtype, mp));
+  if (config.options.qk_norm) {
+    q_norm_ = register_module("q_norm", std::make_shared<RmsNorm>(D, dtype));
+    k_norm_ = register_module("k_norm", std::make_shared<RmsNorm>(D, dtype));
+  }
+  const std::string& a = config.attention;
+  if (a == "sigmoid" && config.options.sigmoid_bias == "neglogn")
+    sigmoid_bias_ = register_parameter("sigmoid_bias", Tensor::zeros(Shape{H}, dtype));
+  if (a == "affine") {
+    alpha_ = register_module("alpha", std::make_shared<Linear>(C, H, /*bias=*/true, gen, dtype));
+    alpha_mean_ = register_buffer("alpha_mean", Tensor::zeros(Shape{H}, dtype));
+  }
+  if (a == "infsa" || a == "linear_infsa") theta_ = register_parameter("theta", Tensor::zeros(Shape{H}, dtype));
+  init_variant_parameters();
+}
+
+void CausalSelfAttention::init_variant_parameters() {
+  // Sigmoid (FlashSigmoid): b = -log n, n the training length, so a row's mass starts near 1.
+  if (sigmoid_bias_.defined())
+    sigmoid_bias_.mutable_data().fill_(-std::log(static_cast<double>(std::max<int64_t>(config_.context, 1))));
+  // Affine: alpha = phi(0) = 0.5 for every token at the start; the running mean starts at 0 (spec 1.3).
+  if (alpha_) {
+    Variable w = alpha_->weight(), b = alpha_->bias();
+    w.mutable_data().zero_();
+    b.mutable_data().zero_();
+    Variable m = alpha_mean_;
+    m.mutable_data().zero_();
+  }
+  if (theta_.defined()) theta_.mutable_data().fill_(logit(config_.options.infsa_gamma));
+  for (const auto& n : {q_norm_, k_norm_})
+    if (n) {
+      Variable w = n->weight();
+      w.mutable_data().fill_(1.0);
+    }
 }
 
 CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t offset) const {
@@ -33,25 +104,70 @@ CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t
   // One GEMM for q|k|v, then the heads as strided views of its [B, T, 3C] output (no copies;
   // attention reads them in place, and its gradients come back as one [B, T, 3C] buffer).
   const std::vector<Variable> h = split_heads(c_attn_->forward(x), 3, config_.heads);
-  if (!config_.rope) return {h[0], h[1], h[2]};
-  return {rope(h[0], offset, config_.rope_base), rope(h[1], offset, config_.rope_base), h[2]};
+  Variable q = h[0], k = h[1];
+  if (q_norm_) {
+    q = q_norm_->forward(q);
+    k = k_norm_->forward(k);
+  }
+  if (!config_.rope) return {q, k, h[2]};
+  return {rope(q, offset, config_.rope_base), rope(k, offset, config_.rope_base), h[2]};
 }
 
-Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const Variable& v) const {
+Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x,
+                                     KvSlot* slot, int64_t length) const {
   // Causal with offset: query i sits at position S - T + i, which covers the cache case too.
   const AttentionMask mask{.causal = true, .prefix = 0};
+  const std::string& a = config_.attention;
+  const AttentionOptions& o = config_.options;
+  if (a == "sigmoid") {
+    const SigmoidBias mode = o.sigmoid_bias == "neglogn"          ? SigmoidBias::per_head
+                             : o.sigmoid_bias == "neglog_visible" ? SigmoidBias::neglog_visible
+                                                                  : SigmoidBias::zero;
+    return sigmoid_attention(q, k, v, mode, sigmoid_bias_, mask);
+  }
+  if (a == "affine") {
+    AffineOptions ao;
+    ao.phi = o.affine_phi == "sigmoid" ? AffinePhi::sigmoid : AffinePhi::linear_clip;
+    ao.bias_norm = o.affine_bias_norm == "full" ? AffineBiasNorm::full : AffineBiasNorm::visible;
+    // The op keeps the value it used for its backward: a copy, since the buffer moves below.
+    const Tensor abar = alpha_mean_.data().clone();
+    AffineAttentionResult r = affine_attention(q, k, v, x, alpha_->weight(), alpha_->bias(), abar, mask, ao);
+    // Updated after the step's forward, from this batch's alpha: no output depends on it.
+    if (training() && GradMode::enabled()) {
+      Variable m = alpha_mean_;
+      m.mutable_data().copy_(affine_abar_update(abar, r.alpha, o.affine_rho));
+    }
+    return r.out;
+  }
+  if (a == "infsa") {
+    const Tensor r0 = slot && length > 0 ? slot->r : Tensor();
+    InfsaResult r = infsa_attention(q, k, v, theta_, mask, 0.0, r0);
+    if (slot) slot->r = r.r;
+    return r.out;
+  }
+  if (a == "linear_infsa") {
+    const bool carried = slot && length > 0;
+    LinearInfsaResult r = linear_infsa_attention(q, k, v, theta_, mask, 0.0, carried ? slot->p : Tensor(),
+                                                 carried ? slot->n : Tensor());
+    if (slot) {
+      slot->p = r.p;
+      slot->n = r.n;
+    }
+    return r.out;
+  }
   return softmax_attention(q, k, v, mask);
 }
 
 Variable CausalSelfAttention::output(const Variable& y) const {
   const int64_t B = y.size(0), T = y.size(2);
-  // Attention writes y token-major, so this permute is contiguous and the reshape a view.
+  // reshape of the token-major permute is a view when attention wrote y token-major (softmax);
+  // other layouts are copied once here.
   return c_proj_->forward(reshape(permute(y, {0, 2, 1, 3}), Shape{B, T, config_.d_model}));
 }
 
 Variable CausalSelfAttention::forward(const Variable& x) const {
   const Qkv p = project(x, 0);
-  return output(attend(p.q, p.k, p.v));
+  return output(attend(p.q, p.k, p.v, x, nullptr, 0));
 }
 
 Variable CausalSelfAttention::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
@@ -69,7 +185,46 @@ Variable CausalSelfAttention::forward_cached(const Variable& x, KvSlot& slot, in
   slot.k.narrow(2, length, T).copy_(p.k.data());
   slot.v.narrow(2, length, T).copy_(p.v.data());
   const Variable k(slot.k.narrow(2, 0, length + T)), v(slot.v.narrow(2, 0, length + T));
-  return output(attend(p.q, k, v));
+  return output(attend(p.q, k, v, x, &slot, length));
+}
+
+AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
+  NoGradGuard no_grad;
+  AttentionDiagnostics d;
+  const Qkv p = project(x, 0);
+  // Every variant is linear in v for fixed weights, so attending over v = e_0 (1 at position 0,
+  // 0 elsewhere) returns each query's weight on the first position, whatever the variant.
+  Tensor e0 = Tensor::zeros(p.v.shape(), p.v.dtype(), p.v.device());
+  e0.narrow(2, 0, 1).fill_(1.0);
+  const Tensor w0 = attend(p.q, p.k, Variable(e0), x, nullptr, 0).data().narrow(3, 0, 1);
+  double sum = 0;
+  const std::vector<double> w = w0.to(Device::cpu()).to_vector<double>();
+  for (double a : w) sum += a;
+  d.sink = w.empty() ? 0.0 : sum / static_cast<double>(w.size());
+  if (theta_.defined())
+    for (double t : host_values(theta_.data())) d.gamma.push_back(1.0 / (1.0 + std::exp(-t)));
+  if (alpha_) {
+    AffineOptions ao;
+    ao.phi = config_.options.affine_phi == "sigmoid" ? AffinePhi::sigmoid : AffinePhi::linear_clip;
+    ao.bias_norm = config_.options.affine_bias_norm == "full" ? AffineBiasNorm::full : AffineBiasNorm::visible;
+    const AffineAttentionResult r = affine_attention(p.q, p.k, p.v, x, alpha_->weight(), alpha_->bias(),
+                                                     alpha_mean_.data().clone(), AttentionMask{true, 0}, ao);
+    const std::vector<double> al = r.alpha.to(Device::cpu()).to_vector<double>();
+    double s = 0, s2 = 0, lo = al.empty() ? 0.0 : al[0], hi = lo;
+    for (double a : al) {
+      s += a;
+      s2 += a * a;
+      lo = std::min(lo, a);
+      hi = std::max(hi, a);
+    }
+    const double n = static_cast<double>(std::max<size_t>(al.size(), 1));
+    d.alpha_mean = s / n;
+    d.alpha_std = std::sqrt(std::max(0.0, s2 / n - d.alpha_mean * d.alpha_mean));
+    d.alpha_min = lo;
+    d.alpha_max = hi;
+    d.alpha_running = host_values(alpha_mean_.data());
+  }
+  return d;
 }
 
 }  // namespace attnlab

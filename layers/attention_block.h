@@ -6,6 +6,17 @@
 //   out = c_proj(merge(y))          [B, H, T, D] -> [B, T, C] -> [B, T, C]
 // Parameter names c_attn.weight/.bias, c_proj.weight/.bias, as in GPT-2 and the PyTorch peer.
 //
+// The attention variant (config.attention, one recipe line) picks the core op and adds its own
+// parameters under the same prefix (../shared/specs/attention_softmax_family.md):
+//   softmax       none
+//   sigmoid       sigmoid_bias [H] when options.sigmoid_bias = neglogn (learnable, init -log context)
+//   affine        alpha.weight [H, C] (init 0), alpha.bias [H] (init 0); buffer alpha_mean [H]
+//                 (EMA of alpha, rho; read before the step, updated after it in training)
+//   infsa         theta [H] (gamma = sigmoid(theta), init gamma = options.infsa_gamma)
+//   linear_infsa  theta [H] likewise
+// and with options.qk_norm, q_norm.weight [D] and k_norm.weight [D] (RMSNorm of q and k per head,
+// FlashSigmoid's stabiliser; usable with any variant).
+//
 // With a KV cache (generation), the new positions' k and v are written into the layer's
 // preallocated slot after the cached ones and the queries attend over all of them; no graph is
 // recorded (the caller holds a NoGradGuard).
@@ -17,12 +28,24 @@
 
 #include "layers/linear.h"
 #include "layers/module.h"
+#include "layers/norm.h"
 #include "lib/rng.h"
 
 namespace attnlab {
 
-// The attention variants a model may name ("softmax" today; later issues add more).
+// The attention variants a model may name.
 const std::vector<std::string>& attention_variants();
+
+// The variant-specific choices of the recipe's [model] section (model.sigmoid.bias, ...).
+struct AttentionOptions {
+  std::string sigmoid_bias = "zero";       // zero | neglogn (learned per head) | neglog_visible
+  bool qk_norm = false;                    // RMSNorm q and k over D, learned gains
+  std::string affine_phi = "linear_clip";  // linear_clip | sigmoid
+  std::string affine_bias_norm = "visible";  // visible | full
+  double affine_rho = 0.9;                 // EMA factor of alpha_mean
+  double infsa_gamma = 0.95;               // initial gamma = sigmoid(theta), infsa and linear_infsa
+  void validate(const std::string& attention) const;  // ConfigError naming the bad field
+};
 
 struct AttentionBlockConfig {
   int64_t d_model = 0;
@@ -31,14 +54,27 @@ struct AttentionBlockConfig {
   bool rope = false;  // rotate q and k (else the model adds learned positions to its input)
   double rope_base = 10000.0;
   std::string attention = "softmax";
+  AttentionOptions options;
+  int64_t context = 1024;  // the training length (sigmoid_bias = neglogn starts at -log context)
   // c_attn's and c_proj's matmul precision (bf16: mixed precision, layers/linear.h); the
   // attention core runs in the parameters' dtype either way.
   MatmulPrecision matmul_precision = MatmulPrecision::f32;
 };
 
 // One layer's cache: k and v [B, H, S_max, D]; rows [0, length) hold the cached positions.
+// Variants whose rows depend on earlier rows carry that state too (empty until first used):
+// r [B, H] (infsa's prefix energy), p [B, H, D] and n [B, H] (linear_infsa's running query).
 struct KvSlot {
-  Tensor k, v;
+  Tensor k = {}, v = {};
+  Tensor r = {}, p = {}, n = {};
+};
+
+// What one layer's attention looks like on a batch (training runs log it at eval steps).
+struct AttentionDiagnostics {
+  double sink = 0.0;           // mean weight of a query on the first position (over B, H, T)
+  std::vector<double> gamma;   // per head (infsa, linear_infsa)
+  double alpha_mean = 0.0, alpha_std = 0.0, alpha_min = 0.0, alpha_max = 0.0;  // affine
+  std::vector<double> alpha_running;  // affine: the alpha_mean buffer per head
 };
 
 class CausalSelfAttention : public Module {
@@ -56,6 +92,13 @@ class CausalSelfAttention : public Module {
   const Linear& c_proj() const { return *c_proj_; }
   int64_t heads() const { return config_.heads; }
   int64_t head_dim() const { return config_.d_model / config_.heads; }
+  const AttentionBlockConfig& config() const { return config_; }
+
+  // Sets the variant's parameters to their initial values (the model's generic init covers
+  // only c_attn and c_proj); the model calls it after its own init.
+  void init_variant_parameters();
+  // Diagnostics of this layer for the block input x [B, T, C] (no graph, no buffer update).
+  AttentionDiagnostics diagnose(const Variable& x) const;
 
  private:
   struct Qkv {
@@ -63,13 +106,19 @@ class CausalSelfAttention : public Module {
   };
   // q, k, v [B, H, T, D], q and k rotated from `offset` when rotary.
   Qkv project(const Variable& x, int64_t offset) const;
-  // The core attention op of the configured variant.
-  Variable attend(const Variable& q, const Variable& k, const Variable& v) const;
+  // The core attention op of the configured variant on q [B, H, T, D], k, v [B, H, S, D] with x
+  // [B, T, C] the block input of the T queries; `slot` (decoding) supplies and receives carried
+  // state, `length` the cached positions before these. Updates affine's alpha_mean in training.
+  Variable attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x, KvSlot* slot,
+                  int64_t length) const;
   // y [B, H, T, D] -> c_proj(y as [B, T, C]).
   Variable output(const Variable& y) const;
 
   AttentionBlockConfig config_;
   std::shared_ptr<Linear> c_attn_, c_proj_;
+  std::shared_ptr<Linear> alpha_;              // affine
+  std::shared_ptr<RmsNorm> q_norm_, k_norm_;   // qk_norm
+  Variable sigmoid_bias_, theta_, alpha_mean_;  // per head; alpha_mean_ is a buffer
 };
 
 }  // namespace attnlab

@@ -59,6 +59,7 @@ void GptConfig::validate() const {
   check_choice("mlp", mlp, {"gelu", "swiglu"});
   check_choice("positions", positions, {"learned", "rope"});
   check_choice("attention", attention, attention_variants());
+  attention_options.validate(attention);
   if (positions == "rope") {
     AL_CHECK_CONFIG(head_dim() % 2 == 0, "GptConfig: positions = rope needs an even head dim; got d_model / heads = ",
                     d_model, " / ", heads, " = ", head_dim());
@@ -83,6 +84,8 @@ GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype) : dropout_(c
   ac.rope = c.positions == "rope";
   ac.rope_base = c.rope_base;
   ac.attention = c.attention;
+  ac.options = c.attention_options;
+  ac.context = c.context;
   ac.matmul_precision = c.matmul_precision;
   // Registration order is the peer's (and so the checkpoint's): ln_1, attn, ln_2, mlp.
   ln_1_ = register_module("ln_1", make_norm(c.norm, c.d_model, c.bias, dtype));
@@ -95,6 +98,11 @@ Variable GptBlock::forward(const Variable& x, Generator* gen) const {
   auto drop = [&](const Variable& y) { return gen && dropout_ > 0 ? dropout(y, dropout_, *gen) : y; };
   const Variable h = add(x, drop(attn_->forward(ln_1_->forward(x))));
   return add(h, drop(mlp_->forward(ln_2_->forward(h))));
+}
+
+Variable GptBlock::forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const {
+  diagnostics = attn_->diagnose(ln_1_->forward(x));
+  return forward(x, nullptr);
 }
 
 Variable GptBlock::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
@@ -135,6 +143,8 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
     else  // norm weights
       t.fill_(1.0);
   }
+  // The attention variants' own parameters (zero alpha map, theta, the sigmoid bias) follow their spec.
+  for (auto& block : blocks_) block->init_attention_parameters();
 }
 
 Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const {
@@ -194,19 +204,33 @@ Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
   return head(x);
 }
 
+std::vector<AttentionDiagnostics> Gpt::attention_diagnostics(const Variable& ids) const {
+  NoGradGuard no_grad;
+  std::vector<AttentionDiagnostics> out(blocks_.size());
+  Variable x = embed(ids, 0, "Gpt::attention_diagnostics");
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_diagnosed(x, out[i]);
+  return out;
+}
+
 KvCache Gpt::make_cache(int64_t batch) const {
   AL_CHECK_CONFIG(batch > 0, "Gpt::make_cache: batch must be >= 1; got ", batch);
   KvCache cache;
   cache.batch_ = batch;
   cache.capacity_ = config_.context;
   const Shape shape{batch, config_.heads, config_.context, config_.head_dim()};
-  for (int64_t i = 0; i < config_.layers; ++i) cache.layers_.push_back({Tensor::zeros(shape, dtype_, device()), Tensor::zeros(shape, dtype_, device())});
+  for (int64_t i = 0; i < config_.layers; ++i) {
+    KvSlot slot;
+    slot.k = Tensor::zeros(shape, dtype_, device());
+    slot.v = Tensor::zeros(shape, dtype_, device());
+    cache.layers_.push_back(std::move(slot));
+  }
   return cache;
 }
 
 bool is_no_decay_parameter(const std::string& name) {
   return ends_with(name, ".bias") || name.find("ln_") != std::string::npos ||
-         name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight");
+         name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight") ||
+         ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias");
 }
 
 }  // namespace attnlab

@@ -49,7 +49,8 @@ struct GptConfig {
   std::string norm = "layernorm";      // layernorm | rmsnorm
   std::string mlp = "gelu";            // gelu | swiglu
   std::string positions = "learned";   // learned | rope
-  std::string attention = "softmax";   // only softmax now; later issues add variants
+  std::string attention = "softmax";   // softmax | sigmoid | affine | infsa | linear_infsa
+  AttentionOptions attention_options;  // the variants' own choices (attention_block.h)
   bool bias = true;                    // biases on linears and layer norms
   bool tie_embeddings = true;
   double dropout = 0.0;
@@ -89,8 +90,11 @@ class GptBlock : public Module {
   // `gen` non-null: dropout on both branch outputs (the caller decides when that applies).
   Variable forward(const Variable& x, Generator* gen = nullptr) const;
   Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const;
+  // The block's output for x as forward() (no dropout), and its attention's diagnostics.
+  Variable forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const;
 
   const CausalSelfAttention& attn() const { return *attn_; }
+  void init_attention_parameters() { attn_->init_variant_parameters(); }
 
  private:
   std::shared_ptr<Norm> ln_1_, ln_2_;
@@ -114,6 +118,8 @@ class Gpt : public Module {
   // the cache would pass the context or was made for another batch size or model.
   Variable forward_cached(const Variable& ids, KvCache& cache) const;
   KvCache make_cache(int64_t batch) const;
+  // Per layer, what its attention does on ids [B, T] (sink mass, gamma, alpha statistics).
+  std::vector<AttentionDiagnostics> attention_diagnostics(const Variable& ids) const;
 
  private:
   // ids i32 [B, T] at positions [offset, offset + T) -> embeddings [B, T, C].
@@ -139,7 +145,7 @@ class Gpt : public Module {
 // (PyTorch's own state_dict of the tied peer also lists lm_head.weight, the same tensor as
 // wte.weight: load ours with strict=False, or copy wte.weight into it.)
 // Parameters that must not get weight decay: names ending in ".bias", norm weights (ln_*, *norm*),
-// wte, wpe.
+// wte, wpe, and the attention variants' per-head scalars (theta, sigmoid_bias).
 bool is_no_decay_parameter(const std::string& name);
 
 }  // namespace attnlab

@@ -3,6 +3,8 @@
 //   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
 //   attnlab eval RUN_OR_CHECKPOINT [--batches N]
+//   attnlab op NAME --in CASE.safetensors --out RESULT.safetensors [--opt k=v ...] [--device D]
+//   attnlab op --list                                       the attention ops and their inputs
 //   attnlab gradcheck [OP ...]                              float64 gradcheck of registered ops
 //   attnlab ops                                             list the registered ops
 //
@@ -20,6 +22,7 @@
 #include "autograd/registry.h"
 #include "layers/all_ops.h"
 #include "lib/error.h"
+#include "train/op_command.h"
 #include "train/trainer.h"
 
 namespace {
@@ -38,6 +41,9 @@ constexpr const char* kUsage =
     "                      train N steps (default 1) on the CPU and on the device from the same\n"
     "                      weights and batches; compare losses, gradients and weights (exit 1 if\n"
     "                      they disagree beyond f32 tolerance)\n"
+    "  op NAME --in CASE.safetensors --out RESULT.safetensors [--opt key=value ...] [--device cpu|cuda]\n"
+    "                      run an attention variant's fused op (forward and backward) on tensors\n"
+    "                      read by name; writes out and the gradients (`op --list`: names, inputs)\n"
     "  gradcheck [OP ...]  float64 central-difference gradcheck of the named (default: all) ops\n"
     "  ops                 list the registered differentiable ops\n"
     "  help                this text\n";
@@ -148,6 +154,38 @@ int cmd_gradcheck(const std::vector<std::string>& args) {
   return failed ? 1 : 0;
 }
 
+int cmd_op(const std::vector<std::string>& args) {
+  attnlab::OpCommand cmd;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--list") {
+      attnlab::list_attention_ops(std::cout);
+      return 0;
+    }
+    auto value = [&](const char* flag) -> std::string {
+      const std::string f = std::string("--") + flag;
+      if (a.rfind(f + "=", 0) == 0) return a.substr(f.size() + 1);
+      if (i + 1 >= args.size()) throw UsageError("op: " + f + " needs a value");
+      return args[++i];
+    };
+    auto is = [&](const char* flag) {
+      const std::string f = std::string("--") + flag;
+      return a == f || a.rfind(f + "=", 0) == 0;
+    };
+    if (is("in")) cmd.in = value("in");
+    else if (is("out")) cmd.out = value("out");
+    else if (is("opt")) cmd.options.push_back(value("opt"));
+    else if (is("device")) cmd.device = value("device");
+    else if (a.rfind("--", 0) == 0) throw UsageError("op: unknown flag '" + a + "'; flags: --in --out --opt --device --list");
+    else if (cmd.name.empty()) cmd.name = a;
+    else throw UsageError("op: more than one op name given ('" + cmd.name + "' and '" + a + "')");
+  }
+  if (cmd.name.empty())
+    throw UsageError("op: no op named; usage: attnlab op NAME --in CASE.safetensors --out RESULT.safetensors (names: attnlab op --list)");
+  attnlab::run_op_command(cmd, std::cout);
+  return 0;
+}
+
 int cmd_ops() {
   for (const attnlab::OpInfo& o : attnlab::all_ops().ops()) std::cout << o.name << "\n";
   return 0;
@@ -170,11 +208,12 @@ int main(int argc, char** argv) {
     if (cmd == "compare-devices") return cmd_compare_devices(args);
     if (cmd == "gradcheck") return cmd_gradcheck(args);
     if (cmd == "ops") return cmd_ops();
+    if (cmd == "op") return cmd_op(args);
     if (cmd == "help" || cmd == "--help" || cmd == "-h") {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, gradcheck, ops, help");
+    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, op, gradcheck, ops, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

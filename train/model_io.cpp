@@ -10,7 +10,11 @@ namespace attnlab {
 using json = nlohmann::json;
 
 std::string gpt_config_json(const GptConfig& m) {
-  const json j = {{"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
+  const AttentionOptions& a = m.attention_options;
+  const json options = {{"qk_norm", a.qk_norm},         {"sigmoid_bias", a.sigmoid_bias},
+                        {"affine_phi", a.affine_phi},   {"affine_bias_norm", a.affine_bias_norm},
+                        {"affine_rho", a.affine_rho},   {"infsa_gamma", a.infsa_gamma}};
+  const json j = {{"attention_options", options}, {"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
                   {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
                   {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
                   {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
@@ -40,6 +44,17 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
     m.rope_base = j.at("rope_base");
     // Checkpoints written before mixed precision existed are f32.
     if (j.contains("matmul_precision")) m.matmul_precision = parse_matmul_precision(j.at("matmul_precision").get<std::string>());
+    // ... and before the attention variants had options (softmax, which has none).
+    if (j.contains("attention_options")) {
+      const json& o = j.at("attention_options");
+      AttentionOptions& a = m.attention_options;
+      a.qk_norm = o.at("qk_norm");
+      a.sigmoid_bias = o.at("sigmoid_bias");
+      a.affine_phi = o.at("affine_phi");
+      a.affine_bias_norm = o.at("affine_bias_norm");
+      a.affine_rho = o.at("affine_rho");
+      a.infsa_gamma = o.at("infsa_gamma");
+    }
     m.validate();
     return m;
   } catch (const json::exception& e) {

@@ -148,6 +148,13 @@ RunConfig read_config(Recipe& r) {
   m.mlp = r.get_string("model.mlp", m.mlp);
   m.positions = r.get_string("model.positions", m.positions);
   m.attention = r.get_string("model.attention", m.attention);
+  AttentionOptions& ao = m.attention_options;
+  ao.qk_norm = r.get_bool("model.qk_norm", ao.qk_norm);
+  ao.sigmoid_bias = r.get_string("model.sigmoid.bias", ao.sigmoid_bias);
+  ao.affine_phi = r.get_string("model.affine.phi", ao.affine_phi);
+  ao.affine_bias_norm = r.get_string("model.affine.bias_norm", ao.affine_bias_norm);
+  ao.affine_rho = r.get_double("model.affine.rho", ao.affine_rho);
+  ao.infsa_gamma = r.get_double("model.infsa.gamma", ao.infsa_gamma);
   m.bias = r.get_bool("model.bias", m.bias);
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);
@@ -260,6 +267,30 @@ double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t s
     ++n;
   }
   return total / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
+// Per layer at an eval step: the attention-sink mass (mean weight on the first position) and the
+// variant's own numbers (InfSA's learned gamma per head; affine's alpha statistics and running
+// mean), on the first validation batch.
+json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t seq_len) {
+  json layers = json::array();
+  for (const Batch& b : sequential_batches(tokens, batch, seq_len, 1)) {
+    const std::vector<AttentionDiagnostics> ds = model.attention_diagnostics(Variable(b.x.to(model.device())));
+    for (size_t i = 0; i < ds.size(); ++i) {
+      const AttentionDiagnostics& d = ds[i];
+      json l = {{"layer", i}, {"sink", d.sink}};
+      if (!d.gamma.empty()) l["gamma"] = d.gamma;
+      if (!d.alpha_running.empty()) {
+        l["alpha_mean"] = d.alpha_mean;
+        l["alpha_std"] = d.alpha_std;
+        l["alpha_min"] = d.alpha_min;
+        l["alpha_max"] = d.alpha_max;
+        l["alpha_running"] = d.alpha_running;
+      }
+      layers.push_back(l);
+    }
+  }
+  return layers;
 }
 
 std::string sample_text(const Gpt& model, const Tokenizer& tok, const std::string& prompt, const SampleOptions& o) {
@@ -468,8 +499,12 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       if (eval_now) {
         result.final_val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
         m["val_loss"] = result.final_val_loss;
+        m["attention"] = attention_diagnostics_json(model, data.val, c.batch, c.seq_len);
+        double sink = 0;
+        for (const json& l : m["attention"]) sink += l["sink"].get<double>();
+        sink /= static_cast<double>(std::max<size_t>(m["attention"].size(), 1));
         char v[64];
-        std::snprintf(v, sizeof v, "  val %.4f", result.final_val_loss);
+        std::snprintf(v, sizeof v, "  val %.4f  sink %.3f", result.final_val_loss, sink);
         out << v;
       }
       metrics << m.dump() << "\n" << std::flush;
