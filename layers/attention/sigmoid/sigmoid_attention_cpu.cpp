@@ -20,9 +20,7 @@
 //
 // The tile products run through the register-blocked micro-kernel written with GCC vector
 // extensions (AVX2: 6 x 16 f32 outputs per kernel, AVX-512: 6 x 64). sigmoid is vectorized with
-// the same Cephes-style e^x as softmax's, always at a non-positive argument:
-// sigmoid(x) = 1 / (1 + e^-|x|) for x >= 0 and e^-|x| / (1 + e^-|x|) for x < 0, so nothing
-// overflows and a very negative score gives exactly 0.
+// the same Cephes-style e^x as softmax's: 1 / (1 + e^-x), e^-x clamped below overflow (sigmoid_v).
 //
 // The mask reduces to one number per query row: query i (absolute position S - T + i) sees
 // exactly the keys [0, n_i) (causal: n_i = p + 1, or max(p + 1, prefix) inside a bidirectional
@@ -34,7 +32,8 @@
 //   - a tile with j1 <= n_{i0} is fully visible (no masking); otherwise row r sees the columns
 //     j < n_r - j0, and the tile's products are cut into 12-row / 12-key chunks (Tile below) so
 //     that the invisible triangle of the causal diagonal is mostly not computed. Entries past a
-//     row's visible columns are set to exactly 0 in P and dS before any product reads them.
+//     row's visible columns are set to exactly 0 in P and dS before any product reads them, so a
+//     masked key adds exactly 0 whatever its (finite) score, key and value.
 //
 // Forward, per query tile I: acc = 0; per key tile J: S = scale Q_I K_J^T, P = sigmoid(S + b_I)
 // (masked: 0), acc += P V_J; out_I = acc. Unlike softmax nothing is rescaled and nothing is
