@@ -54,6 +54,44 @@ TEST(Module, LoadStateDictChecksEverythingFirst) {
   EXPECT_THROW(c.load_state_dict(state), ConfigError);
 }
 
+// A buffer (state saved with the weights but never trained): in state_dict and named_buffers,
+// not in parameters, loaded and checked like a parameter.
+class WithBuffer : public Module {
+ public:
+  explicit WithBuffer(Generator& gen) {
+    fc = register_module("fc", std::make_shared<Linear>(2, 2, false, gen));
+    running = register_buffer("running", Tensor::zeros(Shape{3}));
+  }
+  std::shared_ptr<Linear> fc;
+  Variable running;
+};
+
+class Outer : public Module {
+ public:
+  explicit Outer(Generator& gen) { inner = register_module("inner", std::make_shared<WithBuffer>(gen)); }
+  std::shared_ptr<WithBuffer> inner;
+};
+
+TEST(Module, BuffersAreSavedButNotTrained) {
+  Generator gen(1);
+  Outer a(gen), b(gen);
+  EXPECT_EQ(a.parameters().size(), 1u);
+  ASSERT_EQ(a.named_buffers().size(), 1u);
+  EXPECT_EQ(a.named_buffers()[0].first, "inner.running");
+  EXPECT_FALSE(a.inner->running.requires_grad());
+  EXPECT_EQ(a.state_dict().count("inner.running"), 1u);
+  Variable r = a.inner->running;
+  r.mutable_data().fill_(2.5);
+  b.load_state_dict(a.state_dict());
+  EXPECT_EQ(b.inner->running.data().to_vector<float>(), std::vector<float>(3, 2.5f));
+  auto state = a.state_dict();
+  state.erase("inner.running");
+  EXPECT_THROW(b.load_state_dict(state), ConfigError) << "a missing buffer must be an error";
+  state = a.state_dict();
+  state["inner.running"] = Tensor::zeros(Shape{4});
+  EXPECT_THROW(b.load_state_dict(state), ShapeError);
+}
+
 TEST(Linear, MatchesTheFormulaOnBatchedInput) {
   Generator gen(2);
   Linear fc(3, 2, true, gen);
