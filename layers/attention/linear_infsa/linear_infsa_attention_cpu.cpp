@@ -26,7 +26,8 @@
 // The triangular products ((F G^T) o M, (dNum V^T) o M, and those with A, dA or their transposes)
 // go in blocks of 12 rows that compute only the part of the triangle they need.
 // Then dk = c dg o [k > 0], and the prefix-mean chain rule (spec 3.8 (A)'s backward with f = relu(qbar)):
-//   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i,
+//   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i
+//   (= -<dqbar_i, f_i> / N_i: dqbar is 0 where qbar <= 0, so f stands in for qbar),
 //   gP_s = sum_{i >= s} dP_i,  gN_s = sum_{i >= s} dN_i   (reverse scans)
 //   dq_s = c (n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s)   (0 for a zero query, n_s = 0)
 //   dtheta_h = (1 - gamma_h) sum_{b, i} <dout_i, out_i>.
@@ -247,7 +248,7 @@ struct Scratch {
   // backward only: v^T, the row gradients, dA, df, dg, dz, the states before each chunk
   // (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean in double.
   std::vector<F> vt, dnum, dden, da, df, dg, dz, st_saved, z_saved;
-  std::vector<double> qbar, nrm, nrun;
+  std::vector<double> nrm, nrun;
   Scratch(const Dims& d, bool backward)
       : sp(round_up_lanes<F>(d.S) + kLanes<F>),
         f(static_cast<size_t>(d.T * d.Dk)),
@@ -269,7 +270,6 @@ struct Scratch {
     dz.resize(static_cast<size_t>(d.Dk));
     st_saved.resize(static_cast<size_t>(chunks * d.Dv * d.Dk));
     z_saved.resize(static_cast<size_t>(chunks * d.Dk));
-    qbar.resize(static_cast<size_t>(d.T * d.Dk));
     nrm.resize(static_cast<size_t>(d.T));
     nrun.resize(static_cast<size_t>(d.T));
   }
@@ -277,10 +277,9 @@ struct Scratch {
 
 // The prefix mean of one (b, h), in double: n_i = ||c q_i||, P_i = p0 + sum n_s c q_s,
 // N_i = n0 + sum n_s, qbar_i = P_i / N_i (0 where N_i <= 0); f = relu(qbar) in F. Backward also
-// keeps qbar, n and N (non-null pointers). Returns the final P in `P` (in: p0) and N (in: n0).
+// keeps n and N (non-null pointers). Returns the final P in `P` (in: p0) and N (in: n0).
 template <typename F>
-void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N, F* f, double* qbar, double* nrm,
-                 double* nrun) {
+void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N, F* f, double* nrm, double* nrun) {
   const int64_t Dk = dm.Dk;
   for (int64_t i = 0; i < dm.T; ++i) {
     const F* qi = q.row(i);
@@ -299,11 +298,7 @@ void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N
       const F x = static_cast<F>(P[d] * inv);
       fi[d] = x > F(0) ? x : F(0);
     }
-    if (qbar) {
-#pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) qbar[i * Dk + d] = P[d] * inv;
-      nrm[i] = n, nrun[i] = N;
-    }
+    if (nrm) nrm[i] = n, nrun[i] = N;
   }
 }
 
@@ -391,7 +386,7 @@ void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out
   for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
-  prefix_mean<F>(q, dm, c, P.data(), N, f, nullptr, nullptr, nullptr);
+  prefix_mean<F>(q, dm, c, P.data(), N, f, nullptr, nullptr);
   for (int64_t d = 0; d < Dk; ++d) p_out[d] = static_cast<F>(P[d]);
   *n_out = static_cast<F>(N);
 
@@ -443,7 +438,7 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
   for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
-  prefix_mean<F>(q, dm, c, P.data(), N, f, ws.qbar.data(), ws.nrm.data(), ws.nrun.data());
+  prefix_mean<F>(q, dm, c, P.data(), N, f, ws.nrm.data(), ws.nrun.data());
   relu_keys(k, dm, c, ws);
   transpose_into(v.p, S, Dv, v.ld, ws.vt.data(), sp);
   const F* g = ws.g.data();
@@ -556,14 +551,13 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
       const double inv = 1.0 / Ns;
       const F* fs = f + s * Dk;
       const F* dfs = df + s * Dk;
-      const double* qb = ws.qbar.data() + s * Dk;
       double dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t d = 0; d < Dk; ++d) {
         const double on = fs[d] > F(0) ? 1.0 : 0.0;
         const double dqb = on * static_cast<double>(dfs[d]);
         gp[d] += dqb * inv;
-        dot += dqb * qb[d];
+        dot += dqb * static_cast<double>(fs[d]);
       }
       gN -= dot * inv;
     }
