@@ -1,4 +1,5 @@
-// CPU forward and backward of the fused linear-InfSA attention (form B), f32 and f64.
+// CPU forward and backward of the fused linear-InfSA attention, f32 and f64: form (B) (chunked linear
+// attention, below) and form (A) (the exact prefix form, tiled; its own section near the end).
 //
 // Maths per (b, h) (see linear_infsa_attention.h): off = S - T, query i at position off + i,
 //   f_i = relu(qbar_i) [Dk] (qbar the running energy-weighted mean query), g_j = relu(c k_j) [Dk],
@@ -246,8 +247,8 @@ template <typename F>
 struct Scratch {
   int64_t sp;
   std::vector<F> f, g, gt, a, acc, state, state_t, z;
-  // backward only: v^T, the row gradients, dA, df, dg, dz, the states before each chunk
-  // (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean in double.
+  // backward only: v^T, the row gradients dnum, dden, the dA tile, df, dg, dz, the states before
+  // each chunk (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean's n, N in double.
   std::vector<F> vt, dnum, dden, da, df, dg, dz, st_saved, z_saved;
   std::vector<double> nrm, nrun;
   Scratch(const Dims& d, bool backward)
