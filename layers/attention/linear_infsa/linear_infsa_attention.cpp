@@ -1,5 +1,6 @@
-// Autograd wiring of the fused linear-InfSA attention (form B), its samples, misuses and
-// registration as the attention op "linear_infsa".
+// Autograd wiring of the fused linear-InfSA attention, forms B (chunked, CPU and CUDA) and A (exact
+// prefix, CPU), their samples, misuses and registration as the attention ops "linear_infsa" and
+// "linear_infsa_prefix".
 #include "layers/attention/linear_infsa/linear_infsa_attention.h"
 
 #include "autograd/op_helpers.h"
