@@ -78,4 +78,35 @@ LinearInfsaResult linear_infsa_reference(const Variable& q, const Variable& k, c
                                          const Variable& theta, const AttentionMask& mask = {}, double scale = 0.0,
                                          const Tensor& p0 = {}, const Tensor& n0 = {});
 
+// Form (A) of the same spec section, the exact prefix form (quadratic; attention op
+// "linear_infsa_prefix"): the same qbar, scored against each key through one relu,
+//   e_ij = relu(<qbar_i, k~_j>) for j <= p_i,  Z_i = sum_j e_ij,  U_i = sum_j e_ij v_j,
+//   out_i = gamma_h U_i / (Z_i + eps).
+// Backward (spec 3.8 (A)): dU_i = gamma dout_i / (Z_i + eps), dZ_i = -<dout_i, out_i> / (Z_i + eps),
+// ds_ij = (<dU_i, v_j> + dZ_i) [<qbar_i, k~_j> > 0], dqbar = ds k~, dk~ = ds^T qbar, dv = e^T dU, then
+// the same prefix-mean chain rule. Shapes, extras, carried p, n and masks as above; saved: q, k, v,
+// theta, p0, n0, out and Z [B, H, T]. Fused CPU kernel (f32, f64): 64 x 64 query x key tiles, no
+// [T, S] buffer, the causal diagonal tile in 12-row blocks; FA2-like backward (5 tile products).
+// CPU only (no CUDA kernels).
+struct LinearInfsaPrefixOp {
+  static void check(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& theta, const AttentionMask& mask,
+                    const Tensor& p0, const Tensor& n0);
+  // out, den (= Z), p, n.
+  static LinearInfsaAttentionOp::Forward forward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                 const Tensor& theta, const Tensor& p0, const Tensor& n0, double scale);
+  static LinearInfsaAttentionOp::Grads backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const Tensor& theta, const Tensor& p0, const Tensor& n0,
+                                                const Tensor& out, const Tensor& den, const Tensor& dout, double scale);
+};
+
+LinearInfsaResult linear_infsa_prefix_attention(const Variable& q, const Variable& k, const Variable& v,
+                                                const Variable& theta, const AttentionMask& mask = {},
+                                                double scale = 0.0, const Tensor& p0 = {}, const Tensor& n0 = {});
+
+// Form (A) composed from autograd primitives: relu(qbar (c k)^T) as a [T, S] matrix, masked, row
+// sums, division.
+LinearInfsaResult linear_infsa_prefix_reference(const Variable& q, const Variable& k, const Variable& v,
+                                                const Variable& theta, const AttentionMask& mask = {},
+                                                double scale = 0.0, const Tensor& p0 = {}, const Tensor& n0 = {});
+
 }  // namespace attnlab

@@ -1,4 +1,5 @@
-// CPU forward and backward of the fused linear-InfSA attention (form B), f32 and f64.
+// CPU forward and backward of the fused linear-InfSA attention, f32 and f64: form (B) (chunked linear
+// attention, below) and form (A) (the exact prefix form, tiled; its own section near the end).
 //
 // Maths per (b, h) (see linear_infsa_attention.h): off = S - T, query i at position off + i,
 //   f_i = relu(qbar_i) [Dk] (qbar the running energy-weighted mean query), g_j = relu(c k_j) [Dk],
@@ -26,7 +27,8 @@
 // The triangular products ((F G^T) o M, (dNum V^T) o M, and those with A, dA or their transposes)
 // go in blocks of 12 rows that compute only the part of the triangle they need.
 // Then dk = c dg o [k > 0], and the prefix-mean chain rule (spec 3.8 (A)'s backward with f = relu(qbar)):
-//   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i,
+//   dqbar_i = df_i o [qbar_i > 0],  dP_i = dqbar_i / N_i,  dN_i = -<dqbar_i, qbar_i> / N_i
+//   (= -<dqbar_i, f_i> / N_i: dqbar is 0 where qbar <= 0, so f stands in for qbar),
 //   gP_s = sum_{i >= s} dP_i,  gN_s = sum_{i >= s} dN_i   (reverse scans)
 //   dq_s = c (n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s)   (0 for a zero query, n_s = 0)
 //   dtheta_h = (1 - gamma_h) sum_{b, i} <dout_i, out_i>.
@@ -53,6 +55,7 @@ namespace attnlab {
 namespace {
 
 constexpr std::string_view kName = "linear_infsa_attention";
+constexpr std::string_view kPrefixName = "linear_infsa_prefix_attention";
 constexpr int64_t kC = 64;  // queries per chunk (a multiple of every vector width below)
 
 // ---- the tile products --------------------------------------------------------------------------
@@ -244,10 +247,10 @@ template <typename F>
 struct Scratch {
   int64_t sp;
   std::vector<F> f, g, gt, a, acc, state, state_t, z;
-  // backward only: v^T, the row gradients, dA, df, dg, dz, the states before each chunk
-  // (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean in double.
+  // backward only: v^T, the row gradients dnum, dden, the dA tile, df, dg, dz, the states before
+  // each chunk (S^T [Dv, Dk] and z [Dk] per chunk), and the prefix mean's n, N in double.
   std::vector<F> vt, dnum, dden, da, df, dg, dz, st_saved, z_saved;
-  std::vector<double> qbar, nrm, nrun;
+  std::vector<double> nrm, nrun;
   Scratch(const Dims& d, bool backward)
       : sp(round_up_lanes<F>(d.S) + kLanes<F>),
         f(static_cast<size_t>(d.T * d.Dk)),
@@ -269,18 +272,16 @@ struct Scratch {
     dz.resize(static_cast<size_t>(d.Dk));
     st_saved.resize(static_cast<size_t>(chunks * d.Dv * d.Dk));
     z_saved.resize(static_cast<size_t>(chunks * d.Dk));
-    qbar.resize(static_cast<size_t>(d.T * d.Dk));
     nrm.resize(static_cast<size_t>(d.T));
     nrun.resize(static_cast<size_t>(d.T));
   }
 };
 
 // The prefix mean of one (b, h), in double: n_i = ||c q_i||, P_i = p0 + sum n_s c q_s,
-// N_i = n0 + sum n_s, qbar_i = P_i / N_i (0 where N_i <= 0); f = relu(qbar) in F. Backward also
-// keeps qbar, n and N (non-null pointers). Returns the final P in `P` (in: p0) and N (in: n0).
-template <typename F>
-void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N, F* f, double* qbar, double* nrm,
-                 double* nrun) {
+// N_i = n0 + sum n_s, qbar_i = P_i / N_i (0 where N_i <= 0); f = relu(qbar) (kRelu) or qbar in F.
+// Backward also keeps n and N (non-null pointers). Returns the final P in `P` (in: p0) and N (in: n0).
+template <bool kRelu, typename F>
+void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N, F* f, double* nrm, double* nrun) {
   const int64_t Dk = dm.Dk;
   for (int64_t i = 0; i < dm.T; ++i) {
     const F* qi = q.row(i);
@@ -297,13 +298,9 @@ void prefix_mean(Rows<const F> q, const Dims& dm, double c, double* P, double& N
 #pragma omp simd
     for (int64_t d = 0; d < Dk; ++d) {
       const F x = static_cast<F>(P[d] * inv);
-      fi[d] = x > F(0) ? x : F(0);
+      fi[d] = !kRelu || x > F(0) ? x : F(0);
     }
-    if (qbar) {
-#pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) qbar[i * Dk + d] = P[d] * inv;
-      nrm[i] = n, nrun[i] = N;
-    }
+    if (nrm) nrm[i] = n, nrun[i] = N;
   }
 }
 
@@ -382,6 +379,49 @@ void add_outer(F* x, int64_t rows, int64_t D, int64_t ld, const F* w, const F* y
   }
 }
 
+// The prefix-mean chain rule of one (b, h), from dqbar = d (kRelu: d o [f > 0], d the gradient of
+// f = relu(qbar)) and x = qbar (or f = relu(qbar), the same inside <dqbar, x>):
+//   dP_i = dqbar_i / N_i, dN_i = -<dqbar_i, x_i> / N_i, gP, gN their reverse cumulative sums,
+//   dq_s = c (n_s gP_s + (<gP_s, c q_s> + gN_s) c q_s / n_s)  (0 for a zero query, n_s = 0).
+template <bool kRelu, typename F>
+void prefix_mean_backward(Rows<const F> q, const Dims& dm, double c, const F* d, const F* x, const double* nrm,
+                          const double* nrun, Rows<F> dq) {
+  const int64_t Dk = dm.Dk;
+  std::vector<double> gP(static_cast<size_t>(Dk), 0.0);
+  double* gp = gP.data();
+  double gN = 0;
+  for (int64_t s = dm.T - 1; s >= 0; --s) {
+    const double Ns = nrun[s];
+    if (Ns > 0) {
+      const double inv = 1.0 / Ns;
+      const F* xs = x + s * Dk;
+      const F* ds = d + s * Dk;
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t k = 0; k < Dk; ++k) {
+        const double on = !kRelu || xs[k] > F(0) ? 1.0 : 0.0;  // a 0/1 factor: the loop vectorizes
+        const double dqb = on * static_cast<double>(ds[k]);
+        gp[k] += dqb * inv;
+        dot += dqb * static_cast<double>(xs[k]);
+      }
+      gN -= dot * inv;
+    }
+    const double n = nrm[s];
+    const F* qs = q.row(s);
+    F* o = dq.row(s);
+    if (n > 0) {
+      double gq = 0;
+#pragma omp simd reduction(+ : gq)
+      for (int64_t k = 0; k < Dk; ++k) gq += gp[k] * static_cast<double>(qs[k]);
+      const double coef = (c * gq + gN) * c * c / n, cn = c * n;
+#pragma omp simd
+      for (int64_t k = 0; k < Dk; ++k) o[k] = static_cast<F>(cn * gp[k] + coef * static_cast<double>(qs[k]));
+    } else {
+      std::fill(o, o + Dk, F(0));  // a zero query: no energy, and the subgradient 0 at the kink
+    }
+  }
+}
+
 // One (b, h): q [T, Dk], k [S, Dk], v [S, Dv] -> out [T, Dv], den [T], p [Dk], n.
 template <typename F>
 void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* den, F* p_out, F* n_out,
@@ -391,7 +431,7 @@ void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out
   for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
-  prefix_mean<F>(q, dm, c, P.data(), N, f, nullptr, nullptr, nullptr);
+  prefix_mean<true, F>(q, dm, c, P.data(), N, f, nullptr, nullptr);
   for (int64_t d = 0; d < Dk; ++d) p_out[d] = static_cast<F>(P[d]);
   *n_out = static_cast<F>(N);
 
@@ -443,7 +483,7 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
   for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
-  prefix_mean<F>(q, dm, c, P.data(), N, f, ws.qbar.data(), ws.nrm.data(), ws.nrun.data());
+  prefix_mean<true, F>(q, dm, c, P.data(), N, f, ws.nrm.data(), ws.nrun.data());
   relu_keys(k, dm, c, ws);
   transpose_into(v.p, S, Dv, v.ld, ws.vt.data(), sp);
   const F* g = ws.g.data();
@@ -546,42 +586,205 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
     }
   }
 
-  // The prefix-mean chain rule: reverse scans of dP and dN, then dq.
-  std::vector<double> gP(static_cast<size_t>(Dk), 0.0);
-  double* gp = gP.data();
-  double gN = 0;
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const double Ns = ws.nrun[s];
-    if (Ns > 0) {
-      const double inv = 1.0 / Ns;
-      const F* fs = f + s * Dk;
-      const F* dfs = df + s * Dk;
-      const double* qb = ws.qbar.data() + s * Dk;
-      double dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < Dk; ++d) {
-        const double on = fs[d] > F(0) ? 1.0 : 0.0;
-        const double dqb = on * static_cast<double>(dfs[d]);
-        gp[d] += dqb * inv;
-        dot += dqb * qb[d];
-      }
-      gN -= dot * inv;
-    }
-    const double n = ws.nrm[s];
-    const F* qs = q.row(s);
-    F* o = dq.row(s);
-    if (n > 0) {
-      // dq = c (n gP + (<gP, c q> + gN) c q / n)
-      double gq = 0;
-#pragma omp simd reduction(+ : gq)
-      for (int64_t d = 0; d < Dk; ++d) gq += gp[d] * static_cast<double>(qs[d]);
-      const double coef = (c * gq + gN) * c * c / n, cn = c * n;
+  prefix_mean_backward<true, F>(q, dm, c, df, f, ws.nrm.data(), ws.nrun.data(), dq);
+  return delta_sum;
+}
+
+// ---- form (A): the exact prefix form ------------------------------------------------------------
+//
+// Per (b, h), per query tile I of kC rows [i0, i0 + cn): the keys [0, off + i0) are visible to every
+// row of the tile (full blocks of kC keys), the keys [off + i0, off + i0 + cn) form the causal
+// diagonal block (lower-triangular, through the row-block helpers above). With Qb = qbar rows and
+// K~ = c k:
+//   forward   s = Qb K~_J^T, e = relu(s), Z += rowsum e, U += e V_J;  out = gamma U / (Z + eps)
+//   backward  s, e again; dP = dU V_J^T; ds = (dP + dZ) o [s > 0];
+//             dv_J += e^T dU, dqbar_I += ds K~_J, dk~_J += ds^T Qb   (dk~, dv summed over I in order)
+// then dk = c dk~ and the prefix-mean chain rule with dqbar.
+
+// Scratch of one task: qbar (signed), c k and its transpose, v^T, the score and dP tiles, a query
+// tile's U, and in backward dU, dZ, dqbar, dk~ and the prefix mean's n, N.
+template <typename F>
+struct PrefixScratch {
+  int64_t sp;
+  std::vector<F> qb, ks, kt, vt, s, dp, acc, du, dz, dqb, dks;
+  std::vector<double> nrm, nrun;
+  PrefixScratch(const Dims& d, bool backward)
+      : sp(round_up_lanes<F>(d.S) + kLanes<F>),
+        qb(static_cast<size_t>(d.T * d.Dk)),
+        ks(static_cast<size_t>(d.S * d.Dk)),
+        kt(static_cast<size_t>(d.Dk * sp), F(0)),
+        s(static_cast<size_t>(kC * kC)),
+        acc(backward ? 0 : static_cast<size_t>(kC * d.Dv)) {
+    if (!backward) return;
+    vt.assign(static_cast<size_t>(d.Dv * sp), F(0));
+    dp.resize(static_cast<size_t>(kC * kC));
+    du.resize(static_cast<size_t>(d.T * d.Dv));
+    dz.resize(static_cast<size_t>(d.T));
+    dqb.resize(static_cast<size_t>(d.T * d.Dk));
+    dks.resize(static_cast<size_t>(d.S * d.Dk));
+    nrm.resize(static_cast<size_t>(d.T));
+    nrun.resize(static_cast<size_t>(d.T));
+  }
+};
+
+// ks = c k [S, Dk] and its transpose kt [Dk, sp].
+template <typename F>
+void scaled_keys(Rows<const F> k, const Dims& dm, double c, PrefixScratch<F>& ws) {
+  const F cf = static_cast<F>(c);
+  for (int64_t j = 0; j < dm.S; ++j) {
+    const F* kj = k.row(j);
+    F* o = ws.ks.data() + j * dm.Dk;
 #pragma omp simd
-      for (int64_t d = 0; d < Dk; ++d) o[d] = static_cast<F>(cn * gp[d] + coef * static_cast<double>(qs[d]));
-    } else {
-      std::fill(o, o + Dk, F(0));  // a zero query: no energy, and the subgradient 0 at the kink
+    for (int64_t d = 0; d < dm.Dk; ++d) o[d] = cf * kj[d];
+  }
+  transpose_into(ws.ks.data(), dm.S, dm.Dk, dm.Dk, ws.kt.data(), ws.sp);
+}
+
+// Calls fn(j0, bw, diagonal) for the key blocks the query tile [i0, i0 + cn) sees: full blocks
+// over [0, off + i0), then the diagonal block [off + i0, off + i0 + cn).
+template <typename Fn>
+void key_blocks(int64_t off, int64_t i0, int64_t cn, Fn&& fn) {
+  const int64_t nfull = off + i0;
+  for (int64_t j0 = 0; j0 < nfull; j0 += kC) fn(j0, std::min(kC, nfull - j0), false);
+  fn(nfull, cn, true);
+}
+
+template <typename F>
+void prefix_forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* zout, F* p_out, F* n_out,
+                         const F* p0, const F* n0, const Dims& dm, double c, double gamma, PrefixScratch<F>& ws) {
+  const int64_t T = dm.T, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
+  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
+  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  double N = n0 ? static_cast<double>(*n0) : 0.0;
+  F* qb = ws.qb.data();
+  prefix_mean<false, F>(q, dm, c, P.data(), N, qb, nullptr, nullptr);
+  for (int64_t d = 0; d < Dk; ++d) p_out[d] = static_cast<F>(P[d]);
+  *n_out = static_cast<F>(N);
+  scaled_keys(k, dm, c, ws);
+  F* s = ws.s.data();
+  F* acc = ws.acc.data();
+  double zrow[kC];
+  for (int64_t i0 = 0; i0 < T; i0 += kC) {
+    const int64_t cn = std::min(kC, T - i0);
+    const F* qi = qb + i0 * Dk;
+    std::fill(acc, acc + cn * Dv, F(0));
+    std::fill(zrow, zrow + cn, 0.0);
+    key_blocks(off, i0, cn, [&](int64_t j0, int64_t bw, bool diagonal) {
+      if (diagonal)
+        lower_product(cn, Dk, qi, Dk, ws.kt.data() + j0, sp, s);
+      else
+        tile_mm<F>(cn, round_up_lanes<F>(bw), Dk, qi, Dk, 1, ws.kt.data() + j0, sp, false, s, kC);
+      for (int64_t r = 0; r < cn; ++r) {
+        F* sr = s + r * kC;
+        double z = 0;
+#pragma omp simd reduction(+ : z)
+        for (int64_t j = 0; j < bw; ++j) {
+          const F e = sr[j] > F(0) ? sr[j] : F(0);  // masked entries are 0 already
+          sr[j] = e;
+          z += e;
+        }
+        zrow[r] += z;
+      }
+      if (diagonal)
+        lower_times(cn, Dv, s, v.row(j0), v.ld, true, acc, Dv);
+      else
+        tile_mm<F>(cn, Dv, bw, s, kC, 1, v.row(j0), v.ld, true, acc, Dv);
+    });
+    for (int64_t r = 0; r < cn; ++r) {
+      zout[i0 + r] = static_cast<F>(zrow[r]);
+      const F scale = static_cast<F>(gamma / (zrow[r] + LinearInfsaAttentionOp::kEps));
+      const F* ar = acc + r * Dv;
+      F* o = out.row(i0 + r);
+#pragma omp simd
+      for (int64_t d = 0; d < Dv; ++d) o[d] = scale * ar[d];
     }
   }
+}
+
+template <typename F>
+double prefix_backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<const F> out, const F* zs,
+                            Rows<const F> dout, Rows<F> dq, Rows<F> dk, Rows<F> dv, const F* p0, const F* n0,
+                            const Dims& dm, double c, double gamma, PrefixScratch<F>& ws) {
+  const int64_t T = dm.T, S = dm.S, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
+  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
+  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  double N = n0 ? static_cast<double>(*n0) : 0.0;
+  F* qb = ws.qb.data();
+  prefix_mean<false, F>(q, dm, c, P.data(), N, qb, ws.nrm.data(), ws.nrun.data());
+  scaled_keys(k, dm, c, ws);
+  transpose_into(v.p, S, Dv, v.ld, ws.vt.data(), sp);
+  F* s = ws.s.data();
+  F* dp = ws.dp.data();
+  F* du = ws.du.data();
+  F* dz = ws.dz.data();
+  F* dqb = ws.dqb.data();
+  F* dks = ws.dks.data();
+  const F* ks = ws.ks.data();
+
+  // dU = gamma dout / (Z + eps), dZ = -<dout, out> / (Z + eps).
+  double delta_sum = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    const F* go = dout.row(i);
+    const F* o = out.row(i);
+    double dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < Dv; ++d) dot += static_cast<double>(go[d]) * o[d];
+    delta_sum += dot;
+    const double inv = 1.0 / (static_cast<double>(zs[i]) + LinearInfsaAttentionOp::kEps);
+    dz[i] = static_cast<F>(-dot * inv);
+    const F sc = static_cast<F>(gamma * inv);
+    F* dr = du + i * Dv;
+#pragma omp simd
+    for (int64_t d = 0; d < Dv; ++d) dr[d] = sc * go[d];
+  }
+  std::fill(dqb, dqb + T * Dk, F(0));
+  std::fill(dks, dks + S * Dk, F(0));
+  for (int64_t j = 0; j < S; ++j) std::fill(dv.row(j), dv.row(j) + Dv, F(0));
+
+  for (int64_t i0 = 0; i0 < T; i0 += kC) {
+    const int64_t cn = std::min(kC, T - i0);
+    const F* qi = qb + i0 * Dk;
+    const F* dui = du + i0 * Dv;
+    F* dqi = dqb + i0 * Dk;
+    key_blocks(off, i0, cn, [&](int64_t j0, int64_t bw, bool diagonal) {
+      if (diagonal) {
+        lower_product(cn, Dk, qi, Dk, ws.kt.data() + j0, sp, s);
+        lower_product(cn, Dv, dui, Dv, ws.vt.data() + j0, sp, dp);
+      } else {
+        tile_mm<F>(cn, round_up_lanes<F>(bw), Dk, qi, Dk, 1, ws.kt.data() + j0, sp, false, s, kC);
+        tile_mm<F>(cn, round_up_lanes<F>(bw), Dv, dui, Dv, 1, ws.vt.data() + j0, sp, false, dp, kC);
+      }
+      // e = relu(s) in s; ds = (dP + dZ) o [s > 0] in dp (masked entries: s = 0, so e = ds = 0).
+      for (int64_t r = 0; r < cn; ++r) {
+        F* sr = s + r * kC;
+        F* pr = dp + r * kC;
+        const F e0 = dz[i0 + r];
+#pragma omp simd
+        for (int64_t j = 0; j < bw; ++j) {
+          const F on = sr[j] > F(0) ? F(1) : F(0);
+          pr[j] = on * (pr[j] + e0);
+          sr[j] = on * sr[j];
+        }
+      }
+      if (diagonal) {
+        lower_t_times(cn, Dv, s, dui, Dv, true, dv.row(j0), dv.ld);  // dv_J += e^T dU
+        lower_times(cn, Dk, dp, ks + j0 * Dk, Dk, true, dqi, Dk);     // dqbar_I += ds K~
+        lower_t_times(cn, Dk, dp, qi, Dk, true, dks + j0 * Dk, Dk);   // dk~_J += ds^T Qb
+      } else {
+        tile_mm<F>(bw, Dv, cn, s, 1, kC, dui, Dv, true, dv.row(j0), dv.ld);
+        tile_mm<F>(cn, Dk, bw, dp, kC, 1, ks + j0 * Dk, Dk, true, dqi, Dk);
+        tile_mm<F>(bw, Dk, cn, dp, 1, kC, qi, Dk, true, dks + j0 * Dk, Dk);
+      }
+    });
+  }
+  const F cf = static_cast<F>(c);
+  for (int64_t j = 0; j < S; ++j) {
+    const F* src = dks + j * Dk;
+    F* o = dk.row(j);
+#pragma omp simd
+    for (int64_t d = 0; d < Dk; ++d) o[d] = cf * src[d];
+  }
+  prefix_mean_backward<false, F>(q, dm, c, dqb, qb, ws.nrm.data(), ws.nrun.data(), dq);
   return delta_sum;
 }
 
@@ -589,6 +792,11 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
 // the shape only; each pair's arithmetic is the same however the pairs are grouped.
 int64_t heads_grain(const Dims& dm) {
   const int64_t work = std::max<int64_t>(1, dm.S * (kC + dm.Dk + dm.Dv) * (dm.Dk + dm.Dv));
+  return std::max<int64_t>(1, (int64_t{1} << 16) / work);
+}
+
+int64_t prefix_heads_grain(const Dims& dm) {
+  const int64_t work = std::max<int64_t>(1, dm.T * dm.S * (dm.Dk + dm.Dv));
   return std::max<int64_t>(1, (int64_t{1} << 16) / work);
 }
 
@@ -612,6 +820,40 @@ std::vector<double> gammas(const Tensor& theta) {
   std::vector<double> g(static_cast<size_t>(theta.numel()));
   for (size_t h = 0; h < g.size(); ++h) g[h] = 1.0 / (1.0 + std::exp(-static_cast<double>(th[h])));
   return g;
+}
+
+// dq, dk, dv, dtheta (zeros) for a backward. Self-attention (T = S, Dk = Dv) puts dq, dk, dv in one
+// [B, T, 3, H, D] buffer, the layout of a fused q|k|v projection's gradient (as the softmax
+// attention does); else each is token-major. The kernels write every element of dq, dk, dv.
+LinearInfsaAttentionOp::Grads empty_grads(const Tensor& q, const Dims& dm) {
+  const int64_t B = q.size(0), H = q.size(1);
+  LinearInfsaAttentionOp::Grads gr;
+  if (dm.T == dm.S && dm.Dk == dm.Dv) {
+    const int64_t T = dm.T, D = dm.Dk;
+    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, q.dtype());
+    auto part = [&](int64_t i) {
+      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, q.dtype());
+    };
+    gr = {part(0), part(1), part(2), Tensor()};
+  } else {
+    gr = {empty_token_major(B, H, dm.T, dm.Dk, q.dtype()), empty_token_major(B, H, dm.S, dm.Dk, q.dtype()),
+          empty_token_major(B, H, dm.S, dm.Dv, q.dtype()), Tensor()};
+  }
+  gr.dtheta = Tensor::zeros(Shape{H}, q.dtype());
+  return gr;
+}
+
+// dtheta_h = gamma_h (1 - gamma_h) sum <dout, num / (den + eps)> = (1 - gamma_h) sum <dout, out>,
+// from the per-(b, h) sums delta, added over b in order.
+template <typename F>
+void write_dtheta(Tensor& dtheta, const std::vector<double>& gam, const std::vector<double>& delta, int64_t B,
+                  int64_t H) {
+  F* dth = dtheta.data<F>();
+  for (int64_t h = 0; h < H; ++h) {
+    double s = 0;
+    for (int64_t b = 0; b < B; ++b) s += delta[static_cast<size_t>(b * H + h)];
+    dth[h] = static_cast<F>((1.0 - gam[static_cast<size_t>(h)]) * s);
+  }
 }
 
 }  // namespace
@@ -659,21 +901,7 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Ten
                 out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
                 out.dtype() == q.dtype() && den.dtype() == q.dtype() && dout.dtype() == q.dtype(),
             kName, ": backward got out=", out, ", den=", den, ", dout=", dout, " for q=", q, ", v=", v);
-  // Self-attention (T = S, Dk = Dv) puts dq, dk, dv in one [B, T, 3, H, D] buffer, the layout of a
-  // fused q|k|v projection's gradient (as the softmax attention does). Every element is written.
-  Grads gr;
-  if (dm.T == dm.S && dm.Dk == dm.Dv) {
-    const int64_t T = dm.T, D = dm.Dk;
-    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, q.dtype());
-    auto part = [&](int64_t i) {
-      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, q.dtype());
-    };
-    gr = {part(0), part(1), part(2), Tensor()};
-  } else {
-    gr = {empty_token_major(B, H, dm.T, dm.Dk, q.dtype()), empty_token_major(B, H, dm.S, dm.Dk, q.dtype()),
-          empty_token_major(B, H, dm.S, dm.Dv, q.dtype()), Tensor()};
-  }
-  gr.dtheta = Tensor::zeros(Shape{H}, q.dtype());
+  Grads gr = empty_grads(q, dm);
   if (B * H * dm.T == 0) {
     gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
     return gr;
@@ -699,14 +927,84 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Ten
             gam[static_cast<size_t>(h)], ws);
       }
     });
-    // dtheta_h = gamma_h (1 - gamma_h) sum <dout, num / (den + eps)> = (1 - gamma_h) sum <dout, out>,
-    // summed over b in order.
-    F* dth = gr.dtheta.data<F>();
-    for (int64_t h = 0; h < H; ++h) {
-      double s = 0;
-      for (int64_t b = 0; b < B; ++b) s += delta[static_cast<size_t>(b * H + h)];
-      dth[h] = static_cast<F>((1.0 - gam[static_cast<size_t>(h)]) * s);
-    }
+    write_dtheta<F>(gr.dtheta, gam, delta, B, H);
+  });
+  return gr;
+}
+
+// ---- form (A) -------------------------------------------------------------------------------------
+
+LinearInfsaAttentionOp::Forward LinearInfsaPrefixOp::forward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                             const Tensor& theta, const Tensor& p0, const Tensor& n0,
+                                                             double scale) {
+  check(q, k, v, theta, AttentionMask{}, p0, n0);
+  const Dims dm = dims_of(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1);
+  LinearInfsaAttentionOp::Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()),
+                                     Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
+                                     Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
+  if (B * H == 0) return fw;
+  const double c = attention_scale(scale, dm.Dk);
+  dispatch_float(q.dtype(), kPrefixName, [&](auto tag) {
+    using F = decltype(tag);
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v);
+    const Heads<F> ho(fw.out.data<F>(), fw.out);
+    F* pz = fw.den.data<F>();
+    F* pp = fw.p.data<F>();
+    F* pn = fw.n.data<F>();
+    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
+    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
+    const std::vector<double> gam = gammas<F>(theta);
+    cpu::parallel_for(0, B * H, prefix_heads_grain(dm), [&](int64_t h0, int64_t h1) {
+      PrefixScratch<F> ws(dm, false);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        prefix_forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, pp + bh * dm.Dk,
+                               pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+                               gam[static_cast<size_t>(h)], ws);
+      }
+    });
+  });
+  return fw;
+}
+
+LinearInfsaAttentionOp::Grads LinearInfsaPrefixOp::backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                            const Tensor& theta, const Tensor& p0, const Tensor& n0,
+                                                            const Tensor& out, const Tensor& den, const Tensor& dout,
+                                                            double scale) {
+  const Dims dm = dims_of(q, k, v);
+  const int64_t B = q.size(0), H = q.size(1);
+  AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
+                out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
+                out.dtype() == q.dtype() && den.dtype() == q.dtype() && dout.dtype() == q.dtype(),
+            kPrefixName, ": backward got out=", out, ", Z=", den, ", dout=", dout, " for q=", q, ", v=", v);
+  LinearInfsaAttentionOp::Grads gr = empty_grads(q, dm);
+  if (B * H * dm.T == 0) {
+    gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
+    return gr;
+  }
+  const double c = attention_scale(scale, dm.Dk);
+  dispatch_float(q.dtype(), kPrefixName, [&](auto tag) {
+    using F = decltype(tag);
+    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v), ho(out.data<F>(), out),
+        hdo(dout.data<F>(), dout);
+    const Heads<F> hdq(gr.dq.data<F>(), gr.dq), hdk(gr.dk.data<F>(), gr.dk), hdv(gr.dv.data<F>(), gr.dv);
+    const F* pz = den.data<F>();
+    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
+    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
+    const std::vector<double> gam = gammas<F>(theta);
+    std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
+    cpu::parallel_for(0, B * H, prefix_heads_grain(dm), [&](int64_t h0, int64_t h1) {
+      PrefixScratch<F> ws(dm, true);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        delta[static_cast<size_t>(bh)] = prefix_backward_head<F>(
+            hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, hdo.at(b, h), hdq.at(b, h),
+            hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+            gam[static_cast<size_t>(h)], ws);
+      }
+    });
+    write_dtheta<F>(gr.dtheta, gam, delta, B, H);
   });
   return gr;
 }

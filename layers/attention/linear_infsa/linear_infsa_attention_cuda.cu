@@ -14,7 +14,8 @@
 //   df = dA G + dNum S_prev^T + dden z_prev^T              (forward over chunks)
 //   dg = dA^T F + V dS_next^T + dz_next, dv = (A^T dNum) + G dS_next  (reverse over chunks; dS, dz sum
 //        f_i dnum_i^T, dden_i f_i over the later queries; the keys before query 0 get dS v + dz, dS^T g)
-//   dk = c dg o [k > 0]; dqbar = df o [qbar > 0], dP_i = dqbar_i / N_i, dN_i = -<dqbar_i, qbar_i> / N_i,
+//   dk = c dg o [k > 0]; dqbar = df o [qbar > 0], dP_i = dqbar_i / N_i, dN_i = -<dqbar_i, qbar_i> / N_i
+//   (= -<dqbar_i, f_i> / N_i, as dqbar is 0 where qbar <= 0),
 //   gP, gN = reverse cumulative sums, dq_s = c (n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s) (0 when n_s = 0),
 //   dtheta_h = (1 - gamma_h) sum_{b, i} <dout_i, out_i>.
 //
@@ -22,14 +23,14 @@
 // unit-stride last dim); theta [H], p0 [B, H, Dk], n0 [B, H] contiguous. out [B, H, T, Dv] and
 // dq, dk, dv as the CPU op lays them out (token-major views; one [B, T, 3, H, D] buffer when T = S
 // and Dk = Dv). den [B, H, T], p [B, H, Dk], n [B, H]. f32 only, Dk <= 128, any Dv.
-// Scratch (device): f, qbar [B, H, T, Dk] f32; n_s, N_s [B, H, T] f64; delta [B, H, T] f32;
+// Scratch (device): f [B, H, T, Dk] f32; n_s, N_s [B, H, T] f64; delta [B, H, T] f32;
 // the Dv-slice partials of df [nsl, B, H, T, Dk] and dg [nsl, B, H, S, Dk]; gP [B, H, T, Dk],
 // gN [B, H, T] f64; per-(b, h) partial dtheta sums [B, H] f64.
 //
 // Launch shapes (all 128 threads = 4 warps, except the per-head dtheta kernel):
 //   prefix   grid B*H. Warps take rows: n_s = ||c q_s|| (a double xor-shuffle sum); then thread d
-//            (d < Dk) walks the rows in order carrying P_d, N in double and writes f (and qbar, N_s
-//            for backward); p, n are the final P, N. No shared memory.
+//            (d < Dk) walks the rows in order carrying P_d, N in double and writes f and N_s;
+//            p, n are the final P, N (forward). No shared memory.
 //   forward  grid (B*H, ceil(Dv / 32)): a block owns one (b, h) and a 32-wide slice of Dv and walks
 //            the chunks in order (C = 32 for Dk <= 64, 16 for Dk <= 128) with its slice of S and
 //            all of z in shared memory: F, G [C, Dk], V [C, 32], A [C, C], S [Dk, 32], z [Dk], den [C]
@@ -104,7 +105,6 @@ struct PrefixArgs {
   const float* p0;  // [B, H, Dk] or null
   const float* n0;  // [B, H] or null
   float* f;         // [B, H, T, Dk]
-  float* qbar;      // [B, H, T, Dk] or null (forward)
   double* nrm;      // [B, H, T]: n_s
   double* nrun;     // [B, H, T]: N_s
   float* p_out;     // [B, H, Dk] or null (backward)
@@ -144,7 +144,6 @@ __global__ void linear_infsa_prefix_kernel(PrefixArgs a) {
       const double qbd = N > 0 ? P * (1.0 / N) : 0.0;
       const float x = static_cast<float>(qbd);
       a.f[base + static_cast<int64_t>(s) * g.Dk + d] = x > 0.0f ? x : 0.0f;
-      if (a.qbar) a.qbar[base + static_cast<int64_t>(s) * g.Dk + d] = x;
       if (d == 0) nrun[s] = N;
     }
     if (a.p_out) a.p_out[static_cast<int64_t>(bh) * g.Dk + d] = static_cast<float>(P);
@@ -489,7 +488,6 @@ __global__ void linear_infsa_bwd_kernel(BwdArgs a) {
 struct FinishArgs {
   Heads q, k;
   const float* f;       // [B, H, T, Dk]
-  const float* qbar;    // [B, H, T, Dk]
   const double* nrm;    // [B, H, T]
   const double* nrun;   // [B, H, T]
   const float* dfp;     // [slices, B, H, T, Dk]
@@ -523,9 +521,10 @@ __global__ void linear_infsa_bwd_finish_kernel(FinishArgs a) {
       const int64_t e = static_cast<int64_t>(i) * g.Dk + d;
       float df = 0.0f;
       for (int s = 0; s < g.slices; ++s) df += a.dfp[s * slice_stride_t + static_cast<int64_t>(bh) * tdk + e];
-      const double dqb = a.f[static_cast<int64_t>(bh) * tdk + e] > 0.0f ? static_cast<double>(df) : 0.0;
+      const float fe = a.f[static_cast<int64_t>(bh) * tdk + e];
+      const double dqb = fe > 0.0f ? static_cast<double>(df) : 0.0;
       gp[e] = dqb * inv;
-      dot += dqb * static_cast<double>(a.qbar[static_cast<int64_t>(bh) * tdk + e]);
+      dot += dqb * static_cast<double>(fe);
     }
     dot = warp_sum(dot);
     if (lane == 0) gn[i] = -dot * inv;
@@ -632,14 +631,13 @@ Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, Device d
   return Tensor::empty(Shape{B, rows, H, D}, DType::f32, device).permute({0, 2, 1, 3});
 }
 
-// The prefix mean into f (and, for backward, qbar), n_s, N_s; p, n when given.
-void run_prefix(const Tensor& q, const Tensor& p0, const Tensor& n0, const Geom& g, int64_t BH, Tensor& f, Tensor* qbar,
-                Tensor& nrm, Tensor& nrun, Tensor* p, Tensor* n) {
+// The prefix mean into f, n_s, N_s; p, n when given.
+void run_prefix(const Tensor& q, const Tensor& p0, const Tensor& n0, const Geom& g, int64_t BH, Tensor& f, Tensor& nrm,
+                Tensor& nrun, Tensor* p, Tensor* n) {
   PrefixArgs args{heads(q),
                   p0.defined() ? p0.data<float>() : nullptr,
                   n0.defined() ? n0.data<float>() : nullptr,
                   f.data<float>(),
-                  qbar ? qbar->data<float>() : nullptr,
                   nrm.data<double>(),
                   nrun.data<double>(),
                   p ? p->data<float>() : nullptr,
@@ -669,7 +667,7 @@ LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CudaTag, const T
   if (BH == 0) return fw;
   Tensor f = Tensor::empty(Shape{B, H, g.T, g.Dk}, DType::f32, dev);
   Tensor nrm = Tensor::empty(Shape{B, H, g.T}, DType::f64, dev), nrun = Tensor::empty(Shape{B, H, g.T}, DType::f64, dev);
-  run_prefix(q, p0, n0, g, BH, f, nullptr, nrm, nrun, &fw.p, &fw.n);
+  run_prefix(q, p0, n0, g, BH, f, nrm, nrun, &fw.p, &fw.n);
   if (g.T == 0) return fw;
   FwdArgs args{heads(k), heads(v), f.data<float>(), theta.data<float>(), heads_out(fw.out), fw.den.data<float>(), g};
   AL_CUDA_LAUNCH(linear_infsa_fwd_kernel, dim3(static_cast<unsigned>(BH), static_cast<unsigned>(g.slices)),
@@ -710,9 +708,9 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CudaTag, const Te
     return gr;
   }
 
-  Tensor f = Tensor::empty(Shape{B, H, g.T, g.Dk}, DType::f32, dev), qbar = Tensor::empty(f.shape(), DType::f32, dev);
+  Tensor f = Tensor::empty(Shape{B, H, g.T, g.Dk}, DType::f32, dev);
   Tensor nrm = Tensor::empty(Shape{B, H, g.T}, DType::f64, dev), nrun = Tensor::empty(Shape{B, H, g.T}, DType::f64, dev);
-  run_prefix(q, p0, n0, g, BH, f, &qbar, nrm, nrun, nullptr, nullptr);
+  run_prefix(q, p0, n0, g, BH, f, nrm, nrun, nullptr, nullptr);
 
   Tensor delta = Tensor::empty(Shape{B, H, g.T}, DType::f32, dev);
   const int64_t rows = BH * g.T;
@@ -730,7 +728,7 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CudaTag, const Te
 
   Tensor gp = Tensor::empty(Shape{B, H, g.T, g.Dk}, DType::f64, dev), gn = Tensor::empty(Shape{B, H, g.T}, DType::f64, dev);
   Tensor part = Tensor::empty(Shape{B, H}, DType::f64, dev);
-  const FinishArgs fargs{heads(q),           heads(k),          f.data<float>(),     qbar.data<float>(),
+  const FinishArgs fargs{heads(q),           heads(k),          f.data<float>(),
                          nrm.data<double>(), nrun.data<double>(), dfp.data<float>(), dgp.data<float>(),
                          delta.data<float>(), gp.data<double>(),  gn.data<double>(),  part.data<double>(),
                          heads_out(gr.dq),   heads_out(gr.dk),   static_cast<int>(BH), g};
