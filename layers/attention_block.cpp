@@ -47,6 +47,7 @@ void AttentionOptions::validate(const std::string& attention) const {
   check_choice("affine.bias_norm", affine_bias_norm, {"visible", "full"});
   AL_CHECK_CONFIG(affine_rho >= 0.0 && affine_rho < 1.0, "attention option affine.rho must be in [0, 1); got ",
                   affine_rho);
+  check_choice("linear_infsa.form", linear_infsa_form, {"linear", "prefix"});
   AL_CHECK_CONFIG(infsa_gamma > 0.0 && infsa_gamma < 1.0,
                   "attention option infsa.gamma (the initial discount) must be in (0, 1); got ", infsa_gamma);
 }
@@ -147,8 +148,8 @@ Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const
   }
   if (a == "linear_infsa") {
     const bool carried = slot && length > 0;
-    LinearInfsaResult r = linear_infsa_attention(q, k, v, theta_, mask, 0.0, carried ? slot->p : Tensor(),
-                                                 carried ? slot->n : Tensor());
+    const auto op = o.linear_infsa_form == "prefix" ? linear_infsa_prefix_attention : linear_infsa_attention;
+    LinearInfsaResult r = op(q, k, v, theta_, mask, 0.0, carried ? slot->p : Tensor(), carried ? slot->n : Tensor());
     if (slot) {
       slot->p = r.p;
       slot->n = r.n;

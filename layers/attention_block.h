@@ -13,7 +13,7 @@
 //   affine        alpha.weight [H, C] (init 0), alpha.bias [H] (init 0); buffer alpha_mean [H]
 //                 (EMA of alpha, rho; read before the step, updated after it in training)
 //   infsa         theta [H] (gamma = sigmoid(theta), init gamma = options.infsa_gamma)
-//   linear_infsa  theta [H] likewise
+//   linear_infsa  theta [H] likewise (options.linear_infsa_form: linear = spec 3.8 (B), prefix = (A))
 // and with options.qk_norm, q_norm.weight [D] and k_norm.weight [D] (RMSNorm of q and k per head,
 // FlashSigmoid's stabiliser; usable with any variant).
 //
@@ -44,6 +44,7 @@ struct AttentionOptions {
   std::string affine_bias_norm = "visible";  // visible | full
   double affine_rho = 0.9;                 // EMA factor of alpha_mean
   double infsa_gamma = 0.95;               // initial gamma = sigmoid(theta), infsa and linear_infsa
+  std::string linear_infsa_form = "linear";  // linear (spec 3.8 B, linear in T) | prefix (3.8 A, exact, quadratic)
   void validate(const std::string& attention) const;  // ConfigError naming the bad field
 };
 

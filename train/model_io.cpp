@@ -13,7 +13,8 @@ std::string gpt_config_json(const GptConfig& m) {
   const AttentionOptions& a = m.attention_options;
   const json options = {{"qk_norm", a.qk_norm},         {"sigmoid_bias", a.sigmoid_bias},
                         {"affine_phi", a.affine_phi},   {"affine_bias_norm", a.affine_bias_norm},
-                        {"affine_rho", a.affine_rho},   {"infsa_gamma", a.infsa_gamma}};
+                        {"affine_rho", a.affine_rho},   {"infsa_gamma", a.infsa_gamma},
+                        {"linear_infsa_form", a.linear_infsa_form}};
   const json j = {{"attention_options", options}, {"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
                   {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
                   {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
@@ -54,6 +55,7 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
       a.affine_bias_norm = o.at("affine_bias_norm");
       a.affine_rho = o.at("affine_rho");
       a.infsa_gamma = o.at("infsa_gamma");
+      a.linear_infsa_form = o.at("linear_infsa_form");
     }
     m.validate();
     return m;

@@ -155,6 +155,7 @@ RunConfig read_config(Recipe& r) {
   ao.affine_bias_norm = r.get_string("model.affine.bias_norm", ao.affine_bias_norm);
   ao.affine_rho = r.get_double("model.affine.rho", ao.affine_rho);
   ao.infsa_gamma = r.get_double("model.infsa.gamma", ao.infsa_gamma);
+  ao.linear_infsa_form = r.get_string("model.linear_infsa.form", ao.linear_infsa_form);
   m.bias = r.get_bool("model.bias", m.bias);
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);

@@ -300,7 +300,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, AttentionVariant, ::testing::ValuesIn(specs()
 
 // The variants the issue names are all registered (a lost folder would only shrink the suite).
 TEST(AttentionVariants, EveryPublicFormIsRegistered) {
-  for (const char* name : {"softmax", "sigmoid", "sigmoid_neglog_visible", "sigmoid_neglogn", "affine", "infsa", "linear_infsa"})
+  for (const char* name : {"softmax", "sigmoid", "sigmoid_neglog_visible", "sigmoid_neglogn", "affine", "infsa", "linear_infsa", "linear_infsa_prefix"})
     EXPECT_NO_THROW(attention_ops().get(name)) << name;
 }
 

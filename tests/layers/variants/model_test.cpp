@@ -38,6 +38,7 @@ GptConfig tiny(const VariantCase& v) {
   if (v.option == "qk_norm") o.qk_norm = true;
   if (v.option == "phi=sigmoid") o.affine_phi = "sigmoid";
   if (v.option == "bias_norm=full") o.affine_bias_norm = "full";
+  if (v.option == "form=prefix") o.linear_infsa_form = "prefix";
   return c;
 }
 
@@ -50,7 +51,7 @@ std::vector<VariantCase> all_cases() {
   return {{"softmax", ""},         {"softmax", "qk_norm"},     {"sigmoid", ""},
           {"sigmoid", "neglogn"},  {"sigmoid", "neglog_visible"}, {"sigmoid", "qk_norm"},
           {"affine", ""},          {"affine", "phi=sigmoid"},  {"infsa", ""},
-          {"linear_infsa", ""}};
+          {"linear_infsa", ""},    {"linear_infsa", "form=prefix"}};
 }
 
 std::string case_name(const ::testing::TestParamInfo<VariantCase>& i) {
