@@ -193,15 +193,26 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   NoGradGuard no_grad;
   AttentionDiagnostics d;
   const Qkv p = project(x, 0);
-  // Every variant is linear in v for fixed weights, so attending over v = e_0 (1 at position 0,
-  // 0 elsewhere) returns each query's weight on the first position, whatever the variant.
-  Tensor e0 = Tensor::zeros(p.v.shape(), p.v.dtype(), p.v.device());
-  e0.narrow(2, 0, 1).fill_(1.0);
-  const Tensor w0 = attend(p.q, p.k, Variable(e0), x, nullptr, 0).data().narrow(3, 0, 1);
-  double sum = 0;
-  const std::vector<double> w = w0.to(Device::cpu()).to_vector<double>();
-  for (double a : w) sum += a;
-  d.sink = w.empty() ? 0.0 : sum / static_cast<double>(w.size());
+  // Every variant is linear in v for fixed weights, so attending over v whose column 0 is e_0 (1 at
+  // position 0, 0 elsewhere) and column 1 all ones returns each query's weight on the first
+  // position and its total weight, whatever the variant. (Head dims of 1 get the weight only.)
+  const int64_t D = p.v.size(3);
+  Tensor probe = Tensor::zeros(p.v.shape(), p.v.dtype(), p.v.device());
+  probe.narrow(2, 0, 1).narrow(3, 0, 1).fill_(1.0);
+  if (D > 1) probe.narrow(3, 1, 1).fill_(1.0);
+  const Tensor y = attend(p.q, p.k, Variable(probe), x, nullptr, 0).data().to(Device::cpu()).contiguous();
+  const std::vector<double> w = y.to_vector<double>();
+  double sum = 0, share = 0;
+  int64_t rows = 0, shared_rows = 0;
+  for (size_t i = 0; i < w.size(); i += static_cast<size_t>(D), ++rows) {
+    sum += w[i];
+    if (D > 1 && std::abs(w[i + 1]) > 1e-12) {
+      share += w[i] / w[i + 1];
+      ++shared_rows;
+    }
+  }
+  d.sink = rows ? sum / static_cast<double>(rows) : 0.0;
+  d.sink_share = shared_rows ? share / static_cast<double>(shared_rows) : d.sink;
   if (theta_.defined())
     for (double t : host_values(theta_.data())) d.gamma.push_back(1.0 / (1.0 + std::exp(-t)));
   if (alpha_) {

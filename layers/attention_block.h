@@ -73,6 +73,10 @@ struct KvSlot {
 // What one layer's attention looks like on a batch (training runs log it at eval steps).
 struct AttentionDiagnostics {
   double sink = 0.0;           // mean weight of a query on the first position (over B, H, T)
+  // The same weight as a share of the query's total weight (sum over its keys), averaged over
+  // queries whose total is not ~0: equal to `sink` for softmax, comparable across variants
+  // whose rows are not normalised (sigmoid, InfSA).
+  double sink_share = 0.0;
   std::vector<double> gamma;   // per head (infsa, linear_infsa)
   double alpha_mean = 0.0, alpha_std = 0.0, alpha_min = 0.0, alpha_max = 0.0;  // affine
   std::vector<double> alpha_running;  // affine: the alpha_mean buffer per head

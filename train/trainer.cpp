@@ -270,7 +270,8 @@ double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t s
   return total / static_cast<double>(std::max<int64_t>(n, 1));
 }
 
-// Per layer at an eval step: the attention-sink mass (mean weight on the first position) and the
+// Per layer at an eval step: the attention-sink mass (mean weight on the first position, and that
+// weight as a share of each query's total weight) and the
 // variant's own numbers (InfSA's learned gamma per head; affine's alpha statistics and running
 // mean), on the first validation batch.
 json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t seq_len) {
@@ -279,7 +280,7 @@ json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t 
     const std::vector<AttentionDiagnostics> ds = model.attention_diagnostics(Variable(b.x.to(model.device())));
     for (size_t i = 0; i < ds.size(); ++i) {
       const AttentionDiagnostics& d = ds[i];
-      json l = {{"layer", i}, {"sink", d.sink}};
+      json l = {{"layer", i}, {"sink", d.sink}, {"sink_share", d.sink_share}};
       if (!d.gamma.empty()) l["gamma"] = d.gamma;
       if (!d.alpha_running.empty()) {
         l["alpha_mean"] = d.alpha_mean;

@@ -198,6 +198,15 @@ TEST(GptVariantDiagnostics, SinkGammaAndAlpha) {
         // at least 1/T and at most 1.
         EXPECT_GE(d.sink, 1.0 / 12 - 1e-6);
         EXPECT_LE(d.sink, 1.0 + 1e-6);
+        EXPECT_NEAR(d.sink_share, d.sink, 1e-6);  // rows sum to 1
+      }
+      if (v.attention == "sigmoid" && v.option.empty()) {
+        // Zero bias, small scores at init: every visible weight is near 1/2, so the weight on
+        // position 0 is ~1/2 and its share ~1/(i+1), averaging the harmonic mean over 12 rows.
+        EXPECT_NEAR(d.sink, 0.5, 0.05);
+        double h = 0;
+        for (int i = 1; i <= 12; ++i) h += 1.0 / i;
+        EXPECT_NEAR(d.sink_share, h / 12, 0.03);
       }
       EXPECT_EQ(d.gamma.size(), v.attention == "infsa" || v.attention == "linear_infsa" ? 2u : 0u) << v.attention;
       for (double g : d.gamma) EXPECT_NEAR(g, 0.95, 1e-6);
