@@ -41,16 +41,21 @@
 #include <cstdint>
 
 #include "layers/attention/affine/affine_attention.h"
+#include "layers/attention/attention_tiles_cuda.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "lib/cuda/kernel.h"
 #include "lib/error.h"
-#include "lib/host_device.h"
 
 namespace attnlab {
 
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
+// From attention_tiles_cuda.h (named one by one: this file has its own Geom and RowDotArgs).
+using attention_cuda::clamped_prefix, attention_cuda::empty_token_major, attention_cuda::first_query_seeing,
+    attention_cuda::heads, attention_cuda::heads_out, attention_cuda::Heads, attention_cuda::HeadsOut,
+    attention_cuda::imin, attention_cuda::tile_count, attention_cuda::unit_last_stride, attention_cuda::visible_keys,
+    attention_cuda::warp_sum;
+
 constexpr int kGateThreads = 256;  // 8 warps, one token row each
 constexpr int kColThreads = 64;    // the column-walking kernels: a thread per head-dim column
 constexpr int kChunk = 64;         // rows per chunk sum
@@ -62,15 +67,6 @@ constexpr int kElemThreads = 256;
 constexpr int kParamThreads = 128;
 constexpr int kRowChunk = 256;  // token rows per dw_a / dc_a partial
 
-struct Heads {
-  const float* p;
-  int64_t sb, sh, ld;
-};
-struct HeadsOut {
-  float* p;
-  int64_t sb, sh, ld;
-};
-
 struct Geom {
   int B, H, T, S, Dv, Dm;
   int causal;
@@ -78,29 +74,6 @@ struct Geom {
   int full;     // bias_norm full: N_i = S
   int sigmoid;  // phi = sigmoid (else the linear clip)
 };
-
-AL_HOST_DEVICE inline int imin(int a, int b) { return a < b ? a : b; }
-
-__device__ inline int visible_keys(const Geom& g, int i) {
-  if (!g.causal) return g.S;
-  const int p = g.S - g.T + i;
-  int n = p + 1;
-  if (p < g.prefix && g.prefix > n) n = g.prefix;
-  return imin(n, g.S);
-}
-
-// The first query that sees key j (n_i > j); n_{T-1} = S, so it exists for j < S.
-__device__ inline int first_query_seeing(const Geom& g, int j) {
-  int lo = 0, hi = g.T;
-  while (lo < hi) {
-    const int mid = lo + (hi - lo) / 2;
-    if (visible_keys(g, mid) > j)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  return lo;
-}
 
 __device__ inline float bias_norm(const Geom& g, int i) {
   return static_cast<float>(g.full ? g.S : visible_keys(g, i));
@@ -129,8 +102,7 @@ __global__ void affine_gate_kernel(GateArgs a) {
     float acc = 0.0f;
     if (valid)
       for (int m = lane; m < g.Dm; m += 32) acc += xr[m] * a.w[static_cast<int64_t>(h) * g.Dm + m];
-    AL_UNROLL
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(kFull, acc, off);
+    acc = warp_sum(acc);
     if (valid && lane == 0) {
       const float z = acc + (a.c ? a.c[h] : 0.0f);
       float al, d;
@@ -162,7 +134,7 @@ __global__ void affine_chunk_sum_kernel(ChunkArgs a) {
   const int chunk = static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y);
   const int b = bh / a.H, h = bh % a.H;
   const int r0 = chunk * kChunk, r1 = imin(a.rows, r0 + kChunk);
-  const float* base = a.src.p + b * a.src.sb + h * a.src.sh;
+  const float* base = a.src.head(b, h);
   const float* wt = a.weight ? a.weight + static_cast<int64_t>(bh) * a.rows : nullptr;
   for (int d = static_cast<int>(threadIdx.x); d < a.D; d += kColThreads) {
     float s = 0.0f;
@@ -197,9 +169,9 @@ __global__ void affine_fwd_epilogue_kernel(EpilogueArgs a) {
   const Geom& g = a.g;
   const int bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int i0 = static_cast<int>(blockIdx.x) * kTile, i1 = imin(g.T, i0 + kTile);
-  const float* vb = a.v.p + b * a.v.sb + h * a.v.sh;
-  const float* sb = a.osm.p + b * a.osm.sb + h * a.osm.sh;
-  float* ob = a.out.p + b * a.out.sb + h * a.out.sh;
+  const float* vb = a.v.head(b, h);
+  const float* sb = a.osm.head(b, h);
+  float* ob = a.out.head(b, h);
   const int64_t row0 = static_cast<int64_t>(bh) * g.T;
   const int n0 = visible_keys(g, i0);
   for (int d = static_cast<int>(threadIdx.x); d < g.Dv; d += kColThreads) {
@@ -234,10 +206,10 @@ __global__ void affine_bwd_rowdot_kernel(RowDotArgs a) {
   float* gc = carve.take<float>(kTile * kShareLd);  // ... and of <G, C>
   for (int r = 0; r < kTile; ++r) gs[r * kShareLd + tid] = gc[r * kShareLd + tid] = 0.0f;
 
-  const float* vb = a.v.p + b * a.v.sb + h * a.v.sh;
-  const float* sb = a.osm.p + b * a.osm.sb + h * a.osm.sh;
-  const float* gb = a.dout.p + b * a.dout.sb + h * a.dout.sh;
-  float* db = a.dsm.p + b * a.dsm.sb + h * a.dsm.sh;
+  const float* vb = a.v.head(b, h);
+  const float* sb = a.osm.head(b, h);
+  const float* gb = a.dout.head(b, h);
+  float* db = a.dsm.head(b, h);
   const int64_t row0 = static_cast<int64_t>(bh) * g.T;
   const int n0 = visible_keys(g, i0);
   for (int d = tid; d < g.Dv; d += kColThreads) {
@@ -276,8 +248,8 @@ __global__ void affine_bwd_dv_kernel(DvArgs a) {
   const Geom& g = a.g;
   const int bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int j0 = static_cast<int>(blockIdx.x) * kTile, j1 = imin(g.S, j0 + kTile);
-  const float* gb = a.dout.p + b * a.dout.sb + h * a.dout.sh;
-  float* vb = a.dv.p + b * a.dv.sb + h * a.dv.sh;
+  const float* gb = a.dout.head(b, h);
+  float* vb = a.dv.head(b, h);
   const float* be = a.beta + static_cast<int64_t>(bh) * g.T;
   const int ihi = first_query_seeing(g, j1 - 1);
   const int cstart = (ihi + kChunk - 1) / kChunk;  // the first chunk wholly at or after ihi
@@ -358,11 +330,6 @@ __global__ void affine_bwd_param_final_kernel(ParamArgs a) {
 
 constexpr std::string_view kName = "affine_attention";
 
-bool unit_last_stride(const Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
-Heads heads(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
-HeadsOut heads_out(Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
-unsigned tiles(int64_t n, int64_t tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
-
 void check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x) {
   AL_CHECK_DTYPE(q.dtype() == DType::f32, kName, ": the CUDA kernels take f32 only; got q=", q, ", k=", k, ", v=", v,
                  ", x=", x);
@@ -373,7 +340,7 @@ void check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const 
 Geom geom_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x, const AttentionMask& mask,
              const AffineOptions& o) {
   const int64_t S = k.size(2);
-  const int64_t prefix = mask.prefix < 0 ? 0 : (mask.prefix > S ? S : mask.prefix);
+  const int64_t prefix = clamped_prefix(mask, S);
   return {static_cast<int>(q.size(0)),
           static_cast<int>(q.size(1)),
           static_cast<int>(q.size(2)),
@@ -386,13 +353,9 @@ Geom geom_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x,
           o.phi == AffinePhi::sigmoid ? 1 : 0};
 }
 
-Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, Device device) {
-  return Tensor::empty(Shape{B, rows, H, D}, DType::f32, device).permute({0, 2, 1, 3});
-}
-
 // Chunk sums of src [B, H, rows, D] (weighted by weight [B, H, rows] when given).
 Tensor chunk_sums(const Tensor& src, const float* weight, const Geom& g, int rows) {
-  const int nchunks = static_cast<int>(tiles(rows, kChunk));
+  const int nchunks = static_cast<int>(tile_count(rows, kChunk));
   Tensor sums = Tensor::empty(Shape{static_cast<int64_t>(g.B) * g.H, nchunks, g.Dv}, DType::f32, src.device());
   const ChunkArgs args{heads(src), weight, sums.data<float>(), g.H, rows, g.Dv, nchunks};
   AL_CUDA_LAUNCH(affine_chunk_sum_kernel, dim3(static_cast<unsigned>(nchunks), static_cast<unsigned>(g.B * g.H)),
@@ -446,8 +409,8 @@ AffineAttentionOp::Forward AffineAttentionOp::forward(CudaTag, const Tensor& q, 
                          f.saved.beta.data<float>(),
                          g,
                          static_cast<int>(vsum.size(1))};
-  AL_CUDA_LAUNCH(affine_fwd_epilogue_kernel, dim3(tiles(T, kTile), static_cast<unsigned>(B * H)), dim3(kColThreads), 0,
-                 epi);
+  AL_CUDA_LAUNCH(affine_fwd_epilogue_kernel, dim3(tile_count(T, kTile), static_cast<unsigned>(B * H)),
+                 dim3(kColThreads), 0, epi);
   return f;
 }
 
@@ -480,8 +443,8 @@ AffineAttentionOp::Grads AffineAttentionOp::backward(CudaTag, const Tensor& q, c
                         dz.data<float>(),
                         g,
                         static_cast<int>(vsum.size(1))};
-    AL_CUDA_LAUNCH(affine_bwd_rowdot_kernel, dim3(tiles(T, kTile), static_cast<unsigned>(B * H)), dim3(kColThreads),
-                   2 * ((static_cast<size_t>(kTile) * kShareLd * sizeof(float) + 15) / 16 * 16), rd);
+    AL_CUDA_LAUNCH(affine_bwd_rowdot_kernel, dim3(tile_count(T, kTile), static_cast<unsigned>(B * H)),
+                   dim3(kColThreads), 2 * ((static_cast<size_t>(kTile) * kShareLd * sizeof(float) + 15) / 16 * 16), rd);
   } else if (B * H * T > 0) {
     dz.fill_(0.0);  // Dv = 0: out is empty, so every gradient through it is 0
   }
@@ -498,8 +461,8 @@ AffineAttentionOp::Grads AffineAttentionOp::backward(CudaTag, const Tensor& q, c
                        saved.beta.data<float>(),
                        g,
                        static_cast<int>(gsum.size(1))};
-      AL_CUDA_LAUNCH(affine_bwd_dv_kernel, dim3(tiles(g.S, kTile), static_cast<unsigned>(B * H)), dim3(kColThreads), 0,
-                     dva);
+      AL_CUDA_LAUNCH(affine_bwd_dv_kernel, dim3(tile_count(g.S, kTile), static_cast<unsigned>(B * H)),
+                     dim3(kColThreads), 0, dva);
     }
   }
 
@@ -518,7 +481,7 @@ AffineAttentionOp::Grads AffineAttentionOp::backward(CudaTag, const Tensor& q, c
     if (rows == 0) {
       dw.fill_(0.0), dc.fill_(0.0);
     } else if (H > 0) {
-      const int nparts = static_cast<int>(tiles(rows, kRowChunk));
+      const int nparts = static_cast<int>(tile_count(rows, kRowChunk));
       Tensor part = Tensor::empty(Shape{nparts, H, g.Dm + 1}, DType::f32, q.device());
       const ParamArgs pa{dz.data<float>(),
                          x.data<float>(),

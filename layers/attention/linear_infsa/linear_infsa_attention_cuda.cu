@@ -37,7 +37,8 @@
 //            (<= 42.4 KB). Per chunk each thread computes a strided set of A entries (a Dk dot),
 //            then den rows (threads < C), then output elements (C x 32 of them, 128 at a time),
 //            then state elements (Dk x 32). Every block computes den the same way; slice 0 stores it.
-//   delta    grid ceil(B*H*T / 8), 256 threads: one warp per row, <dout_i, out_i>.
+//   delta    grid ceil(B*H*T / 8), 256 threads: one warp per row, <dout_i, out_i> accumulated in
+//            double (attention_tiles_cuda.h's row dot).
 //   bwd      grid (B*H, ceil(Dv / 32)): the same block shape as forward, two walks over the chunks:
 //            forward (S, z) writing the slice's partial df, reverse (dS, dz) writing the slice's
 //            partial dg and the slice's columns of dv (complete: dv needs only its own columns).
@@ -45,13 +46,14 @@
 //   finish   grid B*H: sums the slice partials in slice order; warps per row for dP, dN (xor-tree
 //            sums); thread d scans gP_d, thread 0 scans gN (reverse, in double); warps per row for
 //            dq; all threads for dk; thread 0 sums <dout, out> over the rows in order.
-//   dtheta   one thread per head: sums the (b, h) partials over b in order.
+//   dtheta   one thread per head: sums the (b, h) partials over b in order (attention_tiles_cuda.h).
 // Determinism: no atomics; every output element is written by one thread, every sum runs in a
 // fixed order, so results do not depend on scheduling.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 
+#include "layers/attention/attention_tiles_cuda.h"
 #include "layers/attention/linear_infsa/linear_infsa_attention.h"
 #include "lib/cuda/kernel.h"
 #include "lib/error.h"
@@ -60,23 +62,18 @@ namespace attnlab {
 
 namespace {
 
+// From attention_tiles_cuda.h (named one by one: this file has its own Geom, FwdArgs, BwdArgs).
+using attention_cuda::carved, attention_cuda::empty_qkv_grads, attention_cuda::empty_token_major,
+    attention_cuda::gamma_of, attention_cuda::heads, attention_cuda::heads_out, attention_cuda::Heads,
+    attention_cuda::HeadsOut, attention_cuda::imin, attention_cuda::launch_dtheta, attention_cuda::launch_row_dot,
+    attention_cuda::QkvGrads, attention_cuda::RowDotArgs, attention_cuda::ThetaArgs, attention_cuda::unit_last_stride,
+    attention_cuda::warp_sum;
+
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kDotThreads = 256;
 constexpr int kSlice = 32;  // Dv columns per block
-constexpr unsigned kFull = 0xffffffffu;
 constexpr int kMaxDk = 128;
 constexpr float kEpsF = static_cast<float>(LinearInfsaAttentionOp::kEps);
-
-// A [B, H, rows, D] tensor with unit-stride D: element (b, h, r, d) at p[b sb + h sh + r ld + d].
-struct Heads {
-  const float* p;
-  int64_t sb, sh, ld;
-};
-struct HeadsOut {
-  float* p;
-  int64_t sb, sh, ld;
-};
 
 struct Geom {
   int H, T, S, Dk, Dv;
@@ -85,18 +82,9 @@ struct Geom {
   float scale;  // c
 };
 
-__device__ inline int imin(int a, int b) { return a < b ? a : b; }
 // Row stride of a shared tile of width d: odd, so lanes reading one column of many rows spread
 // over the banks.
-__host__ __device__ inline int tile_ld(int d) { return d | 1; }
-inline size_t carved(int64_t n, size_t elem = sizeof(float)) { return (static_cast<size_t>(n) * elem + 15) / 16 * 16; }
-
-__device__ inline double gamma_of(const float* theta, int h) { return 1.0 / (1.0 + exp(-static_cast<double>(theta[h]))); }
-
-__device__ inline double warp_sum(double x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
-  return x;
-}
+__host__ __device__ inline int odd_ld(int d) { return d | 1; }
 
 // ---- prefix mean ----------------------------------------------------------------------------------
 
@@ -116,7 +104,7 @@ __global__ void linear_infsa_prefix_kernel(PrefixArgs a) {
   const Geom& g = a.g;
   const int bh = static_cast<int>(blockIdx.x), b = bh / g.H, h = bh % g.H;
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
-  const float* qb = a.q.p + b * a.q.sb + h * a.q.sh;
+  const float* qb = a.q.head(b, h);
   const double c = g.scale;
   double* nrm = a.nrm + static_cast<int64_t>(bh) * g.T;
   double* nrun = a.nrun + static_cast<int64_t>(bh) * g.T;
@@ -162,9 +150,9 @@ struct Tiles {
 __device__ inline Tiles carve_tiles(const Geom& g, bool backward) {
   simt::SmemCarver carve;
   Tiles t;
-  t.ldk = tile_ld(g.Dk);
-  t.ldv = tile_ld(kSlice);
-  t.lda = tile_ld(g.C);
+  t.ldk = odd_ld(g.Dk);
+  t.ldv = odd_ld(kSlice);
+  t.lda = odd_ld(g.C);
   t.F = carve.take<float>(g.C * t.ldk);
   t.G = carve.take<float>(g.C * t.ldk);
   t.V = carve.take<float>(g.C * t.ldv);
@@ -178,7 +166,7 @@ __device__ inline Tiles carve_tiles(const Geom& g, bool backward) {
 }
 
 size_t tiles_smem(const Geom& g, bool backward) {
-  const int ldk = tile_ld(g.Dk), ldv = tile_ld(kSlice), lda = tile_ld(g.C);
+  const int ldk = odd_ld(g.Dk), ldv = odd_ld(kSlice), lda = odd_ld(g.C);
   size_t n = carved(g.C * ldk) * 2 + carved(g.C * ldv) + carved(g.C * lda) + carved(g.Dk * ldv) + carved(g.Dk) +
              carved(g.C);
   if (backward) n += carved(g.C * ldv) + carved(g.C * lda);
@@ -258,10 +246,10 @@ __global__ void linear_infsa_fwd_kernel(FwdArgs a) {
   const int tid = static_cast<int>(threadIdx.x);
   const int off = g.S - g.T;
   const Tiles t = carve_tiles(g, false);
-  const float* kb = a.k.p + b * a.k.sb + h * a.k.sh;
-  const float* vb = a.v.p + b * a.v.sb + h * a.v.sh;
+  const float* kb = a.k.head(b, h);
+  const float* vb = a.v.head(b, h);
   const float* fb = a.f + static_cast<int64_t>(bh) * g.T * g.Dk;
-  float* ob = a.out.p + b * a.out.sb + h * a.out.sh;
+  float* ob = a.out.head(b, h);
   const float gamma = static_cast<float>(gamma_of(a.theta, h));
 
   zero_state(t, g);
@@ -298,29 +286,6 @@ __global__ void linear_infsa_fwd_kernel(FwdArgs a) {
     __syncthreads();  // S is read above and written below
     add_keys_to_state(t, g);
   }
-}
-
-// ---- backward: delta_i = <dout_i, out_i> ---------------------------------------------------------
-
-struct DotArgs {
-  Heads out, dout;
-  float* delta;  // [B, H, T]
-  int H, T, Dv;
-  int64_t rows;  // B * H * T
-};
-
-__global__ void linear_infsa_bwd_dot_kernel(DotArgs a) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kDotThreads / 32) + (threadIdx.x >> 5);
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  double acc = 0.0;
-  if (row < a.rows) {  // warp-uniform: the shuffles below run in whole warps either way
-    const int64_t i = row % a.T, bh = row / a.T, b = bh / a.H, h = bh % a.H;
-    const float* o = a.out.p + b * a.out.sb + h * a.out.sh + i * a.out.ld;
-    const float* go = a.dout.p + b * a.dout.sb + h * a.dout.sh + i * a.dout.ld;
-    for (int d = lane; d < a.Dv; d += 32) acc += static_cast<double>(o[d]) * go[d];
-  }
-  acc = warp_sum(acc);
-  if (lane == 0 && row < a.rows) a.delta[row] = static_cast<float>(acc);
 }
 
 // ---- backward: the chunk walks of one Dv slice ----------------------------------------------------
@@ -373,15 +338,15 @@ __global__ void linear_infsa_bwd_kernel(BwdArgs a) {
   const int tid = static_cast<int>(threadIdx.x);
   const int off = g.S - g.T;
   const Tiles t = carve_tiles(g, true);
-  const float* kb = a.k.p + b * a.k.sb + h * a.k.sh;
-  const float* vb = a.v.p + b * a.v.sb + h * a.v.sh;
-  const float* gb = a.dout.p + b * a.dout.sb + h * a.dout.sh;
+  const float* kb = a.k.head(b, h);
+  const float* vb = a.v.head(b, h);
+  const float* gb = a.dout.head(b, h);
   const float* fb = a.f + static_cast<int64_t>(bh) * g.T * g.Dk;
   const float* denb = a.den + static_cast<int64_t>(bh) * g.T;
   const float* deltab = a.delta + static_cast<int64_t>(bh) * g.T;
   float* dfb = a.dfp + (static_cast<int64_t>(slice) * a.BH + bh) * g.T * g.Dk;
   float* dgb = a.dgp + (static_cast<int64_t>(slice) * a.BH + bh) * g.S * g.Dk;
-  float* dvb = a.dv.p + b * a.dv.sb + h * a.dv.sh;
+  float* dvb = a.dv.head(b, h);
   const float gamma = static_cast<float>(gamma_of(a.theta, h));
   const bool first = slice == 0;
 
@@ -547,8 +512,8 @@ __global__ void linear_infsa_bwd_finish_kernel(FinishArgs a) {
   }
   __syncthreads();
   // dq_s = c (n_s gP_s + (<gP_s, q~_s> + gN_s) q~_s / n_s), 0 for a zero query.
-  const float* qb = a.q.p + b * a.q.sb + h * a.q.sh;
-  float* dqb = a.dq.p + b * a.dq.sb + h * a.dq.sh;
+  const float* qb = a.q.head(b, h);
+  float* dqb = a.dq.head(b, h);
   for (int s = warp; s < g.T; s += kWarps) {
     const float* qs = qb + static_cast<int64_t>(s) * a.q.ld;
     const double n = a.nrm[rowbase + s];
@@ -563,8 +528,8 @@ __global__ void linear_infsa_bwd_finish_kernel(FinishArgs a) {
     }
   }
   // dk = c (sum of the partials) o [c k > 0].
-  const float* kb = a.k.p + b * a.k.sb + h * a.k.sh;
-  float* dkb = a.dk.p + b * a.dk.sb + h * a.dk.sh;
+  const float* kb = a.k.head(b, h);
+  float* dkb = a.dk.head(b, h);
   for (int64_t e = tid; e < sdk; e += kThreads) {
     const int64_t j = e / g.Dk, d = e % g.Dk;
     float dg = 0.0f;
@@ -579,30 +544,9 @@ __global__ void linear_infsa_bwd_finish_kernel(FinishArgs a) {
   }
 }
 
-struct ThetaArgs {
-  const float* theta;
-  const double* part;  // [B, H]
-  float* dtheta;       // [H]
-  int B, H;
-};
-
-__global__ void linear_infsa_bwd_theta_kernel(ThetaArgs a) {
-  const int h = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (h < a.H) {
-    double s = 0;
-    for (int b = 0; b < a.B; ++b) s += a.part[static_cast<int64_t>(b) * a.H + h];
-    a.dtheta[h] = static_cast<float>((1.0 - gamma_of(a.theta, h)) * s);
-  }
-}
-
 // ---- host side ----------------------------------------------------------------------------------
 
 constexpr std::string_view kName = "linear_infsa_attention";
-
-bool unit_last_stride(const Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
-
-Heads heads(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
-HeadsOut heads_out(Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 void check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
   AL_CHECK_DTYPE(q.dtype() == DType::f32, kName, ": the CUDA kernels take f32 only; got q=", q, ", k=", k, ", v=", v);
@@ -625,10 +569,6 @@ Geom geom_of(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   g.slices = (g.Dv + kSlice - 1) / kSlice;
   g.scale = static_cast<float>(attention_scale(scale, q.size(3)));
   return g;
-}
-
-Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, Device device) {
-  return Tensor::empty(Shape{B, rows, H, D}, DType::f32, device).permute({0, 2, 1, 3});
 }
 
 // The prefix mean into f, n_s, N_s; p, n when given.
@@ -690,19 +630,8 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CudaTag, const Te
                 out.device() == dev && den.device() == dev && dout.device() == dev,
             kName, ": backward got out=", out, ", den=", den, ", dout=", dout, " for q=", q, ", v=", v);
   // The CPU op's layouts (one [B, T, 3, H, D] buffer for self-attention, else token-major).
-  Grads gr;
-  if (g.T == g.S && g.Dk == g.Dv) {
-    const int64_t T = g.T, D = g.Dk;
-    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, DType::f32, dev);
-    auto part = [&](int64_t i) {
-      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, DType::f32);
-    };
-    gr = {part(0), part(1), part(2), Tensor()};
-  } else {
-    gr = {empty_token_major(B, H, g.T, g.Dk, dev), empty_token_major(B, H, g.S, g.Dk, dev),
-          empty_token_major(B, H, g.S, g.Dv, dev), Tensor()};
-  }
-  gr.dtheta = Tensor::zeros(Shape{H}, DType::f32, dev);
+  const QkvGrads qkv = empty_qkv_grads(B, H, g.T, g.S, g.Dk, g.Dv, dev);
+  Grads gr{qkv.dq, qkv.dk, qkv.dv, Tensor::zeros(Shape{H}, DType::f32, dev)};
   if (BH * g.T == 0) {
     gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
     return gr;
@@ -714,9 +643,7 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CudaTag, const Te
 
   Tensor delta = Tensor::empty(Shape{B, H, g.T}, DType::f32, dev);
   const int64_t rows = BH * g.T;
-  const DotArgs dot{heads(out), heads(dout), delta.data<float>(), g.H, g.T, g.Dv, rows};
-  AL_CUDA_LAUNCH(linear_infsa_bwd_dot_kernel, dim3(cuda::blocks_for(rows, kDotThreads / 32, 0x7fffffffu)),
-                 dim3(kDotThreads), 0, dot);
+  launch_row_dot<double>(RowDotArgs{heads(out), heads(dout), delta.data<float>(), g.H, g.T, g.Dv, rows});
 
   Tensor dfp = Tensor::empty(Shape{g.slices, B, H, g.T, g.Dk}, DType::f32, dev);
   Tensor dgp = Tensor::empty(Shape{g.slices, B, H, g.S, g.Dk}, DType::f32, dev);
@@ -734,10 +661,8 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CudaTag, const Te
                          heads_out(gr.dq),   heads_out(gr.dk),   static_cast<int>(BH), g};
   AL_CUDA_LAUNCH(linear_infsa_bwd_finish_kernel, dim3(static_cast<unsigned>(BH)), dim3(kThreads), 0, fargs);
 
-  const ThetaArgs targs{theta.data<float>(), part.data<double>(), gr.dtheta.data<float>(), static_cast<int>(B),
-                        static_cast<int>(H)};
-  AL_CUDA_LAUNCH(linear_infsa_bwd_theta_kernel, dim3(static_cast<unsigned>((H + kThreads - 1) / kThreads)),
-                 dim3(kThreads), 0, targs);
+  launch_dtheta(ThetaArgs{part.data<double>(), theta.data<float>(), gr.dtheta.data<float>(), static_cast<int>(B),
+                          static_cast<int>(H)});
   return gr;
 }
 
