@@ -38,207 +38,26 @@
 // Each (b, h) pair is one task (OpenMP over the B * H pairs): the bits do not depend on the
 // thread count, and dtheta's per-pair partial sums are added in (b) order after the loop. Scratch
 // is per task and linear in T (the prefix mean, relu'd k and its transpose, the saved states);
-// never a [T, S] matrix. The tile products use a register-blocked vector micro-kernel (GCC vector
-// extensions), like the softmax attention's.
+// never a [T, S] matrix. The tile products, transposes and strided layouts are cpu_tiles.h's
+// (the register-blocked vector micro-kernel the quadratic variants use).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
+#include "layers/attention/cpu_tiles.h"
 #include "layers/attention/linear_infsa/linear_infsa_attention.h"
-#include "lib/cpu/parallel.h"
 #include "lib/error.h"
 
 namespace attnlab {
 
 namespace {
 
+using namespace attn_cpu;
+
 constexpr std::string_view kName = "linear_infsa_attention";
 constexpr std::string_view kPrefixName = "linear_infsa_prefix_attention";
-constexpr int64_t kC = 64;  // queries per chunk (a multiple of every vector width below)
-
-// ---- the tile products --------------------------------------------------------------------------
-
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-constexpr int kNV = 4;  // C vectors per micro-kernel row: 6 x 4 zmm accumulators of 32 registers
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-constexpr int kNV = 2;  // 6 x 2 ymm accumulators of 16
-#else
-constexpr int kVecBytes = 16;
-constexpr int kNV = 2;
-#endif
-constexpr int kR = 6;  // C rows per micro-kernel
-
-template <typename F>
-struct Vec {
-  typedef F V __attribute__((vector_size(kVecBytes)));
-};
-template <typename F>
-constexpr int64_t kLanes = kVecBytes / static_cast<int64_t>(sizeof(F));
-
-template <typename F>
-int64_t round_up_lanes(int64_t n) {
-  return (n + kLanes<F> - 1) / kLanes<F> * kLanes<F>;
-}
-
-// Every lane = x (x - 0 is exactly x, even for -0).
-template <typename V, typename F>
-inline V splat(F x) {
-  return x - V{};
-}
-
-// C[M, N] = A B (or C += A B when `accumulate`) for A(i, k) = A[i * sai + k * sak] (a row-major
-// tile or its transpose) and B row-major [K, N] with leading dim ldb. The micro-kernel keeps R rows
-// x NV vectors of C in registers over the whole K loop.
-template <typename F, int R, int NV>
-void micro(int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb, bool accumulate, F* C,
-           int64_t ldc) {
-  using V = typename Vec<F>::V;
-  constexpr int W = kVecBytes / sizeof(F);
-  V c[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) c[r][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) __builtin_memcpy(&b[v], B + k * ldb + v * W, sizeof(V));
-    const F* ak = A + k * sak;
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const V a = splat<V>(ak[r * sai]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      F* p = C + r * ldc + v * W;
-      V out = c[r][v];
-      if (accumulate) {
-        V old;
-        __builtin_memcpy(&old, p, sizeof(V));
-        out += old;
-      }
-      __builtin_memcpy(p, &out, sizeof(V));
-    }
-}
-
-template <typename F, int R>
-void micro_rows(int nv, int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb, bool accumulate,
-                F* C, int64_t ldc) {
-  static_assert(kNV == 2 || kNV == 4);
-  switch (nv) {
-    case 1: return micro<F, R, 1>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
-    case 2: return micro<F, R, 2>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
-    case 3:
-      if constexpr (kNV >= 3) return micro<F, R, 3>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
-      break;
-    default:
-      if constexpr (kNV >= 4) return micro<F, R, 4>(K, A, sai, sak, B, ldb, accumulate, C, ldc);
-      break;
-  }
-}
-
-template <typename F>
-void tile_mm(int64_t M, int64_t N, int64_t K, const F* A, int64_t sai, int64_t sak, const F* B, int64_t ldb,
-             bool accumulate, F* C, int64_t ldc) {
-  constexpr int64_t W = kLanes<F>;
-  if (K == 0) {  // an empty sum: C = 0 (or unchanged)
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, F(0));
-    return;
-  }
-  int64_t j = 0;
-  while (N - j >= W) {
-    const int nv = static_cast<int>(std::min<int64_t>(kNV, (N - j) / W));
-    for (int64_t i = 0; i < M; i += kR) {
-      const F* a = A + i * sai;
-      const F* b = B + j;
-      F* c = C + i * ldc + j;
-      switch (std::min<int64_t>(kR, M - i)) {
-        case 1: micro_rows<F, 1>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-        case 2: micro_rows<F, 2>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-        case 3: micro_rows<F, 3>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-        case 4: micro_rows<F, 4>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-        case 5: micro_rows<F, 5>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-        default: micro_rows<F, 6>(nv, K, a, sai, sak, b, ldb, accumulate, c, ldc); break;
-      }
-    }
-    j += nv * W;
-  }
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t jj = j; jj < N; ++jj) {
-      F s = 0;
-      for (int64_t k = 0; k < K; ++k) s += A[i * sai + k * sak] * B[k * ldb + jj];
-      F& c = C[i * ldc + jj];
-      c = accumulate ? c + s : s;
-    }
-}
-
-// In-register transpose of W x W lanes in log2(W) butterfly stages: at stage b, rows r and r + b
-// (r & b == 0) swap their off-diagonal b x b blocks.
-template <typename V, int W, int B, size_t... L>
-inline void butterfly(V& lo, V& hi, std::index_sequence<L...>) {
-  const V a = lo, b = hi;
-  lo = __builtin_shufflevector(a, b, ((L & B) == 0 ? L : W + L - B)...);
-  hi = __builtin_shufflevector(a, b, ((L & B) == 0 ? L + B : W + L)...);
-}
-template <typename V, int W, int B = 1>
-inline void transpose_lanes(V* r) {
-  if constexpr (B < W) {
-    for (int i = 0; i < W; ++i)
-      if ((i & B) == 0) butterfly<V, W, B>(r[i], r[i + B], std::make_index_sequence<W>{});
-    transpose_lanes<V, W, 2 * B>(r);
-  }
-}
-
-// x [rows, cols] (leading dim ld) -> xt [cols, rows] (leading dim ldt), in W x W register blocks.
-template <typename F>
-void transpose_into(const F* x, int64_t rows, int64_t cols, int64_t ld, F* xt, int64_t ldt) {
-  using V = typename Vec<F>::V;
-  constexpr int W = static_cast<int>(kLanes<F>);
-  const int64_t rw = rows / W * W, cw = cols / W * W;
-  for (int64_t r0 = 0; r0 < rw; r0 += W)
-    for (int64_t c0 = 0; c0 < cw; c0 += W) {
-      V blk[W];
-      for (int i = 0; i < W; ++i) __builtin_memcpy(&blk[i], x + (r0 + i) * ld + c0, sizeof(V));
-      transpose_lanes<V, W>(blk);
-      for (int i = 0; i < W; ++i) __builtin_memcpy(xt + (c0 + i) * ldt + r0, &blk[i], sizeof(V));
-    }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = r < rw ? cw : 0; c < cols; ++c) xt[c * ldt + r] = x[r * ld + c];
-}
-
-// ---- layouts ------------------------------------------------------------------------------------
-
-struct Dims {
-  int64_t T, S, Dk, Dv;
-  int64_t off() const { return S - T; }
-};
-
-// One (b, h) matrix: row i at p + i * ld, its elements unit-stride.
-template <typename F>
-struct Rows {
-  F* p;
-  int64_t ld;
-  F* row(int64_t i) const { return p + i * ld; }
-};
-
-// A [B, H, rows, D] tensor whose last dim is unit-stride (any other strides).
-template <typename F>
-struct Heads {
-  F* p;
-  int64_t sb, sh, ld;
-  Heads(F* data, const Tensor& t) : p(data), sb(t.stride(0)), sh(t.stride(1)), ld(t.stride(2)) {}
-  Rows<F> at(int64_t b, int64_t h) const { return {p + b * sb + h * sh, ld}; }
-};
+constexpr int64_t kC = 64;  // queries per chunk (a multiple of every vector width)
 
 // Per-task scratch, sized once per task for the call's dims; `sp` is the padded key count, the
 // leading dim of the transposed keys (and values), whose padding columns stay zero so a ragged
@@ -503,9 +322,7 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
   for (int64_t i = 0; i < T; ++i) {
     const F* go = dout.row(i);
     const F* o = out.row(i);
-    double dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < Dv; ++d) dot += static_cast<double>(go[d]) * o[d];
+    const double dot = row_dot(go, o, Dv);
     delta_sum += dot;
     const double inv = 1.0 / (static_cast<double>(den[i]) + LinearInfsaAttentionOp::kEps);
     dden[i] = static_cast<F>(-dot * inv);
@@ -726,9 +543,7 @@ double prefix_backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, R
   for (int64_t i = 0; i < T; ++i) {
     const F* go = dout.row(i);
     const F* o = out.row(i);
-    double dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < Dv; ++d) dot += static_cast<double>(go[d]) * o[d];
+    const double dot = row_dot(go, o, Dv);
     delta_sum += dot;
     const double inv = 1.0 / (static_cast<double>(zs[i]) + LinearInfsaAttentionOp::kEps);
     dz[i] = static_cast<F>(-dot * inv);
@@ -788,31 +603,9 @@ double prefix_backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, R
   return delta_sum;
 }
 
-// (b, h) pairs per task: at least ~2^16 multiply-adds each, so tiny problems run inline. Depends on
-// the shape only; each pair's arithmetic is the same however the pairs are grouped.
-int64_t heads_grain(const Dims& dm) {
-  const int64_t work = std::max<int64_t>(1, dm.S * (kC + dm.Dk + dm.Dv) * (dm.Dk + dm.Dv));
-  return std::max<int64_t>(1, (int64_t{1} << 16) / work);
-}
-
-int64_t prefix_heads_grain(const Dims& dm) {
-  const int64_t work = std::max<int64_t>(1, dm.T * dm.S * (dm.Dk + dm.Dv));
-  return std::max<int64_t>(1, (int64_t{1} << 16) / work);
-}
-
-bool unit_last_stride(const Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
-
-Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
-  AL_ASSERT(unit_last_stride(q) && unit_last_stride(k) && unit_last_stride(v), kName,
-            ": q, k, v need a unit-stride last dim; got q=", q, ", k=", k, ", v=", v);
-  return {q.size(2), k.size(2), q.size(3), v.size(3)};
-}
-
-// [B, H, rows, D] stored as [B, rows, H, D], the layout the softmax attention gives its output and
-// gradients, so merging heads into [B, T, C] is a view.
-Tensor empty_token_major(int64_t B, int64_t H, int64_t rows, int64_t D, DType dtype) {
-  return Tensor::empty(Shape{B, rows, H, D}, dtype).permute({0, 2, 1, 3});
-}
+// (b, h) pairs per task of the chunked form (cpu_tiles.h's heads_grain): S (kC + Dk + Dv) (Dk + Dv)
+// multiply-adds per pair. The prefix form takes the tile loops' grain, heads_grain(dm).
+int64_t chunked_heads_grain(const Dims& dm) { return heads_grain(dm.S * (kC + dm.Dk + dm.Dv) * (dm.Dk + dm.Dv)); }
 
 template <typename F>
 std::vector<double> gammas(const Tensor& theta) {
@@ -822,25 +615,12 @@ std::vector<double> gammas(const Tensor& theta) {
   return g;
 }
 
-// dq, dk, dv, dtheta (zeros) for a backward. Self-attention (T = S, Dk = Dv) puts dq, dk, dv in one
-// [B, T, 3, H, D] buffer, the layout of a fused q|k|v projection's gradient (as the softmax
-// attention does); else each is token-major. The kernels write every element of dq, dk, dv.
+// dq, dk, dv (cpu_tiles.h's empty_qkv_grads: the kernels write every element) and dtheta (zeros)
+// for a backward.
 LinearInfsaAttentionOp::Grads empty_grads(const Tensor& q, const Dims& dm) {
-  const int64_t B = q.size(0), H = q.size(1);
-  LinearInfsaAttentionOp::Grads gr;
-  if (dm.T == dm.S && dm.Dk == dm.Dv) {
-    const int64_t T = dm.T, D = dm.Dk;
-    const Tensor joint = Tensor::empty(Shape{B, T, 3, H, D}, q.dtype());
-    auto part = [&](int64_t i) {
-      return Tensor(joint.storage(), Shape{B, H, T, D}, {T * 3 * H * D, D, 3 * H * D, 1}, i * H * D, q.dtype());
-    };
-    gr = {part(0), part(1), part(2), Tensor()};
-  } else {
-    gr = {empty_token_major(B, H, dm.T, dm.Dk, q.dtype()), empty_token_major(B, H, dm.S, dm.Dk, q.dtype()),
-          empty_token_major(B, H, dm.S, dm.Dv, q.dtype()), Tensor()};
-  }
-  gr.dtheta = Tensor::zeros(Shape{H}, q.dtype());
-  return gr;
+  const int64_t H = q.size(1);
+  const QkvGrads e = empty_qkv_grads(q.size(0), H, dm, q.dtype());
+  return {e.dq, e.dk, e.dv, Tensor::zeros(Shape{H}, q.dtype())};
 }
 
 // dtheta_h = gamma_h (1 - gamma_h) sum <dout, num / (den + eps)> = (1 - gamma_h) sum <dout, out>,
@@ -862,7 +642,7 @@ LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Te
                                                                 const Tensor& v, const Tensor& theta, const Tensor& p0,
                                                                 const Tensor& n0, double scale) {
   check(q, k, v, theta, AttentionMask{}, p0, n0);
-  const Dims dm = dims_of(q, k, v);
+  const Dims dm = dims_of(kName, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
   Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()), Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
              Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
@@ -878,15 +658,12 @@ LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Te
     const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
-    cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
-      Scratch<F> ws(dm, false);
-      for (int64_t bh = h0; bh < h1; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, pp + bh * dm.Dk,
-                        pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
-                        gam[static_cast<size_t>(h)], ws);
-      }
-    });
+    for_each_head<Scratch<F>>(B, H, chunked_heads_grain(dm), dm, false,
+                              [&](int64_t b, int64_t h, int64_t bh, Scratch<F>& ws) {
+                                forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T,
+                                                pp + bh * dm.Dk, pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr,
+                                                pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
+                              });
   });
   return fw;
 }
@@ -895,7 +672,7 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Ten
                                                                const Tensor& v, const Tensor& theta, const Tensor& p0,
                                                                const Tensor& n0, const Tensor& out, const Tensor& den,
                                                                const Tensor& dout, double scale) {
-  const Dims dm = dims_of(q, k, v);
+  const Dims dm = dims_of(kName, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
   AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
                 out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
@@ -917,16 +694,13 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Ten
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
     std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
-    cpu::parallel_for(0, B * H, heads_grain(dm), [&](int64_t h0, int64_t h1) {
-      Scratch<F> ws(dm, true);
-      for (int64_t bh = h0; bh < h1; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        delta[static_cast<size_t>(bh)] = backward_head<F>(
-            hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, hdo.at(b, h), hdq.at(b, h),
-            hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
-            gam[static_cast<size_t>(h)], ws);
-      }
-    });
+    for_each_head<Scratch<F>>(
+        B, H, chunked_heads_grain(dm), dm, true, [&](int64_t b, int64_t h, int64_t bh, Scratch<F>& ws) {
+          delta[static_cast<size_t>(bh)] =
+              backward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, hdo.at(b, h),
+                               hdq.at(b, h), hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr,
+                               pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
+        });
     write_dtheta<F>(gr.dtheta, gam, delta, B, H);
   });
   return gr;
@@ -938,7 +712,7 @@ LinearInfsaAttentionOp::Forward LinearInfsaPrefixOp::forward(CpuTag, const Tenso
                                                              const Tensor& theta, const Tensor& p0, const Tensor& n0,
                                                              double scale) {
   check(q, k, v, theta, AttentionMask{}, p0, n0);
-  const Dims dm = dims_of(q, k, v);
+  const Dims dm = dims_of(kName, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
   LinearInfsaAttentionOp::Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()),
                                      Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
@@ -955,15 +729,12 @@ LinearInfsaAttentionOp::Forward LinearInfsaPrefixOp::forward(CpuTag, const Tenso
     const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
-    cpu::parallel_for(0, B * H, prefix_heads_grain(dm), [&](int64_t h0, int64_t h1) {
-      PrefixScratch<F> ws(dm, false);
-      for (int64_t bh = h0; bh < h1; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        prefix_forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, pp + bh * dm.Dk,
-                               pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
-                               gam[static_cast<size_t>(h)], ws);
-      }
-    });
+    for_each_head<PrefixScratch<F>>(
+        B, H, heads_grain(dm), dm, false, [&](int64_t b, int64_t h, int64_t bh, PrefixScratch<F>& ws) {
+          prefix_forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, pp + bh * dm.Dk,
+                                 pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+                                 gam[static_cast<size_t>(h)], ws);
+        });
   });
   return fw;
 }
@@ -972,7 +743,7 @@ LinearInfsaAttentionOp::Grads LinearInfsaPrefixOp::backward(CpuTag, const Tensor
                                                             const Tensor& theta, const Tensor& p0, const Tensor& n0,
                                                             const Tensor& out, const Tensor& den, const Tensor& dout,
                                                             double scale) {
-  const Dims dm = dims_of(q, k, v);
+  const Dims dm = dims_of(kName, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
   AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
                 out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
@@ -994,16 +765,13 @@ LinearInfsaAttentionOp::Grads LinearInfsaPrefixOp::backward(CpuTag, const Tensor
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
     std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
-    cpu::parallel_for(0, B * H, prefix_heads_grain(dm), [&](int64_t h0, int64_t h1) {
-      PrefixScratch<F> ws(dm, true);
-      for (int64_t bh = h0; bh < h1; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        delta[static_cast<size_t>(bh)] = prefix_backward_head<F>(
-            hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, hdo.at(b, h), hdq.at(b, h),
-            hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
-            gam[static_cast<size_t>(h)], ws);
-      }
-    });
+    for_each_head<PrefixScratch<F>>(
+        B, H, heads_grain(dm), dm, true, [&](int64_t b, int64_t h, int64_t bh, PrefixScratch<F>& ws) {
+          delta[static_cast<size_t>(bh)] =
+              prefix_backward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, hdo.at(b, h),
+                                      hdq.at(b, h), hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr,
+                                      pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
+        });
     write_dtheta<F>(gr.dtheta, gam, delta, B, H);
   });
   return gr;
