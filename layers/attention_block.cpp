@@ -14,19 +14,17 @@
 
 namespace attnlab {
 
-namespace {
-
-std::string join(const std::vector<std::string>& names) {
-  std::string s;
-  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
-  return s;
-}
-
-void check_choice(const char* field, const std::string& value, const std::vector<std::string>& valid) {
-  for (const std::string& v : valid)
+void check_choice(std::string_view who, std::string_view field, const std::string& value,
+                  const std::vector<std::string>& valid) {
+  std::string names;
+  for (const std::string& v : valid) {
     if (v == value) return;
-  AL_CHECK_CONFIG(false, "attention option ", field, " = '", value, "' is not known; valid: ", join(valid));
+    names += (names.empty() ? "" : ", ") + v;
+  }
+  AL_CHECK_CONFIG(false, who, ": ", field, " = '", value, "' is not known; valid: ", names);
 }
+
+namespace {
 
 double logit(double p) { return std::log(p / (1.0 - p)); }
 
@@ -41,13 +39,13 @@ const std::vector<std::string>& attention_variants() {
 }
 
 void AttentionOptions::validate(const std::string& attention) const {
-  check_choice("attention", attention, attention_variants());
-  check_choice("sigmoid.bias", sigmoid_bias, {"zero", "neglogn", "neglog_visible"});
-  check_choice("affine.phi", affine_phi, {"linear_clip", "sigmoid"});
-  check_choice("affine.bias_norm", affine_bias_norm, {"visible", "full"});
+  check_choice("attention option", "attention", attention, attention_variants());
+  check_choice("attention option", "sigmoid.bias", sigmoid_bias, {"zero", "neglogn", "neglog_visible"});
+  check_choice("attention option", "affine.phi", affine_phi, {"linear_clip", "sigmoid"});
+  check_choice("attention option", "affine.bias_norm", affine_bias_norm, {"visible", "full"});
   AL_CHECK_CONFIG(affine_rho >= 0.0 && affine_rho < 1.0, "attention option affine.rho must be in [0, 1); got ",
                   affine_rho);
-  check_choice("linear_infsa.form", linear_infsa_form, {"linear", "prefix"});
+  check_choice("attention option", "linear_infsa.form", linear_infsa_form, {"linear", "prefix"});
   AL_CHECK_CONFIG(infsa_gamma > 0.0 && infsa_gamma < 1.0,
                   "attention option infsa.gamma (the initial discount) must be in (0, 1); got ", infsa_gamma);
 }

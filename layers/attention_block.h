@@ -24,6 +24,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "layers/linear.h"
@@ -32,6 +33,10 @@
 #include "lib/rng.h"
 
 namespace attnlab {
+
+// ConfigError "<who>: <field> = '<value>' is not known; valid: a, b, c" unless value is in valid.
+void check_choice(std::string_view who, std::string_view field, const std::string& value,
+                  const std::vector<std::string>& valid);
 
 // The attention variants a model may name.
 const std::vector<std::string>& attention_variants();

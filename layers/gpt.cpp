@@ -22,18 +22,6 @@ class ModuleList : public Module {
   int64_t size_ = 0;
 };
 
-std::string join(const std::vector<std::string>& names) {
-  std::string s;
-  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
-  return s;
-}
-
-void check_choice(const char* field, const std::string& value, const std::vector<std::string>& valid) {
-  for (const std::string& v : valid)
-    if (v == value) return;
-  AL_CHECK_CONFIG(false, "GptConfig: ", field, " = '", value, "' is not known; valid: ", join(valid));
-}
-
 bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -55,10 +43,10 @@ void GptConfig::validate() const {
   AL_CHECK_CONFIG(mlp_hidden >= 0, "GptConfig: mlp_hidden must be >= 0 (0 = 4 * d_model); got ", mlp_hidden);
   AL_CHECK_CONFIG(d_model % heads == 0, "GptConfig: d_model = ", d_model, " must be a multiple of heads = ", heads,
                   " (head dim = d_model / heads)");
-  check_choice("norm", norm, {"layernorm", "rmsnorm"});
-  check_choice("mlp", mlp, {"gelu", "swiglu"});
-  check_choice("positions", positions, {"learned", "rope"});
-  check_choice("attention", attention, attention_variants());
+  check_choice("GptConfig", "norm", norm, {"layernorm", "rmsnorm"});
+  check_choice("GptConfig", "mlp", mlp, {"gelu", "swiglu"});
+  check_choice("GptConfig", "positions", positions, {"learned", "rope"});
+  check_choice("GptConfig", "attention", attention, attention_variants());
   attention_options.validate(attention);
   if (positions == "rope") {
     AL_CHECK_CONFIG(head_dim() % 2 == 0, "GptConfig: positions = rope needs an even head dim; got d_model / heads = ",

@@ -43,6 +43,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "layers/attention/cpu_tiles.h"
@@ -636,19 +638,47 @@ void write_dtheta(Tensor& dtheta, const std::vector<double>& gam, const std::vec
   }
 }
 
-}  // namespace
+// The two forms differ only in their per-(b, h) functions, scratch and work grain; the drivers
+// below (outputs, dispatch, the loop over (b, h), dtheta) serve both.
+struct ChunkedForm {
+  template <typename F>
+  using Work = Scratch<F>;
+  static int64_t grain(const Dims& dm) { return chunked_heads_grain(dm); }
+  template <typename F, typename... A>
+  static void forward(A&&... a) {
+    forward_head<F>(std::forward<A>(a)...);
+  }
+  template <typename F, typename... A>
+  static double backward(A&&... a) {
+    return backward_head<F>(std::forward<A>(a)...);
+  }
+};
 
-LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Tensor& q, const Tensor& k,
-                                                                const Tensor& v, const Tensor& theta, const Tensor& p0,
-                                                                const Tensor& n0, double scale) {
-  check(q, k, v, theta, AttentionMask{}, p0, n0);
-  const Dims dm = dims_of(kName, q, k, v);
+struct PrefixForm {
+  template <typename F>
+  using Work = PrefixScratch<F>;
+  static int64_t grain(const Dims& dm) { return heads_grain(dm); }
+  template <typename F, typename... A>
+  static void forward(A&&... a) {
+    prefix_forward_head<F>(std::forward<A>(a)...);
+  }
+  template <typename F, typename... A>
+  static double backward(A&&... a) {
+    return prefix_backward_head<F>(std::forward<A>(a)...);
+  }
+};
+
+template <typename Form>
+LinearInfsaAttentionOp::Forward run_forward(std::string_view name, const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& theta, const Tensor& p0, const Tensor& n0, double scale) {
+  const Dims dm = dims_of(name, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
-  Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()), Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
-             Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
+  LinearInfsaAttentionOp::Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()),
+                                     Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
+                                     Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
   if (B * H == 0) return fw;
   const double c = attention_scale(scale, dm.Dk);
-  dispatch_float(q.dtype(), kName, [&](auto tag) {
+  dispatch_float(q.dtype(), name, [&](auto tag) {
     using F = decltype(tag);
     const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v);
     const Heads<F> ho(fw.out.data<F>(), fw.out);
@@ -658,33 +688,33 @@ LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Te
     const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
-    for_each_head<Scratch<F>>(B, H, chunked_heads_grain(dm), dm, false,
-                              [&](int64_t b, int64_t h, int64_t bh, Scratch<F>& ws) {
-                                forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T,
-                                                pp + bh * dm.Dk, pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr,
-                                                pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
-                              });
+    using Work = typename Form::template Work<F>;
+    for_each_head<Work>(B, H, Form::grain(dm), dm, false, [&](int64_t b, int64_t h, int64_t bh, Work& ws) {
+      Form::template forward<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, pp + bh * dm.Dk,
+                                pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+                                gam[static_cast<size_t>(h)], ws);
+    });
   });
   return fw;
 }
 
-LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Tensor& q, const Tensor& k,
-                                                               const Tensor& v, const Tensor& theta, const Tensor& p0,
-                                                               const Tensor& n0, const Tensor& out, const Tensor& den,
-                                                               const Tensor& dout, double scale) {
-  const Dims dm = dims_of(kName, q, k, v);
+template <typename Form>
+LinearInfsaAttentionOp::Grads run_backward(std::string_view name, const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const Tensor& theta, const Tensor& p0, const Tensor& n0, const Tensor& out,
+                                           const Tensor& den, const Tensor& dout, double scale) {
+  const Dims dm = dims_of(name, q, k, v);
   const int64_t B = q.size(0), H = q.size(1);
   AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
                 out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
                 out.dtype() == q.dtype() && den.dtype() == q.dtype() && dout.dtype() == q.dtype(),
-            kName, ": backward got out=", out, ", den=", den, ", dout=", dout, " for q=", q, ", v=", v);
-  Grads gr = empty_grads(q, dm);
+            name, ": backward got out=", out, ", den=", den, ", dout=", dout, " for q=", q, ", v=", v);
+  LinearInfsaAttentionOp::Grads gr = empty_grads(q, dm);
   if (B * H * dm.T == 0) {
     gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
     return gr;
   }
   const double c = attention_scale(scale, dm.Dk);
-  dispatch_float(q.dtype(), kName, [&](auto tag) {
+  dispatch_float(q.dtype(), name, [&](auto tag) {
     using F = decltype(tag);
     const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v), ho(out.data<F>(), out),
         hdo(dout.data<F>(), dout);
@@ -694,16 +724,32 @@ LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Ten
     const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
     const std::vector<double> gam = gammas<F>(theta);
     std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
-    for_each_head<Scratch<F>>(
-        B, H, chunked_heads_grain(dm), dm, true, [&](int64_t b, int64_t h, int64_t bh, Scratch<F>& ws) {
-          delta[static_cast<size_t>(bh)] =
-              backward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, hdo.at(b, h),
-                               hdq.at(b, h), hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr,
-                               pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
-        });
+    using Work = typename Form::template Work<F>;
+    for_each_head<Work>(B, H, Form::grain(dm), dm, true, [&](int64_t b, int64_t h, int64_t bh, Work& ws) {
+      delta[static_cast<size_t>(bh)] = Form::template backward<F>(
+          hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pden + bh * dm.T, hdo.at(b, h), hdq.at(b, h),
+          hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
+          gam[static_cast<size_t>(h)], ws);
+    });
     write_dtheta<F>(gr.dtheta, gam, delta, B, H);
   });
   return gr;
+}
+
+}  // namespace
+
+LinearInfsaAttentionOp::Forward LinearInfsaAttentionOp::forward(CpuTag, const Tensor& q, const Tensor& k,
+                                                                const Tensor& v, const Tensor& theta, const Tensor& p0,
+                                                                const Tensor& n0, double scale) {
+  check(q, k, v, theta, AttentionMask{}, p0, n0);
+  return run_forward<ChunkedForm>(kName, q, k, v, theta, p0, n0, scale);
+}
+
+LinearInfsaAttentionOp::Grads LinearInfsaAttentionOp::backward(CpuTag, const Tensor& q, const Tensor& k,
+                                                               const Tensor& v, const Tensor& theta, const Tensor& p0,
+                                                               const Tensor& n0, const Tensor& out, const Tensor& den,
+                                                               const Tensor& dout, double scale) {
+  return run_backward<ChunkedForm>(kName, q, k, v, theta, p0, n0, out, den, dout, scale);
 }
 
 // ---- form (A) -------------------------------------------------------------------------------------
@@ -712,69 +758,14 @@ LinearInfsaAttentionOp::Forward LinearInfsaPrefixOp::forward(CpuTag, const Tenso
                                                              const Tensor& theta, const Tensor& p0, const Tensor& n0,
                                                              double scale) {
   check(q, k, v, theta, AttentionMask{}, p0, n0);
-  const Dims dm = dims_of(kName, q, k, v);
-  const int64_t B = q.size(0), H = q.size(1);
-  LinearInfsaAttentionOp::Forward fw{empty_token_major(B, H, dm.T, dm.Dv, q.dtype()),
-                                     Tensor::empty(Shape{B, H, dm.T}, q.dtype()),
-                                     Tensor::empty(Shape{B, H, dm.Dk}, q.dtype()), Tensor::empty(Shape{B, H}, q.dtype())};
-  if (B * H == 0) return fw;
-  const double c = attention_scale(scale, dm.Dk);
-  dispatch_float(q.dtype(), kPrefixName, [&](auto tag) {
-    using F = decltype(tag);
-    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v);
-    const Heads<F> ho(fw.out.data<F>(), fw.out);
-    F* pz = fw.den.data<F>();
-    F* pp = fw.p.data<F>();
-    F* pn = fw.n.data<F>();
-    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
-    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
-    const std::vector<double> gam = gammas<F>(theta);
-    for_each_head<PrefixScratch<F>>(
-        B, H, heads_grain(dm), dm, false, [&](int64_t b, int64_t h, int64_t bh, PrefixScratch<F>& ws) {
-          prefix_forward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, pp + bh * dm.Dk,
-                                 pn + bh, pp0 ? pp0 + bh * dm.Dk : nullptr, pn0 ? pn0 + bh : nullptr, dm, c,
-                                 gam[static_cast<size_t>(h)], ws);
-        });
-  });
-  return fw;
+  return run_forward<PrefixForm>(kPrefixName, q, k, v, theta, p0, n0, scale);
 }
 
 LinearInfsaAttentionOp::Grads LinearInfsaPrefixOp::backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
                                                             const Tensor& theta, const Tensor& p0, const Tensor& n0,
                                                             const Tensor& out, const Tensor& den, const Tensor& dout,
                                                             double scale) {
-  const Dims dm = dims_of(kName, q, k, v);
-  const int64_t B = q.size(0), H = q.size(1);
-  AL_ASSERT(unit_last_stride(out) && den.is_contiguous() && unit_last_stride(dout) && out.shape() == dout.shape() &&
-                out.shape() == Shape({B, H, dm.T, dm.Dv}) && den.shape() == Shape({B, H, dm.T}) &&
-                out.dtype() == q.dtype() && den.dtype() == q.dtype() && dout.dtype() == q.dtype(),
-            kPrefixName, ": backward got out=", out, ", Z=", den, ", dout=", dout, " for q=", q, ", v=", v);
-  LinearInfsaAttentionOp::Grads gr = empty_grads(q, dm);
-  if (B * H * dm.T == 0) {
-    gr.dq.fill_(0.0), gr.dk.fill_(0.0), gr.dv.fill_(0.0);
-    return gr;
-  }
-  const double c = attention_scale(scale, dm.Dk);
-  dispatch_float(q.dtype(), kPrefixName, [&](auto tag) {
-    using F = decltype(tag);
-    const Heads<const F> hq(q.data<F>(), q), hk(k.data<F>(), k), hv(v.data<F>(), v), ho(out.data<F>(), out),
-        hdo(dout.data<F>(), dout);
-    const Heads<F> hdq(gr.dq.data<F>(), gr.dq), hdk(gr.dk.data<F>(), gr.dk), hdv(gr.dv.data<F>(), gr.dv);
-    const F* pz = den.data<F>();
-    const F* pp0 = p0.defined() ? p0.data<F>() : nullptr;
-    const F* pn0 = n0.defined() ? n0.data<F>() : nullptr;
-    const std::vector<double> gam = gammas<F>(theta);
-    std::vector<double> delta(static_cast<size_t>(B * H), 0.0);
-    for_each_head<PrefixScratch<F>>(
-        B, H, heads_grain(dm), dm, true, [&](int64_t b, int64_t h, int64_t bh, PrefixScratch<F>& ws) {
-          delta[static_cast<size_t>(bh)] =
-              prefix_backward_head<F>(hq.at(b, h), hk.at(b, h), hv.at(b, h), ho.at(b, h), pz + bh * dm.T, hdo.at(b, h),
-                                      hdq.at(b, h), hdk.at(b, h), hdv.at(b, h), pp0 ? pp0 + bh * dm.Dk : nullptr,
-                                      pn0 ? pn0 + bh : nullptr, dm, c, gam[static_cast<size_t>(h)], ws);
-        });
-    write_dtheta<F>(gr.dtheta, gam, delta, B, H);
-  });
-  return gr;
+  return run_backward<PrefixForm>(kPrefixName, q, k, v, theta, p0, n0, out, den, dout, scale);
 }
 
 }  // namespace attnlab
