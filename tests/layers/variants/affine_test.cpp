@@ -9,15 +9,13 @@
 //   - c_a left out equals c_a = 0 (and gets no gradient slot);
 //   - dz is 0 beyond the clip's kinks (w_a, c_a gradients only from rows inside);
 //   - the registered samples keep z away from the kinks (finite differences across a kink fail);
-//   - option and shape misuse errors; no queries (T = 0);
-//   - a fused vs reference fwd+bwd timing at B=4, H=8, D=64, T=256 and 1024 (printed, not asserted).
+//   - option and shape misuse errors; no queries (T = 0).
+// Timings are bench/attention_bench's.
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -305,44 +303,6 @@ TEST(AffineAttention, MisuseIsRefused) {
   EXPECT_THROW(affine_attention(in.q, in.k, in.v, in.x, in.w, in.c, Tensor::ones(Shape{3}, DType::f64)), ShapeError);
   EXPECT_THROW(affine_attention(in.q, in.k, in.v, Variable(), in.w, in.c, in.abar), Error);
   EXPECT_THROW(affine_attention(in.q, in.k, in.v, in.x, in.w, in.c, in.abar.to(DType::f32)), DTypeError);
-}
-
-// Fused vs reference, forward + backward, f32, B=4 H=8 D=64 Dm=512, printed only (2 threads).
-// The reference holds several [B, H, T, T] tensors (GBs at T = 1024), so this runs only when
-// ATTNLAB_AFFINE_TIMING=1.
-TEST(AffineAttention, TimingFusedVsReference) {
-  if (!std::getenv("ATTNLAB_AFFINE_TIMING")) GTEST_SKIP() << "set ATTNLAB_AFFINE_TIMING=1 to time";
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(2);
-#endif
-  const int64_t B = 4, H = 8, D = 64, Dm = 512;
-  for (int64_t T : {256, 1024}) {
-    Inputs in = make_inputs(B, H, T, T, D, Dm, 1100, DType::f32);
-    const Tensor dout = sample_randn(Shape{B, H, T, D}, 1101).to(DType::f32);
-    // 0: fused, 1: reference, 2: plain softmax_attention (the part the fused op reuses).
-    auto time = [&](int which, int reps) {
-      double best = 1e30;
-      for (int r = 0; r < reps; ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        const Variable out = which == 0   ? affine_attention(in.q, in.k, in.v, in.x, in.w, in.c, in.abar).out
-                             : which == 1 ? affine_attention_reference(in.q, in.k, in.v, in.x, in.w, in.c, in.abar).out
-                                          : softmax_attention(in.q, in.k, in.v);
-        out.backward(dout);
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
-      return best * 1e3;
-    };
-    const double f = time(0, 5), r = time(1, 2), s = time(2, 5);
-    std::printf(
-        "affine fwd+bwd B=%lld H=%lld D=%lld Dm=%lld T=%lld (2 threads, f32): fused %.1f ms, reference %.1f ms "
-        "(%.1fx); softmax_attention alone %.1f ms\n",
-        static_cast<long long>(B), static_cast<long long>(H), static_cast<long long>(D), static_cast<long long>(Dm),
-        static_cast<long long>(T), f, r, r / f, s);
-  }
-#ifdef _OPENMP
-  omp_set_num_threads(saved);
-#endif
 }
 
 }  // namespace

@@ -11,14 +11,12 @@
 //   - a KV-cache decode (T = 1 per step, r carried) reproduces one call row by row;
 //   - the gradcheck samples stay clear of relu's kink;
 //   - token-major (strided) inputs give the same bits as contiguous ones.
-// ATTNLAB_INFSA_BENCH=1 also prints fused vs reference forward+backward times (no assertion).
+// Timings are bench/attention_bench's.
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -307,41 +305,6 @@ TEST(InfsaAttention, TokenMajorViewsGiveTheSameBits) {
     EXPECT_FALSE(token_major(q).is_contiguous());
     EXPECT_TRUE(bit_equal(a, b)) << dtype_name(dt);
   }
-}
-
-// Fused vs composed reference, forward + backward, B = 4, H = 8, D = 64, f32, 2 threads; the
-// fused softmax attention at the same shape for scale (InfSA is FlashAttention-2 minus the exps).
-TEST(InfsaAttention, BenchFusedVsReference) {
-  if (!std::getenv("ATTNLAB_INFSA_BENCH")) GTEST_SKIP() << "set ATTNLAB_INFSA_BENCH=1 to time";
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(2);
-#endif
-  for (int64_t T : {256, 1024}) {
-    const Inputs in64 = random_inputs(4, 8, T, 64, 1001);
-    const Tensor q = in64.q.to(DType::f32), k = in64.k.to(DType::f32), v = in64.v.to(DType::f32),
-                 th = in64.theta.to(DType::f32), g = sample_randn(Shape{4, 8, T, 64}, 1009).to(DType::f32);
-    enum Which { kFused, kReference, kSoftmax };
-    auto once = [&](Which w) {
-      Variable vq(q, true), vk(k, true), vv(v, true), vt(th, true);
-      const auto t0 = std::chrono::steady_clock::now();
-      const Variable out = w == kFused       ? infsa_attention(vq, vk, vv, vt).out
-                           : w == kReference ? infsa_attention_reference(vq, vk, vv, vt).out
-                                             : softmax_attention(vq, vk, vv);
-      out.backward(g);
-      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    };
-    double best[3] = {1e30, 1e30, 1e30};
-    for (int rep = 0; rep < 5; ++rep)  // interleaved, best of 5: the machine is shared
-      for (Which w : {kFused, kReference, kSoftmax}) best[w] = std::min(best[w], once(w));
-    std::printf("infsa fwd+bwd B=4 H=8 D=64 T=%lld f32, 2 threads: fused %.1f ms, reference %.1f ms (%.1fx); "
-                "softmax fused %.1f ms\n",
-                static_cast<long long>(T), best[kFused], best[kReference], best[kReference] / best[kFused],
-                best[kSoftmax]);
-  }
-#ifdef _OPENMP
-  omp_set_num_threads(saved);
-#endif
 }
 
 }  // namespace

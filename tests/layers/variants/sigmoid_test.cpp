@@ -1,11 +1,10 @@
 // Special cases of sigmoid attention (layers/attention/sigmoid/), beyond the generic suite:
 // values derived by hand, limits with exact answers, the per-head bias gradient against finite
 // differences, masked keys that would blow up if they were ever read, and key splits that add up
-// (no normalisation). A disabled test prints fused vs reference timings.
+// (no normalisation). Timings are bench/attention_bench's.
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -303,51 +302,6 @@ TEST(SigmoidAttention, RefusesABiasItWouldIgnore) {
   for (SigmoidBias mode : {SigmoidBias::zero, SigmoidBias::neglog_visible})
     EXPECT_THROW(sigmoid_attention(q, q, q, mode, b), ConfigError);
   EXPECT_THROW(sigmoid_attention(q, q, q, SigmoidBias::per_head, Variable()), ConfigError);
-}
-
-// ---- timing (print only; run with --gtest_also_run_disabled_tests) ------------------------------
-
-TEST(SigmoidAttention, DISABLED_TimingFusedVsReference) {
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(2);
-#endif
-  for (int64_t T : {256, 1024}) {
-    const int64_t B = 4, H = 8, D = 64;
-    const Tensor q = sample_randn(Shape{B, H, T, D}, 51).to(DType::f32),
-                 k = sample_randn(Shape{B, H, T, D}, 52).to(DType::f32),
-                 v = sample_randn(Shape{B, H, T, D}, 53).to(DType::f32),
-                 dout = sample_randn(Shape{B, H, T, D}, 54).to(DType::f32);
-    auto time = [&](bool reference, int reps) {
-      double best = 1e30;
-      for (int r = 0; r < reps; ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        run(SigmoidBias::zero, q, k, v, Tensor(), kCausal, dout, reference);
-        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      return best;
-    };
-    // The fused softmax kernel of the same shape, for scale: the two do the same tile products.
-    auto time_softmax = [&](int reps) {
-      double best = 1e30;
-      for (int r = 0; r < reps; ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        Variable vq(q, true), vk(k, true), vv(v, true);
-        softmax_attention(vq, vk, vv, kCausal).backward(dout);
-        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      return best;
-    };
-    const double fused = time(false, 10), ref = time(true, 4), softmax = time_softmax(10);
-    std::printf(
-        "sigmoid attention fwd+bwd f32 B=%lld H=%lld D=%lld T=%lld causal, 2 threads: fused %.1f ms, reference "
-        "%.1f ms (%.1fx); fused softmax %.1f ms\n",
-        static_cast<long long>(B), static_cast<long long>(H), static_cast<long long>(D), static_cast<long long>(T),
-        fused, ref, ref / fused, softmax);
-  }
-#ifdef _OPENMP
-  omp_set_num_threads(saved);
-#endif
 }
 
 }  // namespace
