@@ -244,12 +244,40 @@ void prefix_mean_backward(Rows<const F> q, const Dims& dm, double c, const F* d,
 }
 
 // One (b, h): q [T, Dk], k [S, Dk], v [S, Dv] -> out [T, Dv], den [T], p [Dk], n.
+// The carried query prefix p0 [Dk] in double (zeros when absent).
+template <typename F>
+std::vector<double> carried_p(const F* p0, int64_t Dk) {
+  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
+  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  return P;
+}
+
+// The backward's row scalars, the same for both forms with den = the row normaliser:
+// du_i = gamma dout_i / (den_i + eps), dden_i = -<dout_i, out_i> / (den_i + eps). Returns
+// sum_i <dout_i, out_i>, this head's share of dtheta.
+template <typename F>
+double row_scalars(Rows<const F> dout, Rows<const F> out, const F* den, int64_t T, int64_t Dv, double gamma, F* du,
+                   F* dden) {
+  double delta_sum = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    const F* go = dout.row(i);
+    const double dot = row_dot(go, out.row(i), Dv);
+    delta_sum += dot;
+    const double inv = 1.0 / (static_cast<double>(den[i]) + LinearInfsaAttentionOp::kEps);
+    dden[i] = static_cast<F>(-dot * inv);
+    const F s = static_cast<F>(gamma * inv);
+    F* d = du + i * Dv;
+#pragma omp simd
+    for (int64_t e = 0; e < Dv; ++e) d[e] = s * go[e];
+  }
+  return delta_sum;
+}
+
 template <typename F>
 void forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* den, F* p_out, F* n_out,
                   const F* p0, const F* n0, const Dims& dm, double c, double gamma, Scratch<F>& ws) {
   const int64_t T = dm.T, Dk = dm.Dk, Dv = dm.Dv, off = dm.off();
-  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
-  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  std::vector<double> P = carried_p<F>(p0, Dk);
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
   prefix_mean<true, F>(q, dm, c, P.data(), N, f, nullptr, nullptr);
@@ -300,8 +328,7 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
                      Rows<const F> dout, Rows<F> dq, Rows<F> dk, Rows<F> dv, const F* p0, const F* n0, const Dims& dm,
                      double c, double gamma, Scratch<F>& ws) {
   const int64_t T = dm.T, S = dm.S, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
-  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
-  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  std::vector<double> P = carried_p<F>(p0, Dk);
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* f = ws.f.data();
   prefix_mean<true, F>(q, dm, c, P.data(), N, f, ws.nrm.data(), ws.nrun.data());
@@ -320,19 +347,7 @@ double backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<con
   const int64_t DvDk = Dv * Dk;
 
   // Row scalars: dnum = gamma dout / (den + eps), dden = -<dout, out> / (den + eps).
-  double delta_sum = 0;
-  for (int64_t i = 0; i < T; ++i) {
-    const F* go = dout.row(i);
-    const F* o = out.row(i);
-    const double dot = row_dot(go, o, Dv);
-    delta_sum += dot;
-    const double inv = 1.0 / (static_cast<double>(den[i]) + LinearInfsaAttentionOp::kEps);
-    dden[i] = static_cast<F>(-dot * inv);
-    const F s = static_cast<F>(gamma * inv);
-    F* dn = dnum + i * Dv;
-#pragma omp simd
-    for (int64_t d = 0; d < Dv; ++d) dn[d] = s * go[d];
-  }
+  const double delta_sum = row_scalars<F>(dout, out, den, T, Dv, gamma, dnum, dden);
 
   // Pass 1, forward over chunks: the state before each chunk, S^T [Dv, Dk] and z, saved.
   F* st_t = ws.state_t.data();
@@ -472,8 +487,7 @@ template <typename F>
 void prefix_forward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, Rows<F> out, F* zout, F* p_out, F* n_out,
                          const F* p0, const F* n0, const Dims& dm, double c, double gamma, PrefixScratch<F>& ws) {
   const int64_t T = dm.T, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
-  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
-  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  std::vector<double> P = carried_p<F>(p0, Dk);
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* qb = ws.qb.data();
   prefix_mean<false, F>(q, dm, c, P.data(), N, qb, nullptr, nullptr);
@@ -525,8 +539,7 @@ double prefix_backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, R
                             Rows<const F> dout, Rows<F> dq, Rows<F> dk, Rows<F> dv, const F* p0, const F* n0,
                             const Dims& dm, double c, double gamma, PrefixScratch<F>& ws) {
   const int64_t T = dm.T, S = dm.S, Dk = dm.Dk, Dv = dm.Dv, off = dm.off(), sp = ws.sp;
-  std::vector<double> P(static_cast<size_t>(Dk), 0.0);
-  for (int64_t d = 0; d < Dk; ++d) P[d] = p0 ? static_cast<double>(p0[d]) : 0.0;
+  std::vector<double> P = carried_p<F>(p0, Dk);
   double N = n0 ? static_cast<double>(*n0) : 0.0;
   F* qb = ws.qb.data();
   prefix_mean<false, F>(q, dm, c, P.data(), N, qb, ws.nrm.data(), ws.nrun.data());
@@ -541,19 +554,7 @@ double prefix_backward_head(Rows<const F> q, Rows<const F> k, Rows<const F> v, R
   const F* ks = ws.ks.data();
 
   // dU = gamma dout / (Z + eps), dZ = -<dout, out> / (Z + eps).
-  double delta_sum = 0;
-  for (int64_t i = 0; i < T; ++i) {
-    const F* go = dout.row(i);
-    const F* o = out.row(i);
-    const double dot = row_dot(go, o, Dv);
-    delta_sum += dot;
-    const double inv = 1.0 / (static_cast<double>(zs[i]) + LinearInfsaAttentionOp::kEps);
-    dz[i] = static_cast<F>(-dot * inv);
-    const F sc = static_cast<F>(gamma * inv);
-    F* dr = du + i * Dv;
-#pragma omp simd
-    for (int64_t d = 0; d < Dv; ++d) dr[d] = sc * go[d];
-  }
+  const double delta_sum = row_scalars<F>(dout, out, zs, T, Dv, gamma, du, dz);
   std::fill(dqb, dqb + T * Dk, F(0));
   std::fill(dks, dks + S * Dk, F(0));
   for (int64_t j = 0; j < S; ++j) std::fill(dv.row(j), dv.row(j) + Dv, F(0));
