@@ -113,7 +113,7 @@ CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t
 }
 
 Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x,
-                                     KvSlot* slot, int64_t length) const {
+                                     KvSlot* slot, int64_t length, Tensor* alpha) const {
   // Causal with offset: query i sits at position S - T + i, which covers the cache case too.
   const AttentionMask mask{.causal = true, .prefix = 0};
   const std::string& a = config_.attention;
@@ -131,6 +131,7 @@ Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const
     // The op keeps the value it used for its backward: a copy, since the buffer moves below.
     const Tensor abar = alpha_mean_.data().clone();
     AffineAttentionResult r = affine_attention(q, k, v, x, alpha_->weight(), alpha_->bias(), abar, mask, ao);
+    if (alpha) *alpha = r.alpha;
     // Updated after the step's forward, from this batch's alpha: no output depends on it.
     if (training() && GradMode::enabled()) {
       Variable m = alpha_mean_;
@@ -198,7 +199,8 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   Tensor probe = Tensor::zeros(p.v.shape(), p.v.dtype(), p.v.device());
   probe.narrow(2, 0, 1).narrow(3, 0, 1).fill_(1.0);
   if (D > 1) probe.narrow(3, 1, 1).fill_(1.0);
-  const Tensor y = attend(p.q, p.k, Variable(probe), x, nullptr, 0).data().to(Device::cpu()).contiguous();
+  Tensor alpha;  // affine's gate on this batch, from the same call
+  const Tensor y = attend(p.q, p.k, Variable(probe), x, nullptr, 0, &alpha).data().to(Device::cpu()).contiguous();
   const std::vector<double> w = y.to_vector<double>();
   double sum = 0, share = 0;
   int64_t rows = 0, shared_rows = 0;
@@ -213,13 +215,9 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   d.sink_share = shared_rows ? share / static_cast<double>(shared_rows) : d.sink;
   if (theta_.defined())
     for (double t : host_values(theta_.data())) d.gamma.push_back(1.0 / (1.0 + std::exp(-t)));
-  if (alpha_) {
-    AffineOptions ao;
-    ao.phi = config_.options.affine_phi == "sigmoid" ? AffinePhi::sigmoid : AffinePhi::linear_clip;
-    ao.bias_norm = config_.options.affine_bias_norm == "full" ? AffineBiasNorm::full : AffineBiasNorm::visible;
-    const AffineAttentionResult r = affine_attention(p.q, p.k, p.v, x, alpha_->weight(), alpha_->bias(),
-                                                     alpha_mean_.data().clone(), AttentionMask{true, 0}, ao);
-    const std::vector<double> al = r.alpha.to(Device::cpu()).to_vector<double>();
+  if (alpha.defined()) {
+    // alpha depends on x only, not on v: the probe call's alpha is the batch's.
+    const std::vector<double> al = alpha.to(Device::cpu()).to_vector<double>();
     double s = 0, s2 = 0, lo = al.empty() ? 0.0 : al[0], hi = lo;
     for (double a : al) {
       s += a;

@@ -118,9 +118,10 @@ class CausalSelfAttention : public Module {
   Qkv project(const Variable& x, int64_t offset) const;
   // The core attention op of the configured variant on q [B, H, T, D], k, v [B, H, S, D] with x
   // [B, T, C] the block input of the T queries; `slot` (decoding) supplies and receives carried
-  // state, `length` the cached positions before these. Updates affine's alpha_mean in training.
+  // state, `length` the cached positions before these. Updates affine's alpha_mean in training;
+  // `alpha` (affine only, may be null) receives the step's alpha [B, H, T] for diagnostics.
   Variable attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x, KvSlot* slot,
-                  int64_t length) const;
+                  int64_t length, Tensor* alpha = nullptr) const;
   // y [B, H, T, D] -> c_proj(y as [B, T, C]).
   Variable output(const Variable& y) const;
 

@@ -24,10 +24,15 @@
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 #include "lib/rng.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 
 namespace {
+
+using test::max_abs;
+using test::max_diff;
+using test::bit_equal;
 
 struct Case {
   int64_t B, H, T, S, Dk, Dv;
@@ -92,29 +97,6 @@ Results run(bool fused, const Inputs& in, const Case& c) {
                              : softmax_attention_reference(q, k, v, c.mask, c.scale);
   out.backward(in.dout);
   return {{out.data(), q.grad(), k.grad(), v.grad()}};
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double x : t.to_vector<double>()) m = std::max(m, std::abs(x));
-  return m;
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  EXPECT_EQ(x.size(), y.size());
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) || std::isnan(y[i])) return std::numeric_limits<double>::infinity();
-    m = std::max(m, std::abs(x[i] - y[i]));
-  }
-  return m;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.shape() == y.shape() && x.dtype() == y.dtype() &&
-         std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
 }
 
 const char* kNames[4] = {"out", "dq", "dk", "dv"};

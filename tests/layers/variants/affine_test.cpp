@@ -30,23 +30,13 @@
 #include "layers/attention/affine/affine_attention.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "lib/error.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 namespace {
 
-double max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-  return m;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.shape() == y.shape() && x.dtype() == y.dtype() &&
-         std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
-}
+using test::max_diff;
+using test::bit_equal;
 
 struct Inputs {
   Variable q, k, v, x, w, c;

@@ -27,9 +27,14 @@
 #include "autograd/ops.h"
 #include "layers/all_ops.h"
 #include "lib/error.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 namespace {
+
+using test::max_abs;
+using test::max_diff;
+using test::bit_equal;
 
 struct Case {
   AttnDims dims;
@@ -109,30 +114,6 @@ Results run(const AttentionOpSpec& spec, bool fused, const AttnOpArgs& in, const
     res.values.push_back(a.extras[i].grad());
   }
   return res;
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double x : t.to_vector<double>()) m = std::max(m, std::abs(x));
-  return m;
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-  if (!a.defined() || !b.defined()) return a.defined() == b.defined() ? 0.0 : std::numeric_limits<double>::infinity();
-  if (a.shape() != b.shape()) return std::numeric_limits<double>::infinity();
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) || std::isnan(y[i])) return std::numeric_limits<double>::infinity();
-    m = std::max(m, std::abs(x[i] - y[i]));
-  }
-  return m;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.shape() == y.shape() && x.dtype() == y.dtype() &&
-         std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
 }
 
 Tensor dout_for(const AttnDims& d, uint64_t seed) { return sample_randn(Shape{d.B, d.H, d.T, d.Dv}, seed); }

@@ -30,35 +30,20 @@
 #include "layers/all_ops.h"
 #include "layers/attention/infsa/infsa_attention.h"
 #include "layers/attention/softmax/softmax_attention.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 namespace {
+
+using test::max_abs;
+using test::max_diff;
+using test::bit_equal;
 
 constexpr double kEps = InfsaAttentionOp::kEps;
 
 double sigmoid_of(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 Tensor from(const Shape& s, const std::vector<double>& v) { return Tensor::from_vector<double>(s, v); }
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double x : t.to_vector<double>()) m = std::max(m, std::abs(x));
-  return m;
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-  return m;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.shape() == y.shape() && x.dtype() == y.dtype() &&
-         std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
-}
 
 TEST(InfsaAttention, SingleTokenIsTheClosedForm) {
   // B = 1, H = 3, T = S = 1, Dk = 2, Dv = 3: one score per head, positive, negative and tiny

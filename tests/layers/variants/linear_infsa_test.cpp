@@ -15,23 +15,13 @@
 #include "autograd/ops.h"
 #include "layers/attention/linear_infsa/linear_infsa_attention.h"
 #include "lib/error.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 namespace {
 
-double max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-  return m;
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double x : t.to_vector<double>()) m = std::max(m, std::abs(x));
-  return m;
-}
+using test::max_abs;
+using test::max_diff;
 
 struct Inputs {
   Tensor q, k, v, theta, p0, n0;

@@ -19,9 +19,13 @@
 #include "layers/attention/sigmoid/sigmoid_attention.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "lib/cuda/runtime.h"
+#include "tests/support/tensor_compare.h"
 
 namespace attnlab {
 namespace {
+
+using test::max_diff;
+using test::bit_equal;
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
@@ -44,20 +48,6 @@ Grads run(SigmoidBias mode, const Tensor& q, const Tensor& k, const Tensor& v, c
                                  : sigmoid_attention(vq, vk, vv, mode, vb, m, scale);
   out.backward(dout);
   return {out.data(), vq.grad(), vk.grad(), vv.grad(), vb.defined() ? vb.grad() : Tensor()};
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  EXPECT_EQ(x.size(), y.size());
-  double m = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-  return m;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.shape() == y.shape() && x.dtype() == y.dtype() &&
-         std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
 }
 
 bool all_finite(const Tensor& t) {
@@ -101,9 +91,9 @@ TEST(SigmoidAttention, LargePositiveBiasGivesPrefixSumOfValues) {
           }
       EXPECT_LE(worst, dt == DType::f64 ? 1e-12 : 1e-4) << dtype_name(dt) << " T=" << mc.T << " S=" << mc.S;
       // Saturated weights pass no gradient to the scores: dq, dk and db are exactly 0 (p - p^2 = 0).
-      EXPECT_EQ(max_abs_diff(g.dq, Tensor::zeros(g.dq.shape(), dt)), 0.0);
-      EXPECT_EQ(max_abs_diff(g.dk, Tensor::zeros(g.dk.shape(), dt)), 0.0);
-      EXPECT_EQ(max_abs_diff(g.db, Tensor::zeros(g.db.shape(), dt)), 0.0);
+      EXPECT_EQ(max_diff(g.dq, Tensor::zeros(g.dq.shape(), dt)), 0.0);
+      EXPECT_EQ(max_diff(g.dk, Tensor::zeros(g.dk.shape(), dt)), 0.0);
+      EXPECT_EQ(max_diff(g.db, Tensor::zeros(g.db.shape(), dt)), 0.0);
     }
   }
 }
@@ -244,7 +234,7 @@ TEST(SigmoidAttention, PerHeadBiasGradientMatchesFiniteDifferences) {
     }
     // And the composed reference agrees.
     const Grads r = run(SigmoidBias::per_head, q, k, v, b, mc.mask, w, true);
-    EXPECT_LE(max_abs_diff(g.db, r.db), 1e-10 * std::max(1.0, std::abs(db[0])));
+    EXPECT_LE(max_diff(g.db, r.db), 1e-10 * std::max(1.0, std::abs(db[0])));
   }
 }
 
