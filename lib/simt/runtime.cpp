@@ -685,6 +685,9 @@ bool Runner::run_block(const Launch& launch, uint64_t block) {
 
 void Runner::fail(std::string message) {
   if (error.empty()) error = std::move(message);
+  // This fiber never resumes, so nothing on its stack is destroyed: free what the message still
+  // holds (a later failure in the block keeps the first message) or it leaks with the stack.
+  std::string().swap(message);
   failed_ = true;
   if (launch_->abort) {
     std::fprintf(stderr, "attnlab simt: %s\n", error.c_str());
