@@ -2,13 +2,16 @@
 // reference and the fused softmax baseline, as ratios; plus the peak memory of both.
 //
 //   build/bench/attention_bench [--ops softmax,sigmoid,...] [--T 256,1024,4096] [--B 4] [--H 8]
-//                               [--D 64] [--reps 3] [--ref-full-max-T 1024]
+//                               [--D 64] [--reps 3] [--ref-full-max-T 1024] [--ref-max-T N]
+//                               [--pairs slow:fast,...]
 //
 // One timed call = forward, then backward with a random upstream gradient (every differentiable
 // input's gradient), causal mask, f32; the median of --reps calls after one warm-up call.
 // The composed reference materialises [T, S] matrices per (b, h): above --ref-full-max-T it runs at
 // B = 1, H = 2 and its time is scaled by B * H / 2 (the (b, h) pairs are independent work), and the
-// row is marked so (its peak memory is scaled the same way). Peak memory is the growth of the
+// row is marked so (its peak memory is scaled the same way); above --ref-max-T it is not run at
+// all. --pairs a:b prints, per T, how many times longer op a's fused call takes than op b's (e.g.
+// kda_recurrent:kda, the token-by-token form against the chunkwise one). Peak memory is the growth of the
 // process's peak resident set during one call (Linux: /proc/self/clear_refs resets the peak),
 // block cache emptied first.
 // Threads: OpenMP's default (all cores); the header says how many.
@@ -97,13 +100,16 @@ double peak_mb_of(const std::function<AttnOpResult(const AttnOpArgs&)>& fn, cons
 
 int main(int argc, char** argv) {
   std::string ops_arg, t_arg = "256,1024,4096";
-  int64_t B = 4, H = 8, D = 64, ref_full_max_t = 1024;
+  std::string pairs_arg;
+  int64_t B = 4, H = 8, D = 64, ref_full_max_t = 1024, ref_max_t = -1;
   int reps = 3;
   po::options_description desc("attention_bench options");
   desc.add_options()("help", "this text")("ops", po::value(&ops_arg), "comma-separated op names (default: all)")(
       "T", po::value(&t_arg), "comma-separated sequence lengths")("B", po::value(&B), "batch")(
       "H", po::value(&H), "heads")("D", po::value(&D), "head dim")("reps", po::value(&reps), "timed calls")(
-      "ref-full-max-T", po::value(&ref_full_max_t), "largest T at which the reference runs at full B, H");
+      "ref-full-max-T", po::value(&ref_full_max_t), "largest T at which the reference runs at full B, H")(
+      "ref-max-T", po::value(&ref_max_t), "largest T at which the reference runs at all (default: every T)")(
+      "pairs", po::value(&pairs_arg), "comma-separated slow:fast op pairs whose fused time ratio to print");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -137,6 +143,12 @@ int main(int argc, char** argv) {
       const double f = name == "softmax" ? softmax_ms[T] : 1e3 * median_time(spec.fused, a, reps);
       fused_ms[name][T] = f;
       const double peak_mb = peak_mb_of(spec.fused, a);
+      if (ref_max_t >= 0 && T > ref_max_t) {
+        std::printf("| %s | %lld | %.1f | not run (T > --ref-max-T) | | %.2f | %.0f | |\n", name.c_str(),
+                    static_cast<long long>(T), f, f / softmax_ms[T], peak_mb);
+        std::fflush(stdout);
+        continue;
+      }
       // The reference, at full size or scaled from B = 1, H = 2 (time and memory both grow
       // linearly in the number of (b, h) pairs).
       const bool full = T <= ref_full_max_t;
@@ -149,6 +161,17 @@ int main(int argc, char** argv) {
                   f, ref, full ? "" : " (scaled from B=1 H=2)", ref / f, f / softmax_ms[T], peak_mb, ref_peak_mb);
       std::fflush(stdout);
     }
+  }
+  for (const std::string& pair : split(pairs_arg)) {
+    const size_t colon = pair.find(':');
+    const std::string slow = pair.substr(0, colon), fast = colon == std::string::npos ? "" : pair.substr(colon + 1);
+    if (!fused_ms.count(slow) || !fused_ms.count(fast)) {
+      std::printf("pair %s: both ops must be among --ops\n", pair.c_str());
+      continue;
+    }
+    for (int64_t T : Ts)
+      std::printf("%s / %s at T=%lld: %.2f\n", slow.c_str(), fast.c_str(), static_cast<long long>(T),
+                  fused_ms[slow][T] / fused_ms[fast][T]);
   }
   // How each op's time grows: 4x T costs 4x for a linear-time op, 16x for a quadratic one.
   for (const auto& [name, by_t] : fused_ms)
