@@ -152,7 +152,7 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   // draws nothing from `gen`).
   if (config.residual.routed()) {
     router_ = register_module("res", std::make_shared<ResidualRouter>(config.residual, config.layers, C, dtype));
-    router_->init_parameters();
+    router_->init_parameters(gen.seed() ^ 0x5A17F00Dull);
   }
 }
 

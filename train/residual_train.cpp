@@ -99,7 +99,7 @@ std::string init_from_checkpoint(Gpt& model, const std::string& path, std::ostre
     detail::throw_error<ConfigError>("--init.from: checkpoint ", file, " does not fit the model: ", e.what());
   }
   out << "init.from " << file << ": " << ck.weights.size() << " tensors loaded";
-  if (fresh > 0) out << ", " << fresh << " new routing parameters at their init (queries 0, key gains 1, gates 0)";
+  if (fresh > 0) out << ", " << fresh << " new routing parameters at their init (key gains 1, gates 0)";
   out << "\n";
   const ResidualConfig& rc = model.config().residual;
   if (!src.residual.routed() && rc.routed() && !(rc.mode == "delta_attnres" && rc.gate))

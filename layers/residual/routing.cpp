@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "layers/residual/attnres/attnres.h"
 #include "lib/error.h"
+#include "lib/rng.h"
 
 namespace attnlab {
 
@@ -46,11 +47,19 @@ ResidualRouter::ResidualRouter(const ResidualConfig& config, int64_t layers, int
 // The delta modes' first attention routes over nothing (no source exists yet).
 bool ResidualRouter::routes(int64_t s) const { return config_.mode == "attnres" || s > 0; }
 
-void ResidualRouter::init_parameters() {
+void ResidualRouter::init_parameters(uint64_t seed) {
   NoGradGuard no_grad;
+  Generator gen(seed);
   for (Slot& s : slots_) {
     if (!s.w.defined()) continue;
-    s.w.mutable_data().zero_();
+    // With a zero gate, w = 0 would be a stationary point of the sublayer routing under a
+    // pre-norm: the uniform mix of [e, u_0, ..., u_{s-1}] is r_s / N, parallel to the sublayer's
+    // input, which its norm ignores, so d loss / d gate = <dh, r_s> / N = 0 and (gate = 0) w and
+    // g get no gradient either. A small random query (the released code's 0.02) breaks it.
+    if (config_.gate)
+      fill_normal(s.w.mutable_data(), gen, 0.0, 0.02);
+    else
+      s.w.mutable_data().zero_();
     s.g.mutable_data().fill_(1.0);
     if (s.gate.defined()) s.gate.mutable_data().zero_();
   }

@@ -19,7 +19,8 @@
 // Blocks are `block_size` layers (0: ceil(L / 4), four blocks, S2's default).
 //
 // Parameters, under "res." (spec 1.3.3 and the "Defaults attnlab uses"): per routing sublayer s
-// "res.<s>.query" [D] (pseudo-query w_s, init 0: uniform weights), "res.<s>.key_gain" [D] (the key
+// "res.<s>.query" [D] (pseudo-query w_s, init 0: uniform weights; normal(0, 0.02) when the model
+// has gates, since a zero query under a zero gate is a stationary point), "res.<s>.key_gain" [D] (the key
 // RMSNorm gain g_s, init 1) and, for delta_attnres with gate on, "res.<s>.gate" [1] (init 0, so a
 // model converted from a standard checkpoint computes exactly what the standard model did);
 // attnres adds "res.final.query" and "res.final.key_gain". Sublayers that never route (the first
@@ -70,8 +71,9 @@ class ResidualRouter : public Module {
  public:
   ResidualRouter(const ResidualConfig& config, int64_t layers, int64_t d_model, DType dtype);
   const ResidualConfig& config() const { return config_; }
-  // The spec's init: queries 0, gains 1, gates 0.
-  void init_parameters();
+  // The spec's init: queries 0, gains 1, gates 0; with gates, queries ~ normal(0, 0.02) drawn
+  // from `seed` (see routing.cpp: a zero query and a zero gate would never move).
+  void init_parameters(uint64_t seed);
 
   // f(s, h) runs sublayer s on its input h and returns its output u_s [B, T, C].
   using Sublayer = std::function<Variable(int64_t s, const Variable& h)>;

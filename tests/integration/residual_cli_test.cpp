@@ -54,7 +54,8 @@ TEST_F(ResidualCli, EachModeTrainsAndLogsRoutingDiagnostics) {
   for (const auto& [mode, gran] : modes) {
     const std::string name = "r_" + mode + "_" + gran;
     const Result r = run(train("--run.name=" + name + " --model.residual=" + mode +
-                               " --model.residual.granularity=" + gran + " --model.residual.block_size=1"));
+                               " --model.residual.granularity=" + gran +
+                               " --model.residual.block_size=1 --train.steps=20 --train.eval_every=10"));
     ASSERT_EQ(r.code, 0) << mode << "\n" << r.out << r.err;
     const std::vector<json> m = metrics(dir_ / name);
     ASSERT_GE(m.size(), 4u) << mode;
@@ -88,7 +89,7 @@ TEST_F(ResidualCli, EachModeTrainsAndLogsRoutingDiagnostics) {
 // loss the standard model has on the same batch (a standard run from the same checkpoint).
 TEST_F(ResidualCli, ConvertedModelStartsWithTheSourceModelsLoss) {
   ASSERT_EQ(run(train("--run.name=base --train.steps=20")).code, 0);
-  const std::string from = " --init.from=" + (dir_ / "base").string() + " --train.steps=3 --train.log_every=1";
+  const std::string from = " --init.from=" + (dir_ / "base").string() + " --train.steps=3 --optim.warmup=1 --train.log_every=1";
   const Result same = run(train("--run.name=same" + from));
   ASSERT_EQ(same.code, 0) << same.out << same.err;
   const Result conv =

@@ -216,6 +216,14 @@ TEST(ResidualModel, GateZeroDeltaModelEqualsTheStandardModelExactly) {
       if (!is_routing_parameter(name)) continue;
       ++routing;
       const std::vector<double> v = p.data().to_vector<double>();
+      if (name.find("query") != std::string::npos) {
+        // Small random queries (a zero query under a zero gate would never move).
+        double ss = 0;
+        for (double y : v) ss += y * y;
+        EXPECT_GT(ss, 0.0) << name;
+        EXPECT_LT(std::sqrt(ss / static_cast<double>(v.size())), 0.05) << name;
+        continue;
+      }
       const double want = name.find("key_gain") != std::string::npos ? 1.0 : 0.0;
       for (double y : v) EXPECT_EQ(y, want) << name;
     }
@@ -256,7 +264,9 @@ TEST(ResidualModel, DiagnosticsAtInit) {
   };
   for (const Want& w : wants) {
     Generator gen(3);
-    const Gpt model(small_config(w.mode, w.gran), gen);
+    GptConfig c = small_config(w.mode, w.gran);
+    c.residual.gate = false;  // zero queries (a gated model draws small random ones)
+    const Gpt model(c, gen);
     const std::vector<RoutingStats> st = model.routing_diagnostics(ids(2, 8, 4));
     ASSERT_EQ(st.size(), w.sources.size()) << w.mode << " " << w.gran;
     for (size_t k = 0; k < st.size(); ++k) {
@@ -343,6 +353,44 @@ TEST(ResidualModel, ActivationMemoryIsLinearInDepth) {
     EXPECT_GT(extra3, 0.0) << mode;
     EXPECT_LT(extra6, 2.6 * extra3) << mode << ": extra bytes at 2 layers " << extra3 << ", at 4 layers " << extra6;
   }
+}
+
+// Spec 1.10 test 4: the clean block deltas. With w = 0 and gate 1 every routed term is the mean
+// of the sources, and once block b has pushed its source, sum(Src) = e + Delta_0 + ... +
+// Delta_{b-1} = r(start of block b). Blocks of one layer, f64, sublayer outputs chosen by the test.
+TEST(ResidualModel, CleanBlockDeltasSumToTheStream) {
+  ResidualConfig rc;
+  rc.mode = "delta_attnres";
+  rc.granularity = "block";
+  rc.block_size = 1;
+  rc.gate = true;
+  const int64_t L = 4, D = 6;
+  ResidualRouter router(rc, L, D, DType::f64);
+  {
+    NoGradGuard ng;
+    for (auto& [name, p] : router.named_parameters())
+      if (name.find("gate") != std::string::npos) p.mutable_data().fill_(1.0);
+  }
+  const Variable e(sample_randn(Shape{1, 3, D}, 1));
+  std::vector<Tensor> u, h;
+  router.run(e, [&](int64_t s, const Variable& hs) {
+    h.push_back(hs.data());
+    u.push_back(sample_randn(Shape{1, 3, D}, 10 + static_cast<uint64_t>(s)));
+    return Variable(u.back());
+  });
+  // r[s]: the stream before sublayer s.
+  std::vector<Tensor> r{e.data()};
+  for (int64_t s = 0; s < 2 * L; ++s) r.push_back(add(Variable(r.back()), Variable(u[s])).data());
+  for (int64_t s = 1; s < 2 * L; ++s) {
+    const int64_t l = s / 2;
+    // attention of layer l >= 1 (before its push): [e, D_0 .. D_{l-2}], sum r(start of block l-1);
+    // MLP of layer l: [e, D_0 .. D_{l-1}], sum r(start of block l).
+    const int64_t n = s % 2 ? l + 1 : l;
+    const Tensor sum_src = r[static_cast<size_t>(2 * (n - 1))];
+    const Tensor want = add(Variable(r[s]), mul_scalar(Variable(sum_src), 1.0 / static_cast<double>(n))).data();
+    EXPECT_LT(max_abs_diff(h[s], want), 1e-12) << "sublayer " << s;
+  }
+  EXPECT_TRUE(bit_equal(h[0], e.data())) << "the first attention reads the embedding";
 }
 
 TEST(ResidualModel, ConfigErrorsNameTheField) {
