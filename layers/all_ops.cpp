@@ -2,6 +2,9 @@
 
 namespace attnlab {
 
+// Generated from the folders under layers/residual/ (layers/CMakeLists.txt).
+void register_all_residual_ops(OpRegistry& registry);
+
 namespace {
 
 struct Registries {
@@ -14,6 +17,7 @@ const Registries& registries() {
     Registries x;
     register_all_ops(x.ops);
     register_all_attention_ops(x.ops, x.attention);
+    register_all_residual_ops(x.ops);
     return x;
   }();
   return r;

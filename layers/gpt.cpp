@@ -53,6 +53,7 @@ void GptConfig::validate() const {
                     d_model, " / ", heads, " = ", head_dim());
     AL_CHECK_CONFIG(rope_base > 0 && std::isfinite(rope_base), "GptConfig: rope_base must be > 0; got ", rope_base);
   }
+  residual.validate(layers);
   // Written so that NaN fails too.
   AL_CHECK_CONFIG(dropout >= 0.0 && dropout < 1.0, "GptConfig: dropout must be in [0, 1); got ", dropout);
 }
@@ -86,6 +87,20 @@ Variable GptBlock::forward(const Variable& x, Generator* gen) const {
   auto drop = [&](const Variable& y) { return gen && dropout_ > 0 ? dropout(y, dropout_, *gen) : y; };
   const Variable h = add(x, drop(attn_->forward(ln_1_->forward(x))));
   return add(h, drop(mlp_->forward(ln_2_->forward(h))));
+}
+
+Variable GptBlock::attn_branch(const Variable& x, Generator* gen, KvSlot* slot, int64_t length,
+                                AttentionDiagnostics* diagnostics) const {
+  const Variable y = ln_1_->forward(x);
+  if (diagnostics) *diagnostics = attn_->diagnose(y);
+  if (slot) return attn_->forward_cached(y, *slot, length);
+  const Variable u = attn_->forward(y);
+  return gen && dropout_ > 0 ? dropout(u, dropout_, *gen) : u;
+}
+
+Variable GptBlock::mlp_branch(const Variable& x, Generator* gen) const {
+  const Variable u = mlp_->forward(ln_2_->forward(x));
+  return gen && dropout_ > 0 ? dropout(u, dropout_, *gen) : u;
 }
 
 Variable GptBlock::forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const {
@@ -133,6 +148,20 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   }
   // The attention variants' own parameters (zero alpha map, theta, the sigmoid bias) follow their spec.
   for (auto& block : blocks_) block->init_attention_parameters();
+  // Registered last, so a standard model's parameters keep their order and values (the router
+  // draws nothing from `gen`).
+  if (config.residual.routed()) {
+    router_ = register_module("res", std::make_shared<ResidualRouter>(config.residual, config.layers, C, dtype));
+    router_->init_parameters(gen.seed() ^ 0x5A17F00Dull);
+  }
+}
+
+Variable Gpt::sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* cache,
+                       std::vector<AttentionDiagnostics>* diagnostics) const {
+  const GptBlock& b = *blocks_[static_cast<size_t>(s / 2)];
+  if (s % 2) return b.mlp_branch(h, gen);
+  return b.attn_branch(h, gen, cache ? &cache->layers_[static_cast<size_t>(s / 2)] : nullptr,
+                       cache ? cache->length_ : 0, diagnostics ? &(*diagnostics)[static_cast<size_t>(s / 2)] : nullptr);
 }
 
 Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const {
@@ -172,6 +201,7 @@ Variable Gpt::forward(const Variable& ids, Generator* gen) const {
   Generator* drop = config_.dropout > 0 && training() ? gen : nullptr;
   Variable x = embed(ids, 0, "Gpt::forward");
   if (drop) x = dropout(x, config_.dropout, *drop);
+  if (router_) return head(router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, drop); }));
   for (const auto& block : blocks_) x = block->forward(x, drop);
   return head(x);
 }
@@ -187,6 +217,12 @@ Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
   AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
                  ", t] (the cache's batch); got ids=", ids.str());
   Variable x = embed(ids, cache.length(), "Gpt::forward_cached");
+  if (router_) {
+    // Routing is over depth, per token: the new positions route over their own sources.
+    x = router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr, &cache); });
+    cache.length_ += ids.size(1);
+    return head(x);
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_cached(x, cache.layers_[i], cache.length_);
   cache.length_ += ids.size(1);
   return head(x);
@@ -196,8 +232,21 @@ std::vector<AttentionDiagnostics> Gpt::attention_diagnostics(const Variable& ids
   NoGradGuard no_grad;
   std::vector<AttentionDiagnostics> out(blocks_.size());
   Variable x = embed(ids, 0, "Gpt::attention_diagnostics");
+  if (router_) {
+    router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr, nullptr, &out); });
+    return out;
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_diagnosed(x, out[i]);
   return out;
+}
+
+std::vector<RoutingStats> Gpt::routing_diagnostics(const Variable& ids) const {
+  std::vector<RoutingStats> stats;
+  if (!router_) return stats;
+  NoGradGuard no_grad;
+  const Variable x = embed(ids, 0, "Gpt::routing_diagnostics");
+  router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr); }, &stats);
+  return stats;
 }
 
 KvCache Gpt::make_cache(int64_t batch) const {
@@ -218,7 +267,7 @@ KvCache Gpt::make_cache(int64_t batch) const {
 bool is_no_decay_parameter(const std::string& name) {
   return ends_with(name, ".bias") || name.find("ln_") != std::string::npos ||
          name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight") ||
-         ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias");
+         ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias") || is_routing_parameter(name);
 }
 
 }  // namespace attnlab

@@ -36,6 +36,7 @@
 #include "layers/module.h"
 #include "layers/norm.h"
 #include "layers/positions.h"
+#include "layers/residual/routing.h"
 #include "lib/rng.h"
 
 namespace attnlab {
@@ -57,6 +58,8 @@ struct GptConfig {
   double rope_base = 10000.0;
   // Products of every linear layer and the head: f32, or bf16 mixed precision (see above).
   MatmulPrecision matmul_precision = MatmulPrecision::f32;
+  // Residual routing (layers/residual/routing.h): standard, attnres or delta_attnres.
+  ResidualConfig residual;
 
   void validate() const;  // ConfigError naming the bad field and what is valid
   int64_t padded_vocab() const;
@@ -93,6 +96,13 @@ class GptBlock : public Module {
   // The block's output for x as forward() (no dropout), and its attention's diagnostics.
   Variable forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const;
 
+  // The two sublayers' branch outputs alone, for residual routing (layers/residual/routing.h):
+  // attn(ln_1(x)) and mlp(ln_2(x)), dropped out when `gen` is given. attn_branch with `slot`
+  // decodes with the KV cache (no dropout); with `diagnostics`, also records the attention's.
+  Variable attn_branch(const Variable& x, Generator* gen, KvSlot* slot = nullptr, int64_t length = 0,
+                       AttentionDiagnostics* diagnostics = nullptr) const;
+  Variable mlp_branch(const Variable& x, Generator* gen) const;
+
   const CausalSelfAttention& attn() const { return *attn_; }
   void init_attention_parameters() { attn_->init_variant_parameters(); }
 
@@ -120,6 +130,10 @@ class Gpt : public Module {
   KvCache make_cache(int64_t batch) const;
   // Per layer, what its attention does on ids [B, T] (sink mass, gamma, alpha statistics).
   std::vector<AttentionDiagnostics> attention_diagnostics(const Variable& ids) const;
+  // Per routing op, how it routes on ids [B, T] (empty for the standard residual).
+  std::vector<RoutingStats> routing_diagnostics(const Variable& ids) const;
+  // The router (null for the standard residual).
+  const ResidualRouter* router() const { return router_.get(); }
 
  private:
   // ids i32 [B, T] at positions [offset, offset + T) -> embeddings [B, T, C].
@@ -134,6 +148,10 @@ class Gpt : public Module {
   std::vector<std::shared_ptr<GptBlock>> blocks_;
   std::shared_ptr<Norm> ln_f_;
   std::shared_ptr<Linear> lm_head_;  // null when tied
+  std::shared_ptr<ResidualRouter> router_;  // "res", null for the standard residual
+  // Sublayer s (layer s / 2: attention when s is even, else MLP) on its input h.
+  Variable sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* cache = nullptr,
+                    std::vector<AttentionDiagnostics>* diagnostics = nullptr) const;
 };
 
 // Parameter names match the PyTorch peer (../shared/peers/torch_gpt.py) so its state_dict loads ours:
@@ -145,7 +163,8 @@ class Gpt : public Module {
 // (PyTorch's own state_dict of the tied peer also lists lm_head.weight, the same tensor as
 // wte.weight: load ours with strict=False, or copy wte.weight into it.)
 // Parameters that must not get weight decay: names ending in ".bias", norm weights (ln_*, *norm*),
-// wte, wpe, and the attention variants' per-head scalars (theta, sigmoid_bias).
+// wte, wpe, the attention variants' per-head scalars (theta, sigmoid_bias), and the residual
+// routing parameters (res.*: spec 1.6 suggests no decay on them).
 bool is_no_decay_parameter(const std::string& name);
 
 }  // namespace attnlab

@@ -21,6 +21,15 @@ std::string gpt_config_json(const GptConfig& m) {
                   {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
                   {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base},
                   {"matmul_precision", std::string(matmul_precision_name(m.matmul_precision))}};
+  // Only routed models carry the key, so a standard model's config reads as it always did.
+  if (m.residual.routed()) {
+    json jr = j;
+    jr["residual"] = {{"mode", m.residual.mode},
+                      {"granularity", m.residual.granularity},
+                      {"block_size", m.residual.block_size},
+                      {"gate", m.residual.gate}};
+    return jr.dump();
+  }
   return j.dump();
 }
 
@@ -56,6 +65,13 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
       a.affine_rho = o.at("affine_rho");
       a.infsa_gamma = o.at("infsa_gamma");
       a.linear_infsa_form = o.at("linear_infsa_form");
+    }
+    if (j.contains("residual")) {
+      const json& o = j.at("residual");
+      m.residual.mode = o.at("mode");
+      m.residual.granularity = o.at("granularity");
+      m.residual.block_size = o.at("block_size");
+      m.residual.gate = o.at("gate");
     }
     m.validate();
     return m;

@@ -6,6 +6,7 @@
 #include "layers/all_ops.h"
 #include "lib/error.h"
 #include "lib/safetensors.h"
+#include "train/op_command_residual.h"
 
 namespace attnlab {
 
@@ -21,6 +22,7 @@ std::string input_list(const AttentionOpSpec& spec) {
 }  // namespace
 
 void list_attention_ops(std::ostream& out) {
+  list_residual_ops(out);
   for (const AttentionOpSpec& s : attention_ops().specs()) {
     out << s.name << ": " << s.description << "\n    inputs: " << input_list(s) << (s.cuda ? "; cpu, cuda" : "; cpu")
         << "\n";
@@ -30,6 +32,7 @@ void list_attention_ops(std::ostream& out) {
 }
 
 void run_op_command(const OpCommand& cmd, std::ostream& out) {
+  if (run_residual_op_command(cmd, out)) return;
   const AttentionOpSpec& spec = attention_ops().get(cmd.name);
   AL_CHECK_CONFIG(!cmd.in.empty() && !cmd.out.empty(), "op ", cmd.name,
                   ": needs --in CASE.safetensors and --out RESULT.safetensors");

@@ -29,6 +29,7 @@
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
 #include "train/model_io.h"
+#include "train/residual_train.h"
 #include "train/sampling.h"
 
 namespace attnlab {
@@ -55,6 +56,8 @@ struct RunConfig {
   WarmupCosine schedule;
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0, momentum = 0.9;
   bool decay_all = false;  // also decay norms, biases and embeddings
+  double routing_lr = 0;   // peak lr of the residual routing parameters (train/residual_train.h)
+  std::string init_from;   // init.from: a checkpoint whose weights start the run
   // [train]
   int64_t batch = 8, seq_len = 128, steps = 100, log_every = 10, eval_every = 100, eval_batches = 20;
   int64_t checkpoint_every = 0, max_bad_steps = 5;
@@ -160,6 +163,7 @@ RunConfig read_config(Recipe& r) {
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);
   m.rope_base = r.get_double("model.rope_base", m.rope_base);
+  read_residual_recipe(r, m);
   const std::string precision = r.get_string("model.precision", "f32");
   in_recipe(r, [&] { m.matmul_precision = parse_matmul_precision(precision); });
   in_recipe(r, [&] { m.validate(); });
@@ -180,6 +184,9 @@ RunConfig read_config(Recipe& r) {
   c.eps = r.get_double("optim.eps", 1e-8);
   c.momentum = r.get_double("optim.momentum", 0.9);
   c.grad_clip = r.get_double("optim.grad_clip", 1.0);
+  c.routing_lr = r.get_double("optim.routing_lr", c.schedule.peak);
+  AL_CHECK_CONFIG(c.routing_lr >= 0, "recipe ", r.source(), ": optim.routing_lr must be >= 0; got ", c.routing_lr);
+  if (r.has("init.from")) c.init_from = r.get_string("init.from", "");
   in_recipe(r, [&] { c.schedule.validate(); });
   AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
                   c.grad_clip);
@@ -334,8 +341,35 @@ std::vector<bool> decay_mask(const Gpt& model, bool decay_all) {
   return mask;
 }
 
+std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model);
+
+// A routed model's optimizer: the base parameters at optim.lr, the routing ones (res.*) at
+// optim.routing_lr, each group its own optimizer of the recipe's kind.
+std::unique_ptr<Optimizer> make_two_group_optimizer(const RunConfig& c, const Gpt& model) {
+  std::vector<Variable> groups[2];
+  std::vector<bool> decay[2];
+  for (const auto& [name, p] : model.named_parameters()) {
+    const int k = is_routing_parameter(name) ? 1 : 0;
+    groups[k].push_back(p);
+    decay[k].push_back(c.decay_all || !is_no_decay_parameter(name));
+  }
+  auto make = [&](int k) -> std::unique_ptr<Optimizer> {
+    if (c.optimizer == "adamw")
+      return std::make_unique<AdamW>(groups[k],
+                                     AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2,
+                                                 .eps = c.eps, .weight_decay = c.weight_decay},
+                                     decay[k]);
+    return std::make_unique<Sgd>(groups[k],
+                                 SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+  };
+  auto opt = std::make_unique<TwoGroupOptimizer>(make(0), make(1), c.routing_lr / c.schedule.peak);
+  opt->set_lr(c.schedule.peak);
+  return opt;
+}
+
 // The recipe's optimizer over the model's parameters.
 std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) {
+  if (model.router()) return make_two_group_optimizer(c, model);
   if (c.optimizer == "adamw")
     return std::make_unique<AdamW>(model.parameters(),
                                    AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
@@ -378,6 +412,8 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     } catch (const Error& e) {
       detail::throw_error<IoError>("--resume: checkpoint ", resumed_from, " does not fit the model: ", e.what());
     }
+  } else if (!c.init_from.empty()) {
+    init_from_checkpoint(model, c.init_from, out);
   }
   fs::create_directories(run_dir);
   if (!data.from_run_dir) save_data(data, run_dir);
@@ -414,7 +450,9 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       << "  data: " << c.corpus << ", " << c.tokenizer << " tokenizer (vocab " << c.model.vocab_size << "), "
       << data.train.numel() << " train / " << data.val.numel() << " validation tokens\n"
       << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
-      << " heads, context " << c.model.context << ", " << c.model.attention << " attention: "
+      << " heads, context " << c.model.context << ", " << c.model.attention << " attention"
+      << (c.model.residual.routed() ? ", " + c.model.residual.mode + " residual (" + c.model.residual.granularity + ")" : "")
+      << ": "
       << model.num_parameters() << " parameters\n"
       << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer
       << " lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
@@ -508,6 +546,18 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
         char v[64];
         std::snprintf(v, sizeof v, "  val %.4f  sink %.3f", result.final_val_loss, sink);
         out << v;
+        if (model.router()) {
+          // Per routing op (layers/residual/routing.h): mean max weight, entropy, gate.
+          for (const Batch& vb : sequential_batches(data.val, c.batch, c.seq_len, 1)) {
+            const std::vector<RoutingStats> rs = model.routing_diagnostics(Variable(vb.x.to(model.device())));
+            m["residual"] = routing_stats_json(rs);
+            double mx = 0, h = 0;
+            for (const RoutingStats& st : rs) mx += st.max_weight, h += st.entropy;
+            const double n = static_cast<double>(std::max<size_t>(rs.size(), 1));
+            std::snprintf(v, sizeof v, "  route max %.3f H %.3f", mx / n, h / n);
+            out << v;
+          }
+        }
       }
       metrics << m.dump() << "\n" << std::flush;
       // Eval lines stay on screen; plain log lines always end.
