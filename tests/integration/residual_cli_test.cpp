@@ -55,7 +55,7 @@ TEST_F(ResidualCli, EachModeTrainsAndLogsRoutingDiagnostics) {
     const std::string name = "r_" + mode + "_" + gran;
     const Result r = run(train("--run.name=" + name + " --model.residual=" + mode +
                                " --model.residual.granularity=" + gran +
-                               " --model.residual.block_size=1 --train.steps=20 --train.eval_every=10"));
+                               " --model.residual.block_size=1 --train.steps=20 --train.eval_every=10 --train.log_every=5"));
     ASSERT_EQ(r.code, 0) << mode << "\n" << r.out << r.err;
     const std::vector<json> m = metrics(dir_ / name);
     ASSERT_GE(m.size(), 4u) << mode;
@@ -125,7 +125,7 @@ TEST_F(ResidualCli, BadResidualKeysNameTheKey) {
     EXPECT_FALSE(fs::exists(dir_ / "bad")) << args;
   }
   // A checkpoint of another shape cannot start the run.
-  ASSERT_EQ(run(train("--run.name=base --train.steps=2")).code, 0);
+  ASSERT_EQ(run(train("--run.name=base --train.steps=5")).code, 0);
   const Result r = run(train("--run.name=bad --model.d_model=32 --init.from=" + (dir_ / "base").string()));
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find("init.from"), std::string::npos) << r.err;
