@@ -382,8 +382,7 @@ struct LlaBwdRowArgs {
 template <int DKP>
 size_t bwd_row_smem(int Dv) {
   const int ldk = DKP + 1, ldv = Dv + 1;
-  return carved(DKP) + carved(kMaxDv) + carved(kBc * ldk) + carved(kBc * ldv) + 3 * carved(kBc) + carved(kRowWarps) +
-         carved(3 * kMaxDk) + carved<double>(DKP * (DKP + 1) / 2) + 3 * carved<double>(DKP) + 4 * carved(DKP) +
+  return carved(DKP) + carved(kMaxDv) + carved(kBc * ldk) + carved(kBc * ldv) + 3 * carved(kBc) + carved(3 * kMaxDk) + carved<double>(DKP * (DKP + 1) / 2) + 3 * carved<double>(DKP) + 4 * carved(DKP) +
          carved(8);
 }
 
@@ -405,7 +404,6 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
   float* ws = carve.take<float>(kBc);
   float* cs = carve.take<float>(kBc);  // C_j
   float* ls = carve.take<float>(kBc);  // dl_j
-  float* red = carve.take<float>(kRowWarps);
   float* part = carve.take<float>(3 * kMaxDk);
   double* L = carve.take<double>(DKP * (DKP + 1) / 2);
   double* dd = carve.take<double>(DKP);
