@@ -31,25 +31,30 @@
 //
 // Kernels and launch shapes (DKP = Dk padded to 32 or 64; Bc = 32 keys per shared tile):
 //   fwd       grid B*H*T (a block per query row), 256 threads = 8 warps laid out 16 x 16 over
-//             the DKP x DKP entries of Sigma: thread (ta, tb) owns the entries (ta + 16 r, tb + 16 c)
-//             of the lower triangle (r, c < DKP / 16) in registers. Pass 1: threads stride over the
-//             visible keys for the row max m (warp max, then over the 8 warps). Pass 2, per key
-//             tile (K_J in shared memory): threads j < Bc compute w_j, then every thread adds
-//             w_j x_a x_b to its entries in increasing j (and mu, omega, kept by every thread,
-//             written by one). Sigma + lam omega I goes to shared memory in f64 (packed lower
-//             triangle); warp 0 factors it (left-looking Cholesky, a __syncwarp per column) and
-//             solves for rho (two triangular solves, a shuffle per row); delta in f64. Pass 3, per
-//             key tile (K_J, V_J): threads j < Bc compute c_j, then thread t accumulates out column
-//             t % 128 over half of the tile's keys (t / 128); the halves are added at the end.
-//             smem (Dk = 64, Dv = 128): q, K_J [Bc, DKP + 1], V_J [Bc, Dv + 1], w, c, Sigma
-//             (f64, DKP (DKP + 1) / 2), its diagonal, mu, rho = 44.5 KiB.
-//   bwd rows  grid B*H*T, 256 threads, the forward's layout. Pass A per key tile: threads j < Bc
-//             compute w_j and C_j; every thread adds its Sigma entries, mu and t (in increasing j).
-//             Warp 0 factors Sigma, solves z = Sigma^-1 t and forms u, dmu, domega, dlam_i and
+//             the DKP x DKP entries of Sigma: thread (ta, tb) owns the entries (ta + 16 r, tb + 16 c),
+//             r >= c, in registers. Pass 1: threads stride over the visible keys for the row max m
+//             (warp max, then over the 8 warps). Pass 2, per key tile (K_J in shared memory): a
+//             score phase gives each key a group of 8 lanes of one warp (lane sub takes
+//             d = sub + 8 t, partial sums added in lane order by lane 0 of the group after a
+//             __syncwarp) for w_j; then every thread adds w_j x_a x_b to its entries in increasing
+//             j (and mu, omega, kept by every thread, written by one). Sigma + lam omega I goes to
+//             shared memory in f64 (packed lower triangle); warp 0 factors it (right-looking
+//             Cholesky, two __syncwarps per column) and solves for rho (two triangular solves, a
+//             shuffle per row); delta = omega - mu.rho in f64. Pass 3, per key tile (K_J, V_J): a
+//             score phase for c_j, then thread t accumulates out column t % 128 over half of the
+//             tile's keys (t / 128); the halves are added at the end.
+//             smem (Dk = 64, Dv = 128): q, K_J [Bc, 72], V_J [Bc, 136] (row strides 8 mod 32: the
+//             score phases' 4 keys x 8 lanes per warp hit 32 banks), w, c, Sigma (f64, DKP (DKP + 1)
+//             / 2, which also holds the score phases' partial sums), its diagonal, mu, rho
+//             = 45616 B.
+//   bwd rows  grid B*H*T, 256 threads, the forward's layout. Pass A per key tile: a score phase for
+//             w_j and C_j; every thread adds its Sigma entries, mu and t (in increasing j). Warp 0
+//             factors Sigma, solves z = Sigma^-1 t and forms u, dmu, domega, dlam_i and
 //             sum_j dx_ij (f64 dots in a fixed xor tree), written to scratch for the key kernel.
-//             Pass B per key tile: threads j < Bc compute dl_j; thread t accumulates dq column
-//             t % 64 over a quarter of the tile's keys (t / 64); the quarters are added at the end.
-//             smem (Dk = 64, Dv = 128): the forward's plus dout_i, t, u, dmu, sum dx = 47 KiB.
+//             Pass B per key tile: a score phase for dl_j (five dots per key); thread t accumulates
+//             dq column t % 64 over a quarter of the tile's keys (t / 64); the quarters are added
+//             in order at the end. smem (Dk = 64, Dv = 128): the forward's plus dout_i, t, u, dmu,
+//             sum dx = 47776 B.
 //   bwd keys  grid (ceil(S / 16), B*H), 128 threads: K_J, V_J (16 keys) stay in shared memory; per
 //             tile of 16 query rows from the first query that sees key j0 (Q, dout, rho, u, dmu,
 //             m, delta, domega loaded by the block) thread t computes the five pair coefficients of
@@ -57,9 +62,10 @@
 //             -C_ij - w_ij u.x, -w_ij rho.x, w_ij, c_ij); then thread t owns key t / 8 and the
 //             columns t % 8 + 8 c of dk (c < 8) and dv (c < 16), adding over the tile's queries in
 //             order. smem (Dk = 64, Dv = 128): K, V, Q, rho, u, dmu, dout tiles + 5 x [16, 17]
-//             = 42.6 KiB.
+//             = 42944 B.
 //   dlam      grid 1, 256 threads: thread t sums a contiguous segment of dlam_i in f64, thread 0
 //             adds the 256 segment sums in order.
+// Every launch stays within the 48 KiB of dynamic shared memory a kernel gets without an opt-in.
 // Determinism: no atomics; every output element is written by one thread and every sum runs in a
 // fixed order (the xor-shuffle trees included), so results do not depend on scheduling.
 #include <cmath>
@@ -84,12 +90,25 @@ constexpr int kMaxDk = 64;
 constexpr int kMaxDv = 128;
 constexpr int kRowThreadsL = 256;  // row kernels: 16 x 16 threads over Sigma's entries
 constexpr int kRowWarps = kRowThreadsL / 32;
-constexpr int kBc = 32;            // keys per shared tile in the row kernels
-constexpr int kKeyThreads = 128;   // key kernel
-constexpr int kBk = 16;            // keys per block in the key kernel
-constexpr int kBq = 16;            // query rows per tile in the key kernel
-constexpr int kSumThreads = 256;   // dlam kernel
+constexpr int kBc = 32;  // keys per shared tile in the row kernels: 8 lanes per key
+static_assert(kBc * 8 == kRowThreadsL, "a score phase gives each key of a tile a group of 8 lanes");
+constexpr int kKeyThreads = 128;  // key kernel
+constexpr int kBk = 16;           // keys per block in the key kernel
+constexpr int kBq = 16;           // query rows per tile in the key kernel
+constexpr int kSumThreads = 256;  // dlam kernel
 constexpr size_t kSmemLimit = 48 * 1024;
+
+// Row stride of a row kernel's key tile of width d: 8 mod 32, so the 4 keys x 8 lanes of a warp in
+// a score phase (lane sub reads d = sub + 8 t of key kj) hit 32 different banks.
+AL_HOST_DEVICE inline int key_ld(int d) { return (d + 31) / 32 * 32 + 8; }
+
+// Doubles of the shared array that holds Sigma's packed lower triangle (DKP rows) or, before it,
+// the score phases' NV partial sums per lane (kBc * 8 * NV floats).
+template <int DKP, int NV>
+AL_HOST_DEVICE constexpr int tri_or_partials() {
+  constexpr int tri = DKP * (DKP + 1) / 2, parts = (kBc * 8 * NV + 1) / 2;
+  return tri > parts ? tri : parts;
+}
 
 // Index of (i, j), j <= i, in a packed lower triangle stored row by row.
 __device__ inline int tri(int i, int j) { return i * (i + 1) / 2 + j; }
@@ -106,29 +125,58 @@ __device__ inline float dot_x(const float* r, const float* k, const float* q, in
   return s;
 }
 
+// The score phases split each key's dots over the 8 lanes of a group (lanes 8 g .. 8 g + 7 of one
+// warp): lane `sub` takes d = sub, sub + 8, ... (partial_dot, partial_dot_x) and stores its NV
+// partial sums in gp; after a __syncwarp lane sub = 0 adds the 8 partials of each dot in lane order
+// (group_total). One __syncwarp instead of 3 shuffles per dot.
+__device__ inline float partial_dot(const float* a, const float* b, int n, int sub) {
+  float s = 0.0f;
+  for (int d = sub; d < n; d += 8) s += a[d] * b[d];
+  return s;
+}
+__device__ inline float partial_dot_x(const float* r, const float* k, const float* q, int n, int sub) {
+  float s = 0.0f;
+  for (int d = sub; d < n; d += 8) s += r[d] * (k[d] - q[d]);
+  return s;
+}
+// gp: kBc * 8 * NV floats. Every lane of the warp calls it; the totals mean something in lane sub = 0.
+template <int NV>
+__device__ inline void group_total(float* gp, const float (&p)[NV], int kj, int sub, float (&tot)[NV]) {
+  float* mine = gp + (kj * 8 + sub) * NV;
+  AL_UNROLL
+  for (int v = 0; v < NV; ++v) mine[v] = p[v];
+  __syncwarp();
+  AL_UNROLL
+  for (int v = 0; v < NV; ++v) {
+    float t = 0.0f;
+    if (sub == 0)
+      for (int l = 0; l < 8; ++l) t += gp[(kj * 8 + l) * NV + v];
+    tot[v] = t;
+  }
+}
+
 __device__ inline float warp_max(float x) {
   AL_UNROLL
   for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
   return x;
 }
 
-// Left-looking Cholesky of the packed lower triangle A (n <= 64 rows) by one warp, in place: A's
-// strictly lower part becomes L's, dd gets L's diagonal (A's diagonal stays). Column k: every lane
-// computes L_kk from row k (final since column k - 1), lanes take the rows below; a __syncwarp
-// publishes the column.
+// Right-looking Cholesky of the packed lower triangle A (n <= 64 rows) by one warp, in place: A's
+// strictly lower part becomes L's, dd gets L's diagonal (A's diagonal is left partly updated).
+// Column k: the lanes scale their rows' entries of column k by 1 / L_kk, a __syncwarp publishes
+// the column, then each lane subtracts L_ik L_jk from its rows' trailing entries (k < j <= i):
+// independent FMAs, no long dependent chains; a second __syncwarp publishes them.
 __device__ void warp_cholesky(double* A, double* dd, int n, int lane) {
   for (int k = 0; k < n; ++k) {
-    const double* rk = A + tri(k, 0);
-    double d = rk[k];
-    for (int p = 0; p < k; ++p) d -= rk[p] * rk[p];
-    const double lkk = sqrt(d);
+    const double lkk = sqrt(A[tri(k, k)]);
+    for (int i = k + 1 + lane; i < n; i += 32) A[tri(i, k)] /= lkk;
+    if (lane == 0) dd[k] = lkk;
+    __syncwarp();
     for (int i = k + 1 + lane; i < n; i += 32) {
       double* ri = A + tri(i, 0);
-      double s = ri[k];
-      for (int p = 0; p < k; ++p) s -= ri[p] * rk[p];
-      ri[k] = s / lkk;
+      const double lik = ri[k];
+      for (int j = k + 1; j <= i; ++j) ri[j] -= lik * A[tri(j, k)];
     }
-    if (lane == 0) dd[k] = lkk;
     __syncwarp();
   }
 }
@@ -188,8 +236,7 @@ __device__ inline void load_rows(float* dst, int ld, int W, const float* src, in
 
 // The row max m of c q.k_j over the visible keys: threads stride over keys, then warp and block
 // maxima (order-free, so deterministic). red holds kRowWarps floats. Block-uniform.
-__device__ inline float row_max(const float* qs, const float* kb, int64_t kld, int n, int Dk, float scale,
-                                float* red) {
+__device__ inline float row_max(const float* qs, const float* kb, int64_t kld, int n, int Dk, float scale, float* red) {
   const int tid = static_cast<int>(threadIdx.x);
   float mx = -INFINITY;
   for (int j = tid; j < n; j += kRowThreadsL) mx = fmaxf(mx, scale * dot_f(qs, kb + static_cast<int64_t>(j) * kld, Dk));
@@ -206,19 +253,19 @@ __device__ inline float row_max(const float* qs, const float* kb, int64_t kld, i
 struct LlaFwdArgs {
   Heads q, k, v;
   HeadsOut out;
-  float* m;      // [B, H, T]
-  float* omega;  // [B, H, T]
-  float* delta;  // [B, H, T]
-  float* rho;    // [B, H, T, Dk]
+  float* m;          // [B, H, T]
+  float* omega;      // [B, H, T]
+  float* delta;      // [B, H, T]
+  float* rho;        // [B, H, T, Dk]
   const float* lam;  // [1]
   Geom g;
 };
 
 template <int DKP>
 size_t fwd_smem(int Dv) {
-  const int ldk = DKP + 1, ldv = Dv + 1;
-  return carved(DKP) + carved(kBc * ldk) + carved(kBc * ldv) + 2 * carved(kBc) + carved(kRowWarps) +
-         carved(kMaxDv) + carved<double>(DKP * (DKP + 1) / 2) + 2 * carved<double>(DKP) + carved(DKP) + carved(4);
+  const int ldk = key_ld(DKP), ldv = key_ld(Dv);
+  return carved(DKP) + carved(kBc * ldk) + carved(kBc * ldv) + 2 * carved(kBc) + carved(kRowWarps) + carved(kMaxDv) +
+         carved<double>(tri_or_partials<DKP, 2>()) + 2 * carved<double>(DKP) + carved(DKP) + carved(4);
 }
 
 template <int DKP>
@@ -229,7 +276,8 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
   const int n = rp.n, Dk = g.Dk, Dv = g.Dv;
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int ta = tid >> 4, tb = tid & 15;
-  const int ldk = DKP + 1, ldv = Dv + 1;
+  const int kj = tid >> 3, sub = tid & 7;  // score phases: key kj of the tile, lane sub of its group
+  const int ldk = key_ld(DKP), ldv = key_ld(Dv);
 
   simt::SmemCarver carve;
   float* qs = carve.take<float>(DKP);
@@ -239,7 +287,9 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
   float* cs = carve.take<float>(kBc);
   float* red = carve.take<float>(kRowWarps);
   float* part = carve.take<float>(kMaxDv);
-  double* L = carve.take<double>(DKP * (DKP + 1) / 2);
+  // Sigma's factor, and before it the score phases' partial sums (never live at the same time).
+  double* L = carve.take<double>(tri_or_partials<DKP, 2>());
+  float* gp = reinterpret_cast<float*>(L);
   double* dd = carve.take<double>(DKP);
   double* mud = carve.take<double>(DKP);
   float* rhof = carve.take<float>(DKP);
@@ -270,7 +320,12 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
     __syncthreads();  // every thread is done with the previous tile
     load_rows(ks, ldk, DKP, kb, a.k.ld, j0, jn, Dk, kBc);
     __syncthreads();
-    if (tid < kBc) ws[tid] = tid < jn ? expf(g.scale * dot_f(qs, ks + tid * ldk, Dk) - m) : 0.0f;
+    {  // key kj of the tile, by the 8 lanes sub of its group
+      const float p[1] = {partial_dot(qs, ks + kj * ldk, Dk, sub)};
+      float t[1];
+      group_total(gp, p, kj, sub, t);
+      if (sub == 0) ws[kj] = kj < jn ? expf(g.scale * t[0] - m) : 0.0f;
+    }
     __syncthreads();
     for (int jj = 0; jj < jn; ++jj) {
       const float w = ws[jj];
@@ -289,17 +344,15 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
     }
   }
   if (tid == 0) scal[0] = om;
-  if (tb == 0)
-    AL_UNROLL
-    for (int r = 0; r < RA; ++r) mud[ta + 16 * r] = mu[r];  // zeros past Dk
+  if (tb == 0) AL_UNROLL
+  for (int r = 0; r < RA; ++r) mud[ta + 16 * r] = mu[r];                         // zeros past Dk
   const double ridge = static_cast<double>(a.lam[0]) * static_cast<double>(om);  // om: the same bits in every thread
   AL_UNROLL
-  for (int r = 0; r < RA; ++r)
-    AL_UNROLL
-    for (int c = 0; c <= r; ++c) {
-      const int ia = ta + 16 * r, ib = tb + 16 * c;
-      if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
-    }
+  for (int r = 0; r < RA; ++r) AL_UNROLL
+  for (int c = 0; c <= r; ++c) {
+    const int ia = ta + 16 * r, ib = tb + 16 * c;
+    if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
+  }
   __syncthreads();
 
   // rho = Sigma^-1 mu and delta = omega - mu.rho, by warp 0.
@@ -341,14 +394,12 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
     load_rows(ks, ldk, DKP, kb, a.k.ld, j0, jn, Dk, kBc);
     load_rows(vs, ldv, Dv, vb, a.v.ld, j0, jn, Dv, kBc);
     __syncthreads();
-    if (tid < kBc) {
-      float c = 0.0f;
-      if (tid < jn) {
-        const float* kr = ks + tid * ldk;
-        const float w = expf(g.scale * dot_f(qs, kr, Dk) - m);
-        c = w * (1.0f - dot_x(rhof, kr, qs, Dk)) / dlt;
-      }
-      cs[tid] = c;
+    {
+      const float* kr = ks + kj * ldk;
+      const float p[2] = {partial_dot(qs, kr, Dk, sub), partial_dot_x(rhof, kr, qs, Dk, sub)};
+      float t[2];
+      group_total(gp, p, kj, sub, t);
+      if (sub == 0) cs[kj] = kj < jn ? expf(g.scale * t[0] - m) * (1.0f - t[1]) / dlt : 0.0f;
     }
     __syncthreads();
     if (d < Dv) {
@@ -381,9 +432,9 @@ struct LlaBwdRowArgs {
 
 template <int DKP>
 size_t bwd_row_smem(int Dv) {
-  const int ldk = DKP + 1, ldv = Dv + 1;
-  return carved(DKP) + carved(kMaxDv) + carved(kBc * ldk) + carved(kBc * ldv) + 3 * carved(kBc) + carved(3 * kMaxDk) + carved<double>(DKP * (DKP + 1) / 2) + 3 * carved<double>(DKP) + 4 * carved(DKP) +
-         carved(8);
+  const int ldk = key_ld(DKP), ldv = key_ld(Dv);
+  return carved(DKP) + carved(kMaxDv) + carved(kBc * ldk) + carved(kBc * ldv) + 3 * carved(kBc) + carved(3 * kMaxDk) +
+         carved<double>(tri_or_partials<DKP, 5>()) + 3 * carved<double>(DKP) + 4 * carved(DKP) + carved(8);
 }
 
 template <int DKP>
@@ -394,7 +445,8 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
   const int n = rp.n, Dk = g.Dk, Dv = g.Dv;
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int ta = tid >> 4, tb = tid & 15;
-  const int ldk = DKP + 1, ldv = Dv + 1;
+  const int kj = tid >> 3, sub = tid & 7;  // score phases: key kj of the tile, lane sub of its group
+  const int ldk = key_ld(DKP), ldv = key_ld(Dv);
 
   simt::SmemCarver carve;
   float* qs = carve.take<float>(DKP);
@@ -405,7 +457,8 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
   float* cs = carve.take<float>(kBc);  // C_j
   float* ls = carve.take<float>(kBc);  // dl_j
   float* part = carve.take<float>(3 * kMaxDk);
-  double* L = carve.take<double>(DKP * (DKP + 1) / 2);
+  double* L = carve.take<double>(tri_or_partials<DKP, 5>());  // as in the forward
+  float* gp = reinterpret_cast<float*>(L);
   double* dd = carve.take<double>(DKP);
   double* mud = carve.take<double>(DKP);
   double* td = carve.take<double>(DKP);
@@ -452,14 +505,15 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
     load_rows(ks, ldk, DKP, kb, a.k.ld, j0, jn, Dk, kBc);
     load_rows(vs, ldv, Dv, vb, a.v.ld, j0, jn, Dv, kBc);
     __syncthreads();
-    if (tid < kBc) {
-      float w = 0.0f, cc = 0.0f;
-      if (tid < jn) {
-        w = expf(g.scale * dot_f(qs, ks + tid * ldk, Dk) - m);
-        cc = dot_f(gos, vs + tid * ldv, Dv) * w / dlt;
+    {
+      const float p[2] = {partial_dot(qs, ks + kj * ldk, Dk, sub), partial_dot(gos, vs + kj * ldv, Dv, sub)};
+      float t[2];
+      group_total(gp, p, kj, sub, t);
+      if (sub == 0) {
+        const float w = expf(g.scale * t[0] - m);
+        ws[kj] = kj < jn ? w : 0.0f;
+        cs[kj] = kj < jn ? t[1] * w / dlt : 0.0f;
       }
-      ws[tid] = w;
-      cs[tid] = cc;
     }
     __syncthreads();
     for (int jj = 0; jj < jn; ++jj) {
@@ -480,21 +534,19 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
       tau += cc;
     }
   }
-  if (tb == 0)
-    AL_UNROLL
-    for (int r = 0; r < RA; ++r) {
-      mud[ta + 16 * r] = mu[r];
-      td[ta + 16 * r] = tt[r];
-    }
+  if (tb == 0) AL_UNROLL
+  for (int r = 0; r < RA; ++r) {
+    mud[ta + 16 * r] = mu[r];
+    td[ta + 16 * r] = tt[r];
+  }
   const double lam = static_cast<double>(a.lam[0]);
   const double ridge = lam * static_cast<double>(om);
   AL_UNROLL
-  for (int r = 0; r < RA; ++r)
-    AL_UNROLL
-    for (int c = 0; c <= r; ++c) {
-      const int ia = ta + 16 * r, ib = tb + 16 * c;
-      if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
-    }
+  for (int r = 0; r < RA; ++r) AL_UNROLL
+  for (int c = 0; c <= r; ++c) {
+    const int ia = ta + 16 * r, ib = tb + 16 * c;
+    if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
+  }
   __syncthreads();
 
   // u = b rho - Sigma^-1 t, dmu, domega, dlam_i, sum_j dx_ij: warp 0.
@@ -553,16 +605,17 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
     load_rows(ks, ldk, DKP, kb, a.k.ld, j0, jn, Dk, kBc);
     load_rows(vs, ldv, Dv, vb, a.v.ld, j0, jn, Dv, kBc);
     __syncthreads();
-    if (tid < kBc) {
-      float dl = 0.0f;
-      if (tid < jn) {
-        const float* kr = ks + tid * ldk;
-        const float w = expf(g.scale * dot_f(qs, kr, Dk) - m);
-        const float gm = dot_f(gos, vs + tid * ldv, Dv);
-        const float rx = dot_x(rhof, kr, qs, Dk), ux = dot_x(uf, kr, qs, Dk), mx = dot_x(dmuf, kr, qs, Dk);
-        dl = w * (gm * (1.0f - rx) / dlt + mx - ux * rx + dom);
+    {
+      const float* kr = ks + kj * ldk;
+      const float p[5] = {partial_dot(qs, kr, Dk, sub), partial_dot(gos, vs + kj * ldv, Dv, sub),
+                          partial_dot_x(rhof, kr, qs, Dk, sub), partial_dot_x(uf, kr, qs, Dk, sub),
+                          partial_dot_x(dmuf, kr, qs, Dk, sub)};
+      float t[5];
+      group_total(gp, p, kj, sub, t);
+      if (sub == 0) {
+        const float w = expf(g.scale * t[0] - m), gm = t[1], rx = t[2], ux = t[3], mx = t[4];
+        ls[kj] = kj < jn ? w * (gm * (1.0f - rx) / dlt + mx - ux * rx + dom) : 0.0f;
       }
-      ls[tid] = dl;
     }
     __syncthreads();
     if (col < Dk) {
@@ -773,15 +826,15 @@ LlaAttentionOp::Forward LlaAttentionOp::forward(CudaTag, const Tensor& q, const 
   const int64_t rows = B * H * g.T;
   if (rows == 0) return f;
   const LlaFwdArgs fa{heads(q),
-                   heads(k),
-                   heads(v),
-                   heads_out(f.out),
-                   f.m.data<float>(),
-                   f.omega.data<float>(),
-                   f.delta.data<float>(),
-                   f.rho.data<float>(),
-                   lam.data<float>(),
-                   g};
+                      heads(k),
+                      heads(v),
+                      heads_out(f.out),
+                      f.m.data<float>(),
+                      f.omega.data<float>(),
+                      f.delta.data<float>(),
+                      f.rho.data<float>(),
+                      lam.data<float>(),
+                      g};
   by_dk(g.Dk, [&](auto dkp) {
     constexpr int DKP = decltype(dkp)::value;
     const size_t smem = fwd_smem<DKP>(g.Dv);
@@ -821,43 +874,42 @@ LlaAttentionOp::Grads LlaAttentionOp::backward(CudaTag, const Tensor& q, const T
   Tensor dlam_i = Tensor::empty(rows_shape, DType::f32, dev);
 
   const LlaBwdRowArgs ra{heads(q),
-                      heads(k),
-                      heads(v),
-                      heads(dout),
-                      heads(saved.out),
-                      saved.m.data<float>(),
-                      saved.omega.data<float>(),
-                      saved.delta.data<float>(),
-                      saved.rho.data<float>(),
-                      lam.data<float>(),
-                      heads_out(gr.dq),
-                      u.data<float>(),
-                      dmu.data<float>(),
-                      domega.data<float>(),
-                      dlam_i.data<float>(),
-                      g,
-                      flashlla_grad ? 1 : 0};
+                         heads(k),
+                         heads(v),
+                         heads(dout),
+                         heads(saved.out),
+                         saved.m.data<float>(),
+                         saved.omega.data<float>(),
+                         saved.delta.data<float>(),
+                         saved.rho.data<float>(),
+                         lam.data<float>(),
+                         heads_out(gr.dq),
+                         u.data<float>(),
+                         dmu.data<float>(),
+                         domega.data<float>(),
+                         dlam_i.data<float>(),
+                         g,
+                         flashlla_grad ? 1 : 0};
   by_dk(g.Dk, [&](auto dkp) {
     constexpr int DKP = decltype(dkp)::value;
     const size_t smem = bwd_row_smem<DKP>(g.Dv);
     AL_ASSERT(smem <= kSmemLimit, kName, ": backward row shared memory ", smem);
-    AL_CUDA_LAUNCH(lla_attention_bwd_rows_kernel<DKP>, dim3(static_cast<unsigned>(rows)), dim3(kRowThreadsL), smem,
-                   ra);
+    AL_CUDA_LAUNCH(lla_attention_bwd_rows_kernel<DKP>, dim3(static_cast<unsigned>(rows)), dim3(kRowThreadsL), smem, ra);
   });
 
   const LlaBwdKeyArgs ka{heads(q),
-                      heads(k),
-                      heads(v),
-                      heads(dout),
-                      saved.m.data<float>(),
-                      saved.delta.data<float>(),
-                      domega.data<float>(),
-                      saved.rho.data<float>(),
-                      u.data<float>(),
-                      dmu.data<float>(),
-                      heads_out(gr.dk),
-                      heads_out(gr.dv),
-                      g};
+                         heads(k),
+                         heads(v),
+                         heads(dout),
+                         saved.m.data<float>(),
+                         saved.delta.data<float>(),
+                         domega.data<float>(),
+                         saved.rho.data<float>(),
+                         u.data<float>(),
+                         dmu.data<float>(),
+                         heads_out(gr.dk),
+                         heads_out(gr.dv),
+                         g};
   const size_t ksmem = bwd_key_smem(g.Dk, g.Dv);
   AL_ASSERT(ksmem <= kSmemLimit, kName, ": backward key shared memory ", ksmem);
   AL_CUDA_LAUNCH(lla_attention_bwd_keys_kernel, dim3(tile_count(g.S, kBk), static_cast<unsigned>(B * H)),
