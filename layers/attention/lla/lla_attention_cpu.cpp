@@ -51,36 +51,50 @@ namespace {
 using namespace attn_cpu;
 
 constexpr std::string_view kName = "lla_attention";
+// Rows per batched solve: one per lane of a double vector (see cholesky_lanes).
+constexpr int64_t kL = kLanes<double>;
+using VD = Vec<double>::V;
 
+// lla_conditioning's one-row Cholesky (the kernels use the batched form below).
 // In-place Cholesky of the SPD a [n, n] (row-major, lower triangle used): a = L L^T with L in the
-// lower triangle. Returns false when a pivot is not positive.
+// lower triangle. Right-looking: after column j is scaled, the trailing lower triangle takes the
+// rank-1 update row by row, contiguous and independent (vectorised), instead of the dot-product
+// form's dependent chains. Returns false when a pivot is not positive.
 bool cholesky(double* a, int64_t n) {
+  std::vector<double> col(static_cast<size_t>(n));
+  double* c = col.data();
   for (int64_t j = 0; j < n; ++j) {
-    double d = a[j * n + j];
-    for (int64_t p = 0; p < j; ++p) d -= a[j * n + p] * a[j * n + p];
+    const double d = a[j * n + j];
     if (!(d > 0.0)) return false;
-    const double l = std::sqrt(d);
+    const double l = std::sqrt(d), inv = 1.0 / l;
     a[j * n + j] = l;
+    for (int64_t i = j + 1; i < n; ++i) c[i] = a[i * n + j] *= inv;
     for (int64_t i = j + 1; i < n; ++i) {
-      double s = a[i * n + j];
-      for (int64_t p = 0; p < j; ++p) s -= a[i * n + p] * a[j * n + p];
-      a[i * n + j] = s / l;
+      const double lij = c[i];
+      double* ai = a + i * n;
+#pragma omp simd
+      for (int64_t k = j + 1; k <= i; ++k) ai[k] -= lij * c[k];
     }
   }
   return true;
 }
 
-// x = (L L^T)^-1 b in place, L from cholesky().
+// x = (L L^T)^-1 b in place, L from cholesky(): forward substitution by row dot products, back
+// substitution by column updates (both contiguous in L's rows).
 void cholesky_solve(const double* l, int64_t n, double* x) {
   for (int64_t i = 0; i < n; ++i) {
-    double s = x[i];
-    for (int64_t p = 0; p < i; ++p) s -= l[i * n + p] * x[p];
-    x[i] = s / l[i * n + i];
+    const double* li = l + i * n;
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t p = 0; p < i; ++p) s += li[p] * x[p];
+    x[i] = (x[i] - s) / li[i];
   }
   for (int64_t i = n - 1; i >= 0; --i) {
-    double s = x[i];
-    for (int64_t p = i + 1; p < n; ++p) s -= l[p * n + i] * x[p];
-    x[i] = s / l[i * n + i];
+    const double* li = l + i * n;
+    const double xi = x[i] / li[i];
+    x[i] = xi;
+#pragma omp simd
+    for (int64_t p = 0; p < i; ++p) x[p] -= li[p] * xi;
   }
 }
 
@@ -198,7 +212,7 @@ template <typename F>
 struct Scratch {
   int64_t sp, P;
   std::vector<F> kt, vt, w, g, r, u, mm, sig, kk, rows;
-  std::vector<double> a;  // one Sigma_i in double
+  std::vector<double> a;  // kL rows' Sigma_i in double, lane-interleaved
   Scratch(int64_t S, int64_t Dk, int64_t Dv, bool backward)
       : sp(round_up_lanes<F>(S) + kLanes<F>),
         P(packed_size(Dk)),
@@ -212,7 +226,7 @@ struct Scratch {
         sig(static_cast<size_t>(kRows * P)),
         kk(static_cast<size_t>(kKeyChunk * P)),
         rows(static_cast<size_t>(kRows * (4 * Dk + 4))),
-        a(static_cast<size_t>(Dk * Dk)) {}
+        a(static_cast<size_t>(Dk * Dk * kL)) {}
 };
 
 // One query tile's moments over its visible keys [0, nmax): the weights w [br, sp] (0 where
@@ -247,26 +261,81 @@ void tile_moments(Rows<const F> q, Rows<const F> k, int64_t Dk, F scale, const i
   }
 }
 
-// Row i's Sigma_i = Sigma~ - mut q^T - q mut^T + omega q q^T + lam omega I in double (lower
-// triangle of a), Cholesky-factored in place; mu = mut - omega q.
-template <typename F>
-void factor_row(const F* sig_packed, const F* mut, F omega_f, const F* qi, int64_t Dk, double lam, double* a,
-                double* mu) {
-  const double omega = omega_f;
-  int64_t p = 0;
-  for (int64_t x = 0; x < Dk; ++x)
-    for (int64_t y = x; y < Dk; ++y) a[y * Dk + x] = sig_packed[p++];
-  for (int64_t x = 0; x < Dk; ++x) {
-    const double mx = mut[x], qx = qi[x];
-    mu[x] = mx - omega * qx;
-    for (int64_t y = x; y < Dk; ++y) {
-      const double my = mut[y], qy = qi[y];
-      a[y * Dk + x] += -mx * qy - qx * my + omega * qx * qy;
+// ---- batched solves ------------------------------------------------------------------------------
+// The per-row Cholesky factorisations and solves run kL rows at a time, one row per vector lane
+// (element (x, y) of the kL matrices at a[(x * n + y) * kL + lane]): every scalar step of the
+// factorisation becomes one vector operation, so the Dk^3 / 6 steps are neither scalar nor
+// latency-bound chains. Lanes past the last row hold the identity (their results are unused).
+
+// In place: a = L L^T per lane, L in the lower triangle. False when a pivot is not positive.
+bool cholesky_lanes(double* a, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    double* ajj = a + (j * n + j) * kL;
+    VD l;
+    for (int64_t e = 0; e < kL; ++e) {
+      if (!(ajj[e] > 0.0)) return false;
+      l[e] = std::sqrt(ajj[e]);
     }
-    a[x * Dk + x] += lam * omega;
+    vstore(ajj, l);
+    const VD inv = 1.0 / l;
+    for (int64_t i = j + 1; i < n; ++i) vstore(a + (i * n + j) * kL, vload(a + (i * n + j) * kL) * inv);
+    for (int64_t i = j + 1; i < n; ++i) {
+      const VD lij = vload(a + (i * n + j) * kL);
+      for (int64_t k = j + 1; k <= i; ++k) {
+        double* aik = a + (i * n + k) * kL;
+        vstore(aik, vload(aik) - lij * vload(a + (k * n + j) * kL));
+      }
+    }
   }
-  AL_CHECK(cholesky(a, Dk), kName, ": Sigma_i is not positive definite (lam * omega_i = ", lam * omega,
-           "); non-finite inputs?");
+  return true;
+}
+
+// x = (L L^T)^-1 x per lane (x[d * kL + lane]), L from cholesky_lanes.
+void solve_lanes(const double* a, int64_t n, double* x) {
+  for (int64_t i = 0; i < n; ++i) {
+    VD s = vload(x + i * kL);
+    for (int64_t p = 0; p < i; ++p) s -= vload(a + (i * n + p) * kL) * vload(x + p * kL);
+    vstore(x + i * kL, s / vload(a + (i * n + i) * kL));
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    const VD xi = vload(x + i * kL) / vload(a + (i * n + i) * kL);
+    vstore(x + i * kL, xi);
+    for (int64_t p = 0; p < i; ++p) vstore(x + p * kL, vload(x + p * kL) - vload(a + (i * n + p) * kL) * xi);
+  }
+}
+
+// Rows [r0, r0 + cnt) of a query tile (cnt <= kL), one per lane: Sigma_i = Sigma~ - mut q^T -
+// q mut^T + omega q q^T + lam omega I in double from the packed Sigma~ [br, P], factored in place;
+// mu = mut - omega q (0 in unused lanes).
+template <typename F>
+void factor_lanes(const F* sig, int64_t P, const F* mut, const F* omega, Rows<const F> q, int64_t i0, int64_t r0,
+                  int64_t cnt, int64_t Dk, double lam, double* a, double* mu) {
+  for (int64_t e = 0; e < kL; ++e) {
+    if (e >= cnt) {
+      for (int64_t x = 0; x < Dk; ++x) {
+        mu[x * kL + e] = 0;
+        for (int64_t y = 0; y <= x; ++y) a[(x * Dk + y) * kL + e] = x == y ? 1.0 : 0.0;
+      }
+      continue;
+    }
+    const int64_t r = r0 + e;
+    const F* sp = sig + r * P;
+    const F* mt = mut + r * Dk;
+    const F* qi = q.row(i0 + r);
+    const double om = omega[r];
+    int64_t p = 0;
+    for (int64_t x = 0; x < Dk; ++x) {
+      const double mx = mt[x], qx = qi[x];
+      mu[x * kL + e] = mx - om * qx;
+      for (int64_t y = x; y < Dk; ++y, ++p) {
+        const double my = mt[y], qy = qi[y];
+        a[(y * Dk + x) * kL + e] = static_cast<double>(sp[p]) - mx * qy - qx * my + om * qx * qy;
+      }
+      a[(x * Dk + x) * kL + e] += lam * om;
+    }
+  }
+  AL_CHECK(cholesky_lanes(a, Dk), kName, ": Sigma_i is not positive definite at a row of query tile ", i0,
+           " (lam = ", lam, "); non-finite inputs?");
 }
 
 template <typename F>
@@ -292,7 +361,7 @@ LlaAttentionOp::Forward forward_impl(const Tensor& q, const Tensor& k, const Ten
   const int64_t work = tiles * kRows * S * (packed_size(Dk) + Dk + Dv);
   cpu::parallel_for(0, B * H * tiles, heads_grain(work / tiles), [&](int64_t t0, int64_t t1) {
     Scratch<F> ws(S, Dk, Dv, false);
-    std::vector<double> mu(static_cast<size_t>(Dk)), rho(static_cast<size_t>(Dk));
+    std::vector<double> mu(static_cast<size_t>(Dk * kL)), rho(static_cast<size_t>(Dk * kL));
     int64_t cur = -1;  // the (b, h) whose k^T ws.kt holds
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / tiles, i0 = (task % tiles) * kRows, br = std::min(kRows, T - i0);
@@ -309,22 +378,26 @@ LlaAttentionOp::Forward forward_impl(const Tensor& q, const Tensor& k, const Ten
       // scalars: c_ij = w_ij (1 + rho.q - rho.k_j) / delta, i.e. (w_ij a_i - w_ij (rho.k_j) / delta).
       F* rq = ws.rows.data() + br * Dk;  // [br]: (1 + rho.q) / delta
       F* id = rq + br;                   // [br]: 1 / delta
-      for (int64_t r = 0; r < br; ++r) {
-        const F* qi = qr.row(i0 + r);
-        factor_row(ws.sig.data() + r * ws.P, mut + r * Dk, omega[r], qi, Dk, lv, ws.a.data(), mu.data());
+      for (int64_t r0 = 0; r0 < br; r0 += kL) {
+        const int64_t cnt = std::min(kL, br - r0);
+        factor_lanes(ws.sig.data(), ws.P, mut, omega, qr, i0, r0, cnt, Dk, lv, ws.a.data(), mu.data());
         rho = mu;
-        cholesky_solve(ws.a.data(), Dk, rho.data());
-        double mr = 0;
-        for (int64_t d = 0; d < Dk; ++d) mr += mu[static_cast<size_t>(d)] * rho[static_cast<size_t>(d)];
-        const double dl = static_cast<double>(omega[r]) - mr;
-        delta[r] = static_cast<F>(dl);
-        double rqd = 0;
-        for (int64_t d = 0; d < Dk; ++d) {
-          rho_out[r * Dk + d] = static_cast<F>(rho[static_cast<size_t>(d)]);
-          rqd += static_cast<double>(rho_out[r * Dk + d]) * qi[d];
+        solve_lanes(ws.a.data(), Dk, rho.data());
+        for (int64_t e = 0; e < cnt; ++e) {
+          const int64_t r = r0 + e;
+          const F* qi = qr.row(i0 + r);
+          double mr = 0, rqd = 0;
+          for (int64_t d = 0; d < Dk; ++d) {
+            const double rd = rho[static_cast<size_t>(d * kL + e)];
+            mr += mu[static_cast<size_t>(d * kL + e)] * rd;
+            rho_out[r * Dk + d] = static_cast<F>(rd);
+            rqd += static_cast<double>(rho_out[r * Dk + d]) * qi[d];
+          }
+          const double dl = static_cast<double>(omega[r]) - mr;
+          delta[r] = static_cast<F>(dl);
+          rq[r] = static_cast<F>((1.0 + rqd) / dl);
+          id[r] = static_cast<F>(1.0 / dl);
         }
-        rq[r] = static_cast<F>((1.0 + rqd) / dl);
-        id[r] = static_cast<F>(1.0 / dl);
       }
       // R = rho K^T; c = w (1 + rho.q - R) / delta in place of w; out = C V.
       const int64_t nmax = n[static_cast<size_t>(i0 + br - 1)], npad = round_up_lanes<F>(nmax), sp = ws.sp;
@@ -404,53 +477,67 @@ void backward_rows(Rows<const F> qr, Rows<const F> kr, Rows<const F> outr, Rows<
   }
   tile_mm<F>(br, Dk, nmax, g, sp, 1, kr.p, kr.ld, false, tp, Dk);
   // Per row: the solves (double).
-  double* mu = tmp.data();
-  double* rho = mu + Dk;
-  double* u = rho + Dk;
+  double* mu = tmp.data();  // [Dk, kL] each, lane-interleaved
+  double* rho = mu + Dk * kL;
+  double* u = rho + Dk * kL;
   F* rho_f = st.rho.data() + (bh * T + i0) * Dk;
   F* u_f = st.u.data() + (bh * T + i0) * Dk;
   F* dmu_f = st.dmu.data() + (bh * T + i0) * Dk;
   F* base = ws.rows.data() + 2 * br * Dk + 3 * br;  // [br, Dk]: dq_i's closed-form part
-  for (int64_t r = 0; r < br; ++r) {
-    const int64_t i = i0 + r, ri = bh * Tp + i;
-    const F* qi = qr.row(i);
-    factor_row(ws.sig.data() + r * ws.P, mut + r * Dk, omega[r], qi, Dk, lam, ws.a.data(), mu);
-    for (int64_t d = 0; d < Dk; ++d) rho[d] = mu[d];
-    cholesky_solve(ws.a.data(), Dk, rho);
-    double mr = 0;
-    for (int64_t d = 0; d < Dk; ++d) mr += mu[d] * rho[d];
-    const double om = omega[r], delta = om - mr;
-    const double b = row_dot(dor.row(i), outr.row(i), Dv) / delta;
-    const double ta = static_cast<double>(tau[r]) / delta;
-    for (int64_t d = 0; d < Dk; ++d) u[d] = b * mu[d] - (static_cast<double>(tp[r * Dk + d]) - tau[r] * qi[d]) / delta;
-    cholesky_solve(ws.a.data(), Dk, u);
-    double ur = 0, rmu = 0, umu = 0, rq = 0, uq = 0, mq = 0;
-    for (int64_t d = 0; d < Dk; ++d) {
-      ur += u[d] * rho[d];
-      rmu += rho[d] * mu[d];
-      umu += u[d] * mu[d];
+  double scal[4 * kL];  // per lane: b, tau / delta, omega, delta
+  for (int64_t r0 = 0; r0 < br; r0 += kL) {
+    const int64_t cnt = std::min(kL, br - r0);
+    factor_lanes(ws.sig.data(), ws.P, mut, omega, qr, i0, r0, cnt, Dk, lam, ws.a.data(), mu);
+    for (int64_t x = 0; x < Dk * kL; ++x) rho[x] = mu[x];
+    solve_lanes(ws.a.data(), Dk, rho);
+    for (int64_t e = 0; e < kL; ++e) {
+      if (e >= cnt) {
+        for (int64_t d = 0; d < Dk; ++d) u[d * kL + e] = 0;
+        continue;
+      }
+      const int64_t r = r0 + e, i = i0 + r;
+      const F* qi = qr.row(i);
+      double mr = 0;
+      for (int64_t d = 0; d < Dk; ++d) mr += mu[d * kL + e] * rho[d * kL + e];
+      const double om = omega[r], delta = om - mr;
+      const double b = row_dot(dor.row(i), outr.row(i), Dv) / delta;
+      scal[e] = b, scal[kL + e] = static_cast<double>(tau[r]) / delta, scal[2 * kL + e] = om, scal[3 * kL + e] = delta;
+      for (int64_t d = 0; d < Dk; ++d)
+        u[d * kL + e] = b * mu[d * kL + e] - (static_cast<double>(tp[r * Dk + d]) - tau[r] * qi[d]) / delta;
     }
-    const double domega = flashlla ? -b : -b - lam * ur;
-    dlam_row[i] = flashlla ? 0.0 : -om * ur;
-    for (int64_t d = 0; d < Dk; ++d) {
-      const double dmu = u[d] + b * rho[d];
-      base[r * Dk + d] = static_cast<F>(ta * rho[d] + rmu * u[d] + umu * rho[d] - om * dmu);
-      rho_f[r * Dk + d] = static_cast<F>(rho[d]);
-      u_f[r * Dk + d] = static_cast<F>(u[d]);
-      dmu_f[r * Dk + d] = static_cast<F>(dmu);
-      st.rho_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = rho_f[r * Dk + d];
-      st.u_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = u_f[r * Dk + d];
-      st.dmu_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = dmu_f[r * Dk + d];
-      rq += static_cast<double>(rho_f[r * Dk + d]) * qi[d];
-      uq += static_cast<double>(u_f[r * Dk + d]) * qi[d];
-      mq += static_cast<double>(dmu_f[r * Dk + d]) * qi[d];
+    solve_lanes(ws.a.data(), Dk, u);
+    for (int64_t e = 0; e < cnt; ++e) {
+      const int64_t r = r0 + e, i = i0 + r, ri = bh * Tp + i;
+      const F* qi = qr.row(i);
+      const double b = scal[e], ta = scal[kL + e], om = scal[2 * kL + e], delta = scal[3 * kL + e];
+      double ur = 0, rmu = 0, umu = 0, rq = 0, uq = 0, mq = 0;
+      for (int64_t d = 0; d < Dk; ++d) {
+        ur += u[d * kL + e] * rho[d * kL + e];
+        rmu += rho[d * kL + e] * mu[d * kL + e];
+        umu += u[d * kL + e] * mu[d * kL + e];
+      }
+      const double domega = flashlla ? -b : -b - lam * ur;
+      dlam_row[i] = flashlla ? 0.0 : -om * ur;
+      for (int64_t d = 0; d < Dk; ++d) {
+        const double rd = rho[d * kL + e], ud = u[d * kL + e], dmu = ud + b * rd;
+        base[r * Dk + d] = static_cast<F>(ta * rd + rmu * ud + umu * rd - om * dmu);
+        rho_f[r * Dk + d] = static_cast<F>(rd);
+        u_f[r * Dk + d] = static_cast<F>(ud);
+        dmu_f[r * Dk + d] = static_cast<F>(dmu);
+        st.rho_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = rho_f[r * Dk + d];
+        st.u_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = u_f[r * Dk + d];
+        st.dmu_t[static_cast<size_t>((bh * Dk + d) * Tp + i)] = dmu_f[r * Dk + d];
+        rq += static_cast<double>(rho_f[r * Dk + d]) * qi[d];
+        uq += static_cast<double>(u_f[r * Dk + d]) * qi[d];
+        mq += static_cast<double>(dmu_f[r * Dk + d]) * qi[d];
+      }
+      st.m[static_cast<size_t>(ri)] = mloc[r];
+      st.inv_delta[static_cast<size_t>(ri)] = static_cast<F>(1.0 / delta);
+      st.domega[static_cast<size_t>(ri)] = static_cast<F>(domega);
+      st.rq[static_cast<size_t>(ri)] = static_cast<F>(rq);
+      st.uq[static_cast<size_t>(ri)] = static_cast<F>(uq);
+      st.mq[static_cast<size_t>(ri)] = static_cast<F>(mq);
     }
-    st.m[static_cast<size_t>(ri)] = mloc[r];
-    st.inv_delta[static_cast<size_t>(ri)] = static_cast<F>(1.0 / delta);
-    st.domega[static_cast<size_t>(ri)] = static_cast<F>(domega);
-    st.rq[static_cast<size_t>(ri)] = static_cast<F>(rq);
-    st.uq[static_cast<size_t>(ri)] = static_cast<F>(uq);
-    st.mq[static_cast<size_t>(ri)] = static_cast<F>(mq);
   }
   // R = rho K^T, U = u K^T, M = dmu K^T; dl into w's place; dq = s dl K + base.
   F* rk = ws.r.data();
@@ -573,7 +660,7 @@ LlaAttentionOp::Grads backward_impl(const Tensor& q, const Tensor& k, const Tens
   const int64_t work = tiles * kRows * S * (packed_size(Dk) + 8 * Dk + Dv);
   cpu::parallel_for(0, B * H * tiles, heads_grain(work / tiles), [&](int64_t t0, int64_t t1) {
     Scratch<F> ws(S, Dk, Dv, true);
-    std::vector<double> tmp(static_cast<size_t>(3 * Dk));
+    std::vector<double> tmp(static_cast<size_t>(3 * Dk * kL));
     int64_t cur = -1;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / tiles, i0 = (task % tiles) * kRows, br = std::min(kRows, T - i0);
