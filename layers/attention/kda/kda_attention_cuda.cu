@@ -1,6 +1,7 @@
 // CUDA forward and backward of the chunkwise KDA core op (kda_attention.h), f32.
 //
-// Maths, per (b, h) (spec: shared/specs/attention_kda_lla.md A6, A7), chunks of C = kC tokens.
+// Maths, per (b, h) (spec: shared/specs/attention_kda_lla.md A6, A7), chunks of C tokens
+// (C = 32 for Dk <= 64, else 16; the CPU's 64 differs only by rounding).
 // Inside chunk n (rows r = 0..C-1; a ragged last chunk is padded with zero q, k, v, g, beta, so
 // its padded rows carry G = G_last, W = U = Kd = 0 and leave the state as the CPU computes it):
 //   G_r = sum_{j <= r} g_j (chunk-local), Gamma = exp(G), gamma_C = exp(G_{C-1}),
@@ -28,36 +29,39 @@
 // dDelta [B*H, Tp, Dv]; Tinv, Akk, Aqk [B*H, N, C, C]; h (chunk-start states) and dS per chunk
 // [B*H, N, Dk, Dv]. Memory linear in T.
 //
-// Launch shapes (128 threads = 4 warps everywhere; C = 16; ld = Dk | 1, an odd row stride):
+// Launch shapes (128 threads = 4 warps, 8 C in the backward chunk kernel; ld = Dk | 1, an odd row
+// stride; shared memory quoted at (C, Dk) = (16, 128) / (32, 64), the largest each C serves):
 //   prep       grid (N, B*H). Loads K, Q, g of the chunk (zeros past T); thread d < Dk runs the
 //              cumsum of column d; threads take (i, j) pairs for Akk, Aqk (a Dk dot with the
 //              pairwise exp); thread j < C solves column j of Tinv by forward substitution (the
 //              columns are independent) while the others form beta K Gamma; then elements of W,
 //              Kd [C, Dk] and U [C, Dv] (a <= C dot each). smem K, Q, G [C, ld] + 2 [C, C+1] + beta
-//              = 27.0 KB at Dk = 128.
+//              = 27.0 / 33.5 KB.
 //   sweep      grid (ceil(Dv / 32), B*H): a block owns a 32-column tile of the state in shared memory
 //              and walks the chunks in order: stores h_n, Delta (C x 32 elements, Dk dots), then the
 //              state update (Dk x 32 elements, C dots). smem S [Dk, 33], W, Kd [C, ld], U/Delta
-//              [C, 33], gamma [Dk] = 36.0 KB.
+//              [C, 33], gamma [Dk] = 36.0 / 29.6 KB.
 //   output     grid (N, B*H, ceil(Dv / 32)): s (Q o Gamma), h_n's tile, Aqk, Delta's tile in shared
-//              memory; thread per output element (Dk + C dot). 28.4 KB.
+//              memory; thread per output element (Dk + C dot). 28.4 / 25.2 KB.
 //   bwd sweep  grid (ceil(Dv / 32), B*H): the reverse walk with dS's tile in shared memory; stores
 //              dS per chunk, dDelta, ds0. smem dS [Dk, 33], s Q o Gamma, W, Kd [C, ld], Aqk, dO and
-//              dDelta tiles, gamma = 47.5 KB.
-//   bwd chunk  grid (N, B*H). Thread t owns row r = t / 8 of the chunk and columns cg + 8 m
-//              (cg = t % 8) of every [C, D] or [C, C] quantity, so a row sum is a local sum plus 3
-//              xor shuffles inside the row's 8 lanes. Phase 1 walks Dv in 16-column tiles (h_n, dS,
-//              dO, Delta, dDelta, V tiles in shared memory) accumulating dW, P, Pk, dA, the Delta
-//              part of dTinv in registers and writing dv; phase 2 reuses that shared memory for
-//              K, Q, G and one [C, Dk] exchange tile (dW, then Pk o Kd, then dG) and does the rest
-//              in C x C and C x Dk element passes, ending with the reverse cumsum (thread d < Dk).
-//              smem max(phase 1 21.8 KB, phase 2 33.0 KB) + 5 [C, C+1] + small = 39.8 KB.
+//              dDelta tiles, gamma = 47.5 / 46.3 KB.
+//   bwd chunk  grid (N, B*H), 8 C threads. Thread t owns row r = t / 8 of the chunk and columns
+//              cg + 8 m (cg = t % 8) of every [C, D] or [C, C] quantity, so a row sum is a local sum
+//              plus 3 xor shuffles inside the row's 8 lanes. Phase 1 walks Dv in 16-column tiles
+//              (h_n, dS, dO, Delta, dDelta, V tiles in shared memory) accumulating dW, P, Pk, dA and
+//              the Delta part of dTinv in registers and writing dv; phase 2 reuses that shared
+//              memory for K, Q, G and one [C, Dk] exchange tile (dW, then Pk o Kd, then dG) and does
+//              the rest in C x C and C x Dk element passes, ending with the reverse cumsum (thread
+//              d < Dk). smem max(phase 1, phase 2) + 5 [C, C+1] + small = 39.1 / 54.9 KB (the
+//              launch opts in above 48 KB; sm_80 and sm_90 allow it).
 // Determinism: no atomics; every element is written by one thread and every sum runs in a fixed
 // order (the shuffle trees too), so results do not depend on scheduling.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 #include "layers/attention/attention_tiles_cuda.h"
 #include "layers/attention/kda/kda_attention.h"
@@ -71,16 +75,22 @@ namespace {
 using attention_cuda::carved, attention_cuda::group_sum, attention_cuda::heads, attention_cuda::Heads,
     attention_cuda::imin, attention_cuda::unit_last_stride;
 
-constexpr int kC = 16;        // chunk length on CUDA (the CPU's 64 differs only by rounding)
-constexpr int kThreads = 128;
+constexpr int kThreads = 128;  // every kernel but the backward chunk kernel (8 C)
 constexpr int kTile = 32;     // state columns per block in the sweeps and the output kernel
 constexpr int kBwdTile = 16;  // Dv columns per step of the backward chunk kernel's phase 1
 constexpr int kMaxD = 128;
-constexpr int kLdC = kC + 1;
 constexpr int kLdT = kTile + 1;
 constexpr int kLdB = kBwdTile + 1;
-constexpr int kOwn = kMaxD / 8;  // columns a thread owns in a [C, Dk] pass (cg + 8 m)
-static_assert(kThreads / 8 == kC, "the backward chunk kernel gives each row of a chunk 8 lanes");
+// The largest Dk a chunk length serves (by_chunk below picks C from Dk), and the columns
+// cg + 8 m a thread of the backward chunk kernel owns in a [C, Dk] pass.
+template <int C>
+constexpr int max_dk() {
+  return C == 32 ? 64 : kMaxD;
+}
+template <int C>
+constexpr int own_cols() {
+  return max_dk<C>() / 8;
+}
 
 struct Geom {
   int H = 0, T = 0, Dk = 0, Dv = 0;
@@ -91,14 +101,17 @@ struct Geom {
 __host__ __device__ inline int ld_k(int dk) { return dk | 1; }  // odd: the rows spread over the banks
 
 // Row t of head bh in the padded [B*H, N*C, D] scratch.
+template <int C>
 __device__ inline int64_t prow(const Geom& g, int bh, int t) {
-  return static_cast<int64_t>(bh) * g.N * kC + t;
+  return static_cast<int64_t>(bh) * g.N * C + t;
 }
 // Offset of chunk n's [C, C] matrix in [B*H, N, C, C] scratch.
+template <int C>
 __device__ inline int64_t cc_off(const Geom& g, int bh, int n) {
-  return (static_cast<int64_t>(bh) * g.N + n) * kC * kC;
+  return (static_cast<int64_t>(bh) * g.N + n) * C * C;
 }
 // Offset of chunk n's [Dk, Dv] state in [B*H, N, Dk, Dv] scratch.
+template <int C>
 __device__ inline int64_t st_off(const Geom& g, int bh, int n) {
   return (static_cast<int64_t>(bh) * g.N + n) * g.Dk * g.Dv;
 }
@@ -118,38 +131,40 @@ struct PrepArgs {
   Geom geo = {};
 };
 
+template <int C>
 __global__ void __launch_bounds__(kThreads) kda_prep_kernel(PrepArgs a) {
   const Geom& g = a.geo;
+  constexpr int LdC = C + 1;
   const int n = static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int tid = static_cast<int>(threadIdx.x);
-  const int t0 = n * kC, rows = imin(kC, g.T - t0);
+  const int t0 = n * C, rows = imin(C, g.T - t0);
   const int ldk = ld_k(g.Dk);
 
   simt::SmemCarver carve;
-  float* ks = carve.take<float>(kC * ldk);
-  float* qs = carve.take<float>(kC * ldk);  // Q, then beta K Gamma
-  float* gs = carve.take<float>(kC * ldk);  // g, then G
-  float* A = carve.take<float>(kC * kLdC);  // Akk
-  float* ti = carve.take<float>(kC * kLdC);
-  float* bs = carve.take<float>(kC);
+  float* ks = carve.take<float>(C * ldk);
+  float* qs = carve.take<float>(C * ldk);  // Q, then beta K Gamma
+  float* gs = carve.take<float>(C * ldk);  // g, then G
+  float* A = carve.take<float>(C * LdC);  // Akk
+  float* ti = carve.take<float>(C * LdC);
+  float* bs = carve.take<float>(C);
 
   const float* kb = a.k.head(b, h) + static_cast<int64_t>(t0) * a.k.ld;
   const float* qb = a.q.head(b, h) + static_cast<int64_t>(t0) * a.q.ld;
   const float* gb = a.g.head(b, h) + static_cast<int64_t>(t0) * a.g.ld;
-  for (int e = tid; e < kC * g.Dk; e += kThreads) {
+  for (int e = tid; e < C * g.Dk; e += kThreads) {
     const int r = e / g.Dk, d = e % g.Dk;
     const bool in = r < rows;
     ks[r * ldk + d] = in ? kb[static_cast<int64_t>(r) * a.k.ld + d] : 0.0f;
     qs[r * ldk + d] = in ? qb[static_cast<int64_t>(r) * a.q.ld + d] : 0.0f;
     gs[r * ldk + d] = in ? gb[static_cast<int64_t>(r) * a.g.ld + d] : 0.0f;
   }
-  if (tid < kC) bs[tid] = tid < rows ? a.beta[static_cast<int64_t>(bh) * g.T + t0 + tid] : 0.0f;
+  if (tid < C) bs[tid] = tid < rows ? a.beta[static_cast<int64_t>(bh) * g.T + t0 + tid] : 0.0f;
   __syncthreads();
 
-  const int64_t p0 = prow(g, bh, t0);
+  const int64_t p0 = prow<C>(g, bh, t0);
   if (tid < g.Dk) {
     float acc = 0.0f;
-    for (int r = 0; r < kC; ++r) {
+    for (int r = 0; r < C; ++r) {
       acc += gs[r * ldk + tid];
       gs[r * ldk + tid] = acc;
       a.G[(p0 + r) * g.Dk + tid] = acc;
@@ -157,9 +172,9 @@ __global__ void __launch_bounds__(kThreads) kda_prep_kernel(PrepArgs a) {
   }
   __syncthreads();
 
-  const int64_t cc = cc_off(g, bh, n);
-  for (int e = tid; e < kC * kC; e += kThreads) {
-    const int i = e / kC, j = e % kC;
+  const int64_t cc = cc_off<C>(g, bh, n);
+  for (int e = tid; e < C * C; e += kThreads) {
+    const int i = e / C, j = e % C;
     float akk = 0.0f, aqk = 0.0f;
     if (j <= i) {
       for (int d = 0; d < g.Dk; ++d) {
@@ -169,44 +184,44 @@ __global__ void __launch_bounds__(kThreads) kda_prep_kernel(PrepArgs a) {
       }
     }
     if (j == i) akk = 0.0f;  // L is strictly lower
-    A[i * kLdC + j] = akk;
+    A[i * LdC + j] = akk;
     if (a.Akk) a.Akk[cc + e] = akk;
     a.Aqk[cc + e] = g.scale * aqk;
   }
   __syncthreads();
 
   // (I + L) X = I, row i: X_ij = -beta_i sum_{m=j}^{i-1} Akk_im X_mj; column j needs only column j.
-  if (tid < kC) {
+  if (tid < C) {
     const int j = tid;
-    for (int i = 0; i < kC; ++i) {
+    for (int i = 0; i < C; ++i) {
       float x = i == j ? 1.0f : 0.0f;
       if (i > j) {
         float s = 0.0f;
-        for (int m = j; m < i; ++m) s += A[i * kLdC + m] * ti[m * kLdC + j];
+        for (int m = j; m < i; ++m) s += A[i * LdC + m] * ti[m * LdC + j];
         x = -bs[i] * s;
       }
-      ti[i * kLdC + j] = x;
+      ti[i * LdC + j] = x;
     }
   }
-  for (int e = tid; e < kC * g.Dk; e += kThreads) {  // Q is consumed: qs <- beta K Gamma
+  for (int e = tid; e < C * g.Dk; e += kThreads) {  // Q is consumed: qs <- beta K Gamma
     const int r = e / g.Dk, d = e % g.Dk;
     qs[r * ldk + d] = bs[r] * ks[r * ldk + d] * expf(gs[r * ldk + d]);
   }
   __syncthreads();
 
-  for (int e = tid; e < kC * kC; e += kThreads) a.Tinv[cc + e] = ti[(e / kC) * kLdC + e % kC];
-  for (int e = tid; e < kC * g.Dk; e += kThreads) {
+  for (int e = tid; e < C * C; e += kThreads) a.Tinv[cc + e] = ti[(e / C) * LdC + e % C];
+  for (int e = tid; e < C * g.Dk; e += kThreads) {
     const int r = e / g.Dk, d = e % g.Dk;
     float w = 0.0f;
-    for (int j = 0; j <= r; ++j) w += ti[r * kLdC + j] * qs[j * ldk + d];
+    for (int j = 0; j <= r; ++j) w += ti[r * LdC + j] * qs[j * ldk + d];
     a.W[(p0 + r) * g.Dk + d] = w;
-    a.Kd[(p0 + r) * g.Dk + d] = ks[r * ldk + d] * expf(gs[(kC - 1) * ldk + d] - gs[r * ldk + d]);
+    a.Kd[(p0 + r) * g.Dk + d] = ks[r * ldk + d] * expf(gs[(C - 1) * ldk + d] - gs[r * ldk + d]);
   }
   const float* vb = a.v.head(b, h) + static_cast<int64_t>(t0) * a.v.ld;
-  for (int e = tid; e < kC * g.Dv; e += kThreads) {
+  for (int e = tid; e < C * g.Dv; e += kThreads) {
     const int r = e / g.Dv, c = e % g.Dv;
     float u = 0.0f;
-    for (int j = 0; j <= r && j < rows; ++j) u += ti[r * kLdC + j] * (bs[j] * vb[static_cast<int64_t>(j) * a.v.ld + c]);
+    for (int j = 0; j <= r && j < rows; ++j) u += ti[r * LdC + j] * (bs[j] * vb[static_cast<int64_t>(j) * a.v.ld + c]);
     a.U[(p0 + r) * g.Dv + c] = u;
   }
 }
@@ -225,6 +240,7 @@ struct SweepArgs {
   Geom geo = {};
 };
 
+template <int C>
 __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
   const Geom& g = a.geo;
   const int c0 = static_cast<int>(blockIdx.x) * kTile, bh = static_cast<int>(blockIdx.y);
@@ -234,9 +250,9 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
 
   simt::SmemCarver carve;
   float* S = carve.take<float>(g.Dk * kLdT);
-  float* ws = carve.take<float>(kC * ldk);
-  float* kds = carve.take<float>(kC * ldk);
-  float* dt = carve.take<float>(kC * kLdT);  // U, then Delta (each element in place by its thread)
+  float* ws = carve.take<float>(C * ldk);
+  float* kds = carve.take<float>(C * ldk);
+  float* dt = carve.take<float>(C * kLdT);  // U, then Delta (each element in place by its thread)
   float* gam = carve.take<float>(g.Dk);
 
   const int64_t sbase = static_cast<int64_t>(bh) * g.Dk * g.Dv + c0;
@@ -245,25 +261,25 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
     S[d * kLdT + c] = (a.s0 && c < cols) ? a.s0[sbase + static_cast<int64_t>(d) * g.Dv + c] : 0.0f;
   }
   for (int n = 0; n < g.N; ++n) {
-    const int64_t p0 = prow(g, bh, n * kC);
+    const int64_t p0 = prow<C>(g, bh, n * C);
     __syncthreads();  // the previous state update is done and its tiles are consumed
-    for (int e = tid; e < kC * g.Dk; e += kThreads) {
+    for (int e = tid; e < C * g.Dk; e += kThreads) {
       const int r = e / g.Dk, d = e % g.Dk;
       ws[r * ldk + d] = a.W[(p0 + r) * g.Dk + d];
       kds[r * ldk + d] = a.Kd[(p0 + r) * g.Dk + d];
     }
-    for (int e = tid; e < kC * kTile; e += kThreads) {
+    for (int e = tid; e < C * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       dt[r * kLdT + c] = c < cols ? a.U[(p0 + r) * g.Dv + c0 + c] : 0.0f;
     }
-    if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + kC - 1) * g.Dk + tid]);
-    float* hn = a.h + st_off(g, bh, n) + c0;
+    if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + C - 1) * g.Dk + tid]);
+    float* hn = a.h + st_off<C>(g, bh, n) + c0;
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       if (c < cols) hn[static_cast<int64_t>(d) * g.Dv + c] = S[d * kLdT + c];
     }
     __syncthreads();
-    for (int e = tid; e < kC * kTile; e += kThreads) {
+    for (int e = tid; e < C * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       float x = dt[r * kLdT + c];
       for (int d = 0; d < g.Dk; ++d) x -= ws[r * ldk + d] * S[d * kLdT + c];
@@ -274,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       float x = gam[d] * S[d * kLdT + c];
-      for (int r = 0; r < kC; ++r) x += kds[r * ldk + d] * dt[r * kLdT + c];
+      for (int r = 0; r < C; ++r) x += kds[r * ldk + d] * dt[r * kLdT + c];
       S[d * kLdT + c] = x;
     }
   }
@@ -298,46 +314,48 @@ struct OutArgs {
   Geom geo = {};
 };
 
+template <int C>
 __global__ void __launch_bounds__(kThreads) kda_output_kernel(OutArgs a) {
   const Geom& g = a.geo;
+  constexpr int LdC = C + 1;
   const int n = static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int c0 = static_cast<int>(blockIdx.z) * kTile, cols = imin(kTile, g.Dv - c0);
-  const int t0 = n * kC, rows = imin(kC, g.T - t0);
+  const int t0 = n * C, rows = imin(C, g.T - t0);
   const int tid = static_cast<int>(threadIdx.x);
   const int ldk = ld_k(g.Dk);
 
   simt::SmemCarver carve;
-  float* qg = carve.take<float>(kC * ldk);
+  float* qg = carve.take<float>(C * ldk);
   float* hs = carve.take<float>(g.Dk * kLdT);
-  float* A = carve.take<float>(kC * kLdC);
-  float* dt = carve.take<float>(kC * kLdT);
+  float* A = carve.take<float>(C * LdC);
+  float* dt = carve.take<float>(C * kLdT);
 
-  const int64_t p0 = prow(g, bh, t0);
+  const int64_t p0 = prow<C>(g, bh, t0);
   const float* qb = a.q.head(b, h) + static_cast<int64_t>(t0) * a.q.ld;
-  for (int e = tid; e < kC * g.Dk; e += kThreads) {
+  for (int e = tid; e < C * g.Dk; e += kThreads) {
     const int r = e / g.Dk, d = e % g.Dk;
     qg[r * ldk + d] =
         r < rows ? g.scale * qb[static_cast<int64_t>(r) * a.q.ld + d] * expf(a.G[(p0 + r) * g.Dk + d]) : 0.0f;
   }
-  const float* hn = a.h + st_off(g, bh, n) + c0;
+  const float* hn = a.h + st_off<C>(g, bh, n) + c0;
   for (int e = tid; e < g.Dk * kTile; e += kThreads) {
     const int d = e / kTile, c = e % kTile;
     hs[d * kLdT + c] = c < cols ? hn[static_cast<int64_t>(d) * g.Dv + c] : 0.0f;
   }
-  const int64_t cc = cc_off(g, bh, n);
-  for (int e = tid; e < kC * kC; e += kThreads) A[(e / kC) * kLdC + e % kC] = a.Aqk[cc + e];
-  for (int e = tid; e < kC * kTile; e += kThreads) {
+  const int64_t cc = cc_off<C>(g, bh, n);
+  for (int e = tid; e < C * C; e += kThreads) A[(e / C) * LdC + e % C] = a.Aqk[cc + e];
+  for (int e = tid; e < C * kTile; e += kThreads) {
     const int r = e / kTile, c = e % kTile;
     dt[r * kLdT + c] = c < cols ? a.D[(p0 + r) * g.Dv + c0 + c] : 0.0f;
   }
   __syncthreads();
   float* ob = a.out + (static_cast<int64_t>(bh) * g.T + t0) * g.Dv + c0;
-  for (int e = tid; e < kC * kTile; e += kThreads) {
+  for (int e = tid; e < C * kTile; e += kThreads) {
     const int r = e / kTile, c = e % kTile;
     if (r >= rows || c >= cols) continue;  // no barrier follows
     float o = 0.0f;
     for (int d = 0; d < g.Dk; ++d) o += qg[r * ldk + d] * hs[d * kLdT + c];
-    for (int j = 0; j <= r; ++j) o += A[r * kLdC + j] * dt[j * kLdT + c];
+    for (int j = 0; j <= r; ++j) o += A[r * LdC + j] * dt[j * kLdT + c];
     ob[static_cast<int64_t>(r) * g.Dv + c] = o;
   }
 }
@@ -357,8 +375,10 @@ struct BwdSweepArgs {
   Geom geo = {};
 };
 
-__global__ void __launch_bounds__(kThreads) kda_bwd_sweep_kernel(BwdSweepArgs a) {
+template <int C>
+__global__ void __launch_bounds__(kThreads, 1) kda_bwd_sweep_kernel(BwdSweepArgs a) {
   const Geom& g = a.geo;
+  constexpr int LdC = C + 1;
   const int c0 = static_cast<int>(blockIdx.x) * kTile, bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int cols = imin(kTile, g.Dv - c0);
   const int tid = static_cast<int>(threadIdx.x);
@@ -366,12 +386,12 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_sweep_kernel(BwdSweepArgs a)
 
   simt::SmemCarver carve;
   float* dS = carve.take<float>(g.Dk * kLdT);
-  float* qg = carve.take<float>(kC * ldk);
-  float* ws = carve.take<float>(kC * ldk);
-  float* kds = carve.take<float>(kC * ldk);
-  float* A = carve.take<float>(kC * kLdC);
-  float* dot = carve.take<float>(kC * kLdT);
-  float* ddt = carve.take<float>(kC * kLdT);
+  float* qg = carve.take<float>(C * ldk);
+  float* ws = carve.take<float>(C * ldk);
+  float* kds = carve.take<float>(C * ldk);
+  float* A = carve.take<float>(C * LdC);
+  float* dot = carve.take<float>(C * kLdT);
+  float* ddt = carve.take<float>(C * kLdT);
   float* gam = carve.take<float>(g.Dk);
 
   const int64_t sbase = static_cast<int64_t>(bh) * g.Dk * g.Dv + c0;
@@ -382,10 +402,10 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_sweep_kernel(BwdSweepArgs a)
   const float* qh = a.q.head(b, h);
   const float* oh = a.dout.head(b, h);
   for (int n = g.N - 1; n >= 0; --n) {
-    const int t0 = n * kC, rows = imin(kC, g.T - t0);
-    const int64_t p0 = prow(g, bh, t0);
+    const int t0 = n * C, rows = imin(C, g.T - t0);
+    const int64_t p0 = prow<C>(g, bh, t0);
     __syncthreads();  // the previous dS update is done and its tiles are consumed
-    for (int e = tid; e < kC * g.Dk; e += kThreads) {
+    for (int e = tid; e < C * g.Dk; e += kThreads) {
       const int r = e / g.Dk, d = e % g.Dk;
       const int64_t pe = (p0 + r) * g.Dk + d;
       qg[r * ldk + d] =
@@ -393,23 +413,23 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_sweep_kernel(BwdSweepArgs a)
       ws[r * ldk + d] = a.W[pe];
       kds[r * ldk + d] = a.Kd[pe];
     }
-    const int64_t cc = cc_off(g, bh, n);
-    for (int e = tid; e < kC * kC; e += kThreads) A[(e / kC) * kLdC + e % kC] = a.Aqk[cc + e];
-    for (int e = tid; e < kC * kTile; e += kThreads) {
+    const int64_t cc = cc_off<C>(g, bh, n);
+    for (int e = tid; e < C * C; e += kThreads) A[(e / C) * LdC + e % C] = a.Aqk[cc + e];
+    for (int e = tid; e < C * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       dot[r * kLdT + c] = (r < rows && c < cols) ? oh[static_cast<int64_t>(t0 + r) * a.dout.ld + c0 + c] : 0.0f;
     }
-    if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + kC - 1) * g.Dk + tid]);
-    float* dsn = a.dSn + st_off(g, bh, n) + c0;
+    if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + C - 1) * g.Dk + tid]);
+    float* dsn = a.dSn + st_off<C>(g, bh, n) + c0;
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       if (c < cols) dsn[static_cast<int64_t>(d) * g.Dv + c] = dS[d * kLdT + c];
     }
     __syncthreads();
-    for (int e = tid; e < kC * kTile; e += kThreads) {
+    for (int e = tid; e < C * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       float x = 0.0f;
-      for (int i = r; i < kC; ++i) x += A[i * kLdC + r] * dot[i * kLdT + c];
+      for (int i = r; i < C; ++i) x += A[i * LdC + r] * dot[i * kLdT + c];
       for (int d = 0; d < g.Dk; ++d) x += kds[r * ldk + d] * dS[d * kLdT + c];
       ddt[r * kLdT + c] = x;
       if (c < cols) a.dD[(p0 + r) * g.Dv + c0 + c] = x;
@@ -418,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_sweep_kernel(BwdSweepArgs a)
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       float x = gam[d] * dS[d * kLdT + c];
-      for (int r = 0; r < kC; ++r) x += qg[r * ldk + d] * dot[r * kLdT + c] - ws[r * ldk + d] * ddt[r * kLdT + c];
+      for (int r = 0; r < C; ++r) x += qg[r * ldk + d] * dot[r * kLdT + c] - ws[r * ldk + d] * ddt[r * kLdT + c];
       dS[d * kLdT + c] = x;
     }
   }
@@ -449,79 +469,85 @@ struct BwdChunkArgs {
 };
 
 // Floats of the phase-shared pool: phase 1 tiles, then phase 2 tiles.
+template <int C>
 __host__ __device__ inline int bwd_pool_floats(int dk) {
-  const int p1 = 2 * dk * kLdB + 4 * kC * kLdB;
-  const int p2 = 4 * kC * ld_k(dk);
+  const int p1 = 2 * dk * kLdB + 4 * C * kLdB;
+  const int p2 = 4 * C * ld_k(dk);
   return p1 > p2 ? p1 : p2;
 }
 
-__global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a) {
+template <int C>
+__global__ void __launch_bounds__(8 * C, 1) kda_bwd_chunk_kernel(BwdChunkArgs a) {
   const Geom& g = a.geo;
+  constexpr int LdC = C + 1;
+  constexpr int kBT = 8 * C;  // threads: 8 lanes per row of the chunk
+  constexpr int kOwn = own_cols<C>();
   const int n = static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
-  const int t0 = n * kC, rows = imin(kC, g.T - t0);
+  const int t0 = n * C, rows = imin(C, g.T - t0);
   const int tid = static_cast<int>(threadIdx.x);
   const int r = tid >> 3, cg = tid & 7;  // own row, column group
   const int ldk = ld_k(g.Dk);
   const float scale = g.scale;
 
   simt::SmemCarver carve;
-  float* pool = carve.take<float>(bwd_pool_floats(g.Dk));
-  float* ti = carve.take<float>(kC * kLdC);
-  float* ak = carve.take<float>(kC * kLdC);   // Akk, then M = Diag(beta) dL (own elements in place)
-  float* sdA = carve.take<float>(kC * kLdC);  // s Tril(dO Delta^T)
-  float* sdT = carve.take<float>(kC * kLdC);  // dTinv (lower)
-  float* sZ = carve.take<float>(kC * kLdC);   // dTinv Tinv^T
-  float* bs = carve.take<float>(kC);
-  float* dbs = carve.take<float>(kC);
+  float* pool = carve.take<float>(bwd_pool_floats<C>(g.Dk));
+  float* ti = carve.take<float>(C * LdC);
+  float* ak = carve.take<float>(C * LdC);   // Akk, then M = Diag(beta) dL (own elements in place)
+  float* sdA = carve.take<float>(C * LdC);  // s Tril(dO Delta^T)
+  float* sdT = carve.take<float>(C * LdC);  // dTinv (lower)
+  float* sZ = carve.take<float>(C * LdC);   // dTinv Tinv^T
+  float* bs = carve.take<float>(C);
+  float* dbs = carve.take<float>(C);
   float* scol = carve.take<float>(g.Dk);
   // Phase 1 views of the pool.
   float* Ss = pool;                    // h_n tile [Dk, kLdB]
   float* dSs = Ss + g.Dk * kLdB;       // dS tile
   float* dOt = dSs + g.Dk * kLdB;      // [C, kLdB] tiles
-  float* Dt = dOt + kC * kLdB;
-  float* dDt = Dt + kC * kLdB;
-  float* Vt = dDt + kC * kLdB;
+  float* Dt = dOt + C * kLdB;
+  float* dDt = Dt + C * kLdB;
+  float* Vt = dDt + C * kLdB;
   // Phase 2 views.
   float* Ks = pool;
-  float* Qs = Ks + kC * ldk;
-  float* Gs = Qs + kC * ldk;
-  float* X = Gs + kC * ldk;  // dW, then Pk o Kd, then dG
+  float* Qs = Ks + C * ldk;
+  float* Gs = Qs + C * ldk;
+  float* X = Gs + C * ldk;  // dW, then Pk o Kd, then dG
 
-  const int64_t cc = cc_off(g, bh, n);
-  for (int e = tid; e < kC * kC; e += kThreads) {
-    const int i = e / kC, j = e % kC;
-    ti[i * kLdC + j] = a.Tinv[cc + e];
-    ak[i * kLdC + j] = a.Akk[cc + e];
+  const int64_t cc = cc_off<C>(g, bh, n);
+  for (int e = tid; e < C * C; e += kBT) {
+    const int i = e / C, j = e % C;
+    ti[i * LdC + j] = a.Tinv[cc + e];
+    ak[i * LdC + j] = a.Akk[cc + e];
   }
-  if (tid < kC) {
+  if (tid < C) {
     bs[tid] = tid < rows ? a.beta[static_cast<int64_t>(bh) * g.T + t0 + tid] : 0.0f;
     dbs[tid] = 0.0f;
   }
 
-  const int64_t p0 = prow(g, bh, t0);
-  const int64_t so = st_off(g, bh, n);
+  const int64_t p0 = prow<C>(g, bh, t0);
+  const int64_t so = st_off<C>(g, bh, n);
   const float* vh = a.v.head(b, h) + static_cast<int64_t>(t0) * a.v.ld;
   const float* oh = a.dout.head(b, h) + static_cast<int64_t>(t0) * a.dout.ld;
   float* dvb = a.dv + (static_cast<int64_t>(bh) * g.T + t0) * g.Dv;
 
   // Phase 1: the sums over Dv.
   float dW[kOwn], P[kOwn], Pk[kOwn];  // columns d = cg + 8 m of row r
-  float dA[2], dT1[2];                // columns j = cg + 8 m of row r (C = 16)
+  float dA[C / 8], dT1[C / 8];        // columns j = cg + 8 m of row r
   AL_UNROLL
   for (int m = 0; m < kOwn; ++m) dW[m] = P[m] = Pk[m] = 0.0f;
-  dA[0] = dA[1] = dT1[0] = dT1[1] = 0.0f;
+  AL_UNROLL
+  for (int m = 0; m < C / 8; ++m) dA[m] = dT1[m] = 0.0f;
   float dsS = 0.0f;  // thread d < Dk: rowsum(dS o S)_d
   for (int c0 = 0; c0 < g.Dv; c0 += kBwdTile) {
     const int cols = imin(kBwdTile, g.Dv - c0);
     __syncthreads();  // the previous tiles are consumed (and the C x C matrices are loaded)
-    for (int e = tid; e < g.Dk * kBwdTile; e += kThreads) {
+    for (int e = tid; e < g.Dk * kBwdTile; e += kBT) {
       const int d = e / kBwdTile, c = e % kBwdTile;
       const bool in = c < cols;
       const int64_t o = so + static_cast<int64_t>(d) * g.Dv + c0 + c;
       Ss[d * kLdB + c] = in ? a.h[o] : 0.0f;
       dSs[d * kLdB + c] = in ? a.dSn[o] : 0.0f;
     }
-    for (int e = tid; e < kC * kBwdTile; e += kThreads) {
+    for (int e = tid; e < C * kBwdTile; e += kBT) {
       const int i = e / kBwdTile, c = e % kBwdTile;
       const bool in = c < cols, inr = in && i < rows;
       const int64_t o = (p0 + i) * g.Dv + c0 + c;
@@ -548,7 +574,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
       }
     }
     AL_UNROLL
-    for (int m = 0; m < 2; ++m) {
+    for (int m = 0; m < C / 8; ++m) {
       const int j = cg + 8 * m;
       if (j <= r) {
         float sa = 0.0f, st = 0.0f;
@@ -568,7 +594,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
     for (int m = 0; m < kBwdTile / 8; ++m) {
       const int c = cg + 8 * m;
       float x = 0.0f;
-      for (int i = r; i < kC; ++i) x += ti[i * kLdC + r] * dDt[i * kLdB + c];
+      for (int i = r; i < C; ++i) x += ti[i * LdC + r] * dDt[i * kLdB + c];
       if (r < rows && c < cols) dvb[static_cast<int64_t>(r) * g.Dv + c0 + c] = bs[r] * x;
       part += x * Vt[r * kLdB + c];
     }
@@ -580,7 +606,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
   // Phase 2.
   const float* kh = a.k.head(b, h) + static_cast<int64_t>(t0) * a.k.ld;
   const float* qh = a.q.head(b, h) + static_cast<int64_t>(t0) * a.q.ld;
-  for (int e = tid; e < kC * g.Dk; e += kThreads) {
+  for (int e = tid; e < C * g.Dk; e += kBT) {
     const int i = e / g.Dk, d = e % g.Dk;
     const bool in = i < rows;
     Ks[i * ldk + d] = in ? kh[static_cast<int64_t>(i) * a.k.ld + d] : 0.0f;
@@ -593,10 +619,10 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
     if (d < g.Dk) X[r * ldk + d] = dW[m];
   }
   AL_UNROLL
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < C / 8; ++m) {
     const int j = cg + 8 * m;
-    sdA[r * kLdC + j] = j <= r ? scale * dA[m] : 0.0f;
-    sdT[r * kLdC + j] = j <= r ? bs[j] * dT1[m] : 0.0f;
+    sdA[r * LdC + j] = j <= r ? scale * dA[m] : 0.0f;
+    sdT[r * LdC + j] = j <= r ? bs[j] * dT1[m] : 0.0f;
   }
   __syncthreads();
 
@@ -609,7 +635,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
     dQ[m] = dK[m] = dG[m] = 0.0f;
     if (d < g.Dk) {
       const float gr = Gs[r * ldk + d], kr = Ks[r * ldk + d], qr = Qs[r * ldk + d];
-      const float gam = expf(gr), ed = expf(Gs[(kC - 1) * ldk + d] - gr);
+      const float gam = expf(gr), ed = expf(Gs[(C - 1) * ldk + d] - gr);
       dQ[m] = scale * P[m] * gam;
       dG[m] = scale * P[m] * qr * gam;
       const float pkkd = Pk[m] * kr * ed;
@@ -617,7 +643,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
       dG[m] -= pkkd;
       Pk[m] = pkkd;  // kept for the column sum
       float y = 0.0f;
-      for (int i = r; i < kC; ++i) y += ti[i * kLdC + r] * X[i * ldk + d];
+      for (int i = r; i < C; ++i) y += ti[i * LdC + r] * X[i * ldk + d];
       const float R = bs[r] * y;
       dK[m] += R * gam;
       dG[m] += R * kr * gam;
@@ -628,24 +654,24 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
   if (cg == 0) dbs[r] += part;
   // dTinv += dW (Diag(beta) (K o Gamma))^T on the lower triangle.
   AL_UNROLL
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < C / 8; ++m) {
     const int j = cg + 8 * m;
     if (j <= r) {
       float s = 0.0f;
       for (int d = 0; d < g.Dk; ++d) s += X[r * ldk + d] * Ks[j * ldk + d] * expf(Gs[j * ldk + d]);
-      sdT[r * kLdC + j] += bs[j] * s;
+      sdT[r * LdC + j] += bs[j] * s;
     }
   }
   __syncthreads();
 
   // Z = dTinv Tinv^T; X <- Pk o Kd (X's dW is consumed).
   AL_UNROLL
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < C / 8; ++m) {
     const int j = cg + 8 * m;
     const int top = imin(r, j);
     float s = 0.0f;
-    for (int i = 0; i <= top; ++i) s += sdT[r * kLdC + i] * ti[j * kLdC + i];
-    sZ[r * kLdC + j] = s;
+    for (int i = 0; i <= top; ++i) s += sdT[r * LdC + i] * ti[j * LdC + i];
+    sZ[r * LdC + j] = s;
   }
   AL_UNROLL
   for (int m = 0; m < kOwn; ++m) {
@@ -657,24 +683,24 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
   // dL = StrictTril(-Tinv^T Z); dbeta += rowsum(dL o Akk); ak <- M = Diag(beta) dL (own elements).
   part = 0.0f;
   AL_UNROLL
-  for (int m = 0; m < 2; ++m) {
+  for (int m = 0; m < C / 8; ++m) {
     const int j = cg + 8 * m;
     float mm = 0.0f;
     if (j < r) {
       float s = 0.0f;
-      for (int i = r; i < kC; ++i) s += ti[i * kLdC + r] * sZ[i * kLdC + j];
+      for (int i = r; i < C; ++i) s += ti[i * LdC + r] * sZ[i * LdC + j];
       const float dl = -s;
-      part += dl * ak[r * kLdC + j];
+      part += dl * ak[r * LdC + j];
       mm = bs[r] * dl;
     }
-    ak[r * kLdC + j] = mm;
+    ak[r * LdC + j] = mm;
   }
   part = group_sum(part);
   if (cg == 0) dbs[r] += part;
   if (tid < g.Dk) {  // the dG_{C-1} extras: sum_r Pk_r o Kd_r + gamma_C o rowsum(dS o S)
     float s = 0.0f;
-    for (int i = 0; i < kC; ++i) s += X[i * ldk + tid];
-    scol[tid] = s + expf(Gs[(kC - 1) * ldk + tid]) * dsS;
+    for (int i = 0; i < C; ++i) s += X[i * ldk + tid];
+    scol[tid] = s + expf(Gs[(C - 1) * ldk + tid]) * dsS;
   }
   __syncthreads();
 
@@ -688,14 +714,14 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
       float dq = dQ[m], dk = dK[m], dg = dG[m];
       for (int j = 0; j <= r; ++j) {
         const float kjE = Ks[j * ldk + d] * expf(gr - Gs[j * ldk + d]);
-        const float mw = ak[r * kLdC + j], aw = sdA[r * kLdC + j];  // mw = 0 at j = r
+        const float mw = ak[r * LdC + j], aw = sdA[r * LdC + j];  // mw = 0 at j = r
         dk += mw * kjE;
         dq += aw * kjE;
         dg += (mw * kr + aw * qr) * kjE;
       }
-      for (int i = r; i < kC; ++i) {
+      for (int i = r; i < C; ++i) {
         const float E = expf(Gs[i * ldk + d] - gr);
-        const float mw = ak[i * kLdC + r], aw = sdA[i * kLdC + r];
+        const float mw = ak[i * LdC + r], aw = sdA[i * LdC + r];
         const float w = (mw * Ks[i * ldk + d] + aw * Qs[i * ldk + d]) * E;
         dk += w;
         dg -= w * kr;
@@ -711,7 +737,7 @@ __global__ void __launch_bounds__(kThreads) kda_bwd_chunk_kernel(BwdChunkArgs a)
   // dg = reverse chunk-local cumsum of dG, the extras entering at the chunk's last (padded) row.
   if (tid < g.Dk) {
     float acc = scol[tid];
-    for (int i = kC - 1; i >= 0; --i) {
+    for (int i = C - 1; i >= 0; --i) {
       acc += X[i * ldk + tid];
       if (i < rows) a.dg[(static_cast<int64_t>(bh) * g.T + t0 + i) * g.Dk + tid] = acc;
     }
@@ -733,35 +759,51 @@ void check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const 
                  ": the CUDA kernels take B * H <= 65535 and T < 2^30; got q=", q);
 }
 
+// Calls fn(std::integral_constant<int, C>{}) with the chunk length for this head dim: 32 keeps
+// every block's shared memory within the 48 KB a launch gets without an opt-in up to Dk = 64
+// (the backward chunk kernel excepted: 54 KB there), 16 above that.
+template <class Fn>
+void by_chunk(int Dk, Fn&& fn) {
+  if (Dk <= max_dk<32>())
+    fn(std::integral_constant<int, 32>{});
+  else
+    fn(std::integral_constant<int, 16>{});
+}
+
+template <int C>
 Geom geom_of(const Tensor& q, const Tensor& v, double scale) {
   Geom g;
   g.H = static_cast<int>(q.size(1));
   g.T = static_cast<int>(q.size(2));
   g.Dk = static_cast<int>(q.size(3));
   g.Dv = static_cast<int>(v.size(3));
-  g.N = (g.T + kC - 1) / kC;
+  g.N = (g.T + C - 1) / C;
   g.scale = static_cast<float>(scale);
   return g;
 }
 
+inline unsigned dv_tiles(const Geom& g) { return static_cast<unsigned>((g.Dv + kTile - 1) / kTile); }
+
 // The chunk quantities and the forward sweep (h, Delta; the final state when `state` is given).
 struct Scratch {
-  Tensor G, W, U, Kd, Tinv, Akk, Aqk, h, D;
+  Tensor G = {}, W = {}, U = {}, Kd = {}, Tinv = {}, Akk = {}, Aqk = {}, h = {}, D = {};
 };
 
+template <int C>
 Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
                          const Tensor& s0, const Geom& geo, int64_t BH, bool with_akk, float* state) {
+  constexpr int LdC = C + 1;
   const Device dev = q.device();
-  const int64_t Tp = static_cast<int64_t>(geo.N) * kC;
+  const int64_t Tp = static_cast<int64_t>(geo.N) * C;
   Scratch s;
   s.G = Tensor::empty(Shape{BH, Tp, geo.Dk}, DType::f32, dev);
   s.W = Tensor::empty(Shape{BH, Tp, geo.Dk}, DType::f32, dev);
   s.Kd = Tensor::empty(Shape{BH, Tp, geo.Dk}, DType::f32, dev);
   s.U = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
   s.D = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
-  s.Tinv = Tensor::empty(Shape{BH, geo.N, kC, kC}, DType::f32, dev);
-  s.Aqk = Tensor::empty(Shape{BH, geo.N, kC, kC}, DType::f32, dev);
-  if (with_akk) s.Akk = Tensor::empty(Shape{BH, geo.N, kC, kC}, DType::f32, dev);
+  s.Tinv = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
+  s.Aqk = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
+  if (with_akk) s.Akk = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
   s.h = Tensor::empty(Shape{BH, geo.N, geo.Dk, geo.Dv}, DType::f32, dev);
 
   PrepArgs pa;
@@ -779,8 +821,8 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
   pa.Aqk = s.Aqk.data<float>();
   pa.geo = geo;
   const int ldk = ld_k(geo.Dk);
-  const size_t prep_smem = 3 * carved(kC * ldk) + 2 * carved(kC * kLdC) + carved(kC);
-  AL_CUDA_LAUNCH(kda_prep_kernel, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)), dim3(kThreads),
+  const size_t prep_smem = 3 * carved(C * ldk) + 2 * carved(C * LdC) + carved(C);
+  AL_CUDA_LAUNCH(kda_prep_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)), dim3(kThreads),
                  prep_smem, pa);
 
   SweepArgs sa;
@@ -793,35 +835,19 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
   sa.D = s.D.data<float>();
   sa.state = state;
   sa.geo = geo;
-  const size_t sweep_smem = carved(geo.Dk * kLdT) + 2 * carved(kC * ldk) + carved(kC * kLdT) + carved(geo.Dk);
-  const unsigned vt = static_cast<unsigned>((geo.Dv + kTile - 1) / kTile);
-  AL_CUDA_LAUNCH(kda_sweep_kernel, dim3(vt, static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem, sa);
+  const size_t sweep_smem = carved(geo.Dk * kLdT) + 2 * carved(C * ldk) + carved(C * kLdT) + carved(geo.Dk);
+  AL_CUDA_LAUNCH(kda_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem,
+                 sa);
   return s;
 }
 
-}  // namespace
-
-KdaAttentionOp::Forward KdaAttentionOp::forward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v,
-                                                const Tensor& g, const Tensor& beta, const Tensor& s0, double scale) {
-  check(q, k, v, g, beta, s0);
-  check_cuda_inputs(q, k, v, g);
-  const int64_t B = q.size(0), H = q.size(1), BH = B * H;
-  const Geom geo = geom_of(q, v, scale);
-  const Device dev = q.device();
-  Forward fw{Tensor::empty(Shape{B, H, geo.T, geo.Dv}, DType::f32, dev),
-             Tensor::empty(Shape{B, H, geo.Dk, geo.Dv}, DType::f32, dev)};
-  if (BH == 0) return fw;
-  if (geo.T == 0 || geo.Dv == 0 || geo.Dk == 0) {
-    if (s0.defined())
-      fw.state.copy_(s0);
-    else
-      fw.state.zero_();
-    if (geo.T > 0) fw.out.zero_();
-    return fw;
-  }
-  const Tensor bc = beta.contiguous();
-  const Tensor s0c = s0.defined() ? s0.contiguous() : Tensor();
-  const Scratch s = run_forward_pass(q, k, v, g, bc, s0c, geo, BH, false, fw.state.data<float>());
+template <int C>
+void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                 const Tensor& s0, double scale, KdaAttentionOp::Forward& fw) {
+  constexpr int LdC = C + 1;
+  const Geom geo = geom_of<C>(q, v, scale);
+  const int64_t BH = q.size(0) * q.size(1);
+  const Scratch s = run_forward_pass<C>(q, k, v, g, beta, s0, geo, BH, false, fw.state.data<float>());
 
   OutArgs oa;
   oa.q = heads(q);
@@ -832,48 +858,22 @@ KdaAttentionOp::Forward KdaAttentionOp::forward(CudaTag, const Tensor& q, const 
   oa.out = fw.out.data<float>();
   oa.geo = geo;
   const int ldk = ld_k(geo.Dk);
-  const size_t smem = carved(kC * ldk) + carved(geo.Dk * kLdT) + carved(kC * kLdC) + carved(kC * kLdT);
-  const unsigned vt = static_cast<unsigned>((geo.Dv + kTile - 1) / kTile);
-  AL_CUDA_LAUNCH(kda_output_kernel, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH), vt),
+  const size_t smem = carved(C * ldk) + carved(geo.Dk * kLdT) + carved(C * LdC) + carved(C * kLdT);
+  AL_CUDA_LAUNCH(kda_output_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH), dv_tiles(geo)),
                  dim3(kThreads), smem, oa);
-  return fw;
 }
 
-KdaAttentionOp::Grads KdaAttentionOp::backward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v,
-                                               const Tensor& g, const Tensor& beta, const Tensor& s0,
-                                               const Tensor& dout, const Tensor& dstate, double scale) {
-  check(q, k, v, g, beta, s0);
-  check_cuda_inputs(q, k, v, g);
-  const int64_t B = q.size(0), H = q.size(1), BH = B * H;
-  const Geom geo = geom_of(q, v, scale);
+template <int C>
+void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                  const Tensor& s0, const Tensor& dout, const Tensor& dstate, double scale,
+                  KdaAttentionOp::Grads& gr) {
+  constexpr int LdC = C + 1;
+  const Geom geo = geom_of<C>(q, v, scale);
+  const int64_t BH = q.size(0) * q.size(1);
   const Device dev = q.device();
-  AL_ASSERT(dout.dtype() == q.dtype() && dout.device() == dev && dout.shape() == Shape({B, H, geo.T, geo.Dv}) &&
-                unit_last_stride(dout),
-            kName, ": backward got dout=", dout, " for q=", q, ", v=", v);
-  AL_ASSERT(!dstate.defined() || (dstate.dtype() == q.dtype() && dstate.device() == dev &&
-                                  dstate.shape() == Shape({B, H, geo.Dk, geo.Dv})),
-            kName, ": backward got dstate=", dstate, " for q=", q, ", v=", v);
-  Grads gr{Tensor::empty(Shape{B, H, geo.T, geo.Dk}, DType::f32, dev),
-           Tensor::empty(Shape{B, H, geo.T, geo.Dk}, DType::f32, dev),
-           Tensor::empty(Shape{B, H, geo.T, geo.Dv}, DType::f32, dev),
-           Tensor::empty(Shape{B, H, geo.T, geo.Dk}, DType::f32, dev),
-           Tensor::empty(Shape{B, H, geo.T}, DType::f32, dev),
-           Tensor::empty(Shape{B, H, geo.Dk, geo.Dv}, DType::f32, dev)};
-  if (BH == 0) return gr;
-  if (geo.T == 0 || geo.Dv == 0 || geo.Dk == 0) {
-    for (Tensor* t : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.dbeta}) t->zero_();
-    if (dstate.defined())
-      gr.ds0.copy_(dstate);
-    else
-      gr.ds0.zero_();
-    return gr;
-  }
-  const Tensor bc = beta.contiguous();
-  const Tensor s0c = s0.defined() ? s0.contiguous() : Tensor();
-  const Tensor dsc = dstate.defined() ? dstate.contiguous() : Tensor();
-  const Scratch s = run_forward_pass(q, k, v, g, bc, s0c, geo, BH, true, nullptr);
+  const Scratch s = run_forward_pass<C>(q, k, v, g, beta, s0, geo, BH, true, nullptr);
 
-  const int64_t Tp = static_cast<int64_t>(geo.N) * kC;
+  const int64_t Tp = static_cast<int64_t>(geo.N) * C;
   Tensor dSn = Tensor::empty(Shape{BH, geo.N, geo.Dk, geo.Dv}, DType::f32, dev);
   Tensor dD = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
   const int ldk = ld_k(geo.Dk);
@@ -885,22 +885,22 @@ KdaAttentionOp::Grads KdaAttentionOp::backward(CudaTag, const Tensor& q, const T
   ba.W = s.W.data<float>();
   ba.Kd = s.Kd.data<float>();
   ba.Aqk = s.Aqk.data<float>();
-  ba.dstate = dsc.defined() ? dsc.data<float>() : nullptr;
+  ba.dstate = dstate.defined() ? dstate.data<float>() : nullptr;
   ba.dSn = dSn.data<float>();
   ba.dD = dD.data<float>();
   ba.ds0 = gr.ds0.data<float>();
   ba.geo = geo;
-  const size_t sweep_smem = carved(geo.Dk * kLdT) + 3 * carved(kC * ldk) + carved(kC * kLdC) +
-                            2 * carved(kC * kLdT) + carved(geo.Dk);
-  const unsigned vt = static_cast<unsigned>((geo.Dv + kTile - 1) / kTile);
-  AL_CUDA_LAUNCH(kda_bwd_sweep_kernel, dim3(vt, static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem, ba);
+  const size_t sweep_smem = carved(geo.Dk * kLdT) + 3 * carved(C * ldk) + carved(C * LdC) + 2 * carved(C * kLdT) +
+                            carved(geo.Dk);
+  AL_CUDA_LAUNCH(kda_bwd_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads),
+                 sweep_smem, ba);
 
   BwdChunkArgs ca;
   ca.q = heads(q);
   ca.k = heads(k);
   ca.v = heads(v);
   ca.dout = heads(dout);
-  ca.beta = bc.data<float>();
+  ca.beta = beta.data<float>();
   ca.G = s.G.data<float>();
   ca.Tinv = s.Tinv.data<float>();
   ca.Akk = s.Akk.data<float>();
@@ -914,10 +914,66 @@ KdaAttentionOp::Grads KdaAttentionOp::backward(CudaTag, const Tensor& q, const T
   ca.dv = gr.dv.data<float>();
   ca.dbeta = gr.dbeta.data<float>();
   ca.geo = geo;
-  const size_t chunk_smem = carved(bwd_pool_floats(geo.Dk)) + 5 * carved(kC * kLdC) + 2 * carved(kC) +
-                            carved(geo.Dk);
-  AL_CUDA_LAUNCH(kda_bwd_chunk_kernel, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)),
-                 dim3(kThreads), chunk_smem, ca);
+  const size_t chunk_smem =
+      carved(bwd_pool_floats<C>(geo.Dk)) + 5 * carved(C * LdC) + 2 * carved(C) + carved(geo.Dk);
+  AL_CUDA_LAUNCH(kda_bwd_chunk_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)),
+                 dim3(8 * C), chunk_smem, ca);
+}
+
+}  // namespace
+
+KdaAttentionOp::Forward KdaAttentionOp::forward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const Tensor& g, const Tensor& beta, const Tensor& s0, double scale) {
+  check(q, k, v, g, beta, s0);
+  check_cuda_inputs(q, k, v, g);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  const Device dev = q.device();
+  Forward fw{Tensor::empty(Shape{B, H, T, Dv}, DType::f32, dev), Tensor::empty(Shape{B, H, Dk, Dv}, DType::f32, dev)};
+  if (B * H == 0) return fw;
+  if (T == 0 || Dv == 0 || Dk == 0) {
+    if (s0.defined())
+      fw.state.copy_(s0);
+    else
+      fw.state.zero_();
+    if (T > 0) fw.out.zero_();
+    return fw;
+  }
+  const Tensor bc = beta.contiguous();
+  const Tensor s0c = s0.defined() ? s0.contiguous() : Tensor();
+  by_chunk(static_cast<int>(Dk), [&](auto chunk) { run_forward<decltype(chunk)::value>(q, k, v, g, bc, s0c, scale, fw); });
+  return fw;
+}
+
+KdaAttentionOp::Grads KdaAttentionOp::backward(CudaTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const Tensor& g, const Tensor& beta, const Tensor& s0,
+                                               const Tensor& dout, const Tensor& dstate, double scale) {
+  check(q, k, v, g, beta, s0);
+  check_cuda_inputs(q, k, v, g);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  const Device dev = q.device();
+  AL_ASSERT(dout.dtype() == q.dtype() && dout.device() == dev && dout.shape() == Shape({B, H, T, Dv}) &&
+                unit_last_stride(dout),
+            kName, ": backward got dout=", dout, " for q=", q, ", v=", v);
+  AL_ASSERT(!dstate.defined() ||
+                (dstate.dtype() == q.dtype() && dstate.device() == dev && dstate.shape() == Shape({B, H, Dk, Dv})),
+            kName, ": backward got dstate=", dstate, " for q=", q, ", v=", v);
+  Grads gr{Tensor::empty(Shape{B, H, T, Dk}, DType::f32, dev), Tensor::empty(Shape{B, H, T, Dk}, DType::f32, dev),
+           Tensor::empty(Shape{B, H, T, Dv}, DType::f32, dev), Tensor::empty(Shape{B, H, T, Dk}, DType::f32, dev),
+           Tensor::empty(Shape{B, H, T}, DType::f32, dev),     Tensor::empty(Shape{B, H, Dk, Dv}, DType::f32, dev)};
+  if (B * H == 0) return gr;
+  if (T == 0 || Dv == 0 || Dk == 0) {
+    for (Tensor* t : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.dbeta}) t->zero_();
+    if (dstate.defined())
+      gr.ds0.copy_(dstate);
+    else
+      gr.ds0.zero_();
+    return gr;
+  }
+  const Tensor bc = beta.contiguous();
+  const Tensor s0c = s0.defined() ? s0.contiguous() : Tensor();
+  const Tensor dsc = dstate.defined() ? dstate.contiguous() : Tensor();
+  by_chunk(static_cast<int>(Dk),
+           [&](auto chunk) { run_backward<decltype(chunk)::value>(q, k, v, g, bc, s0c, dout, dsc, scale, gr); });
   return gr;
 }
 
