@@ -76,8 +76,8 @@ using attention_cuda::carved, attention_cuda::group_sum, attention_cuda::heads, 
     attention_cuda::imin, attention_cuda::unit_last_stride;
 
 constexpr int kThreads = 128;  // every kernel but the backward chunk kernel (8 C)
-constexpr int kTile = 32;     // state columns per block in the sweeps and the output kernel
-constexpr int kBwdTile = 16;  // Dv columns per step of the backward chunk kernel's phase 1
+constexpr int kTile = 32;      // state columns per block in the sweeps and the output kernel
+constexpr int kBwdTile = 16;   // Dv columns per step of the backward chunk kernel's phase 1
 constexpr int kMaxD = 128;
 constexpr int kLdT = kTile + 1;
 constexpr int kLdB = kBwdTile + 1;
@@ -111,7 +111,6 @@ __device__ inline int64_t cc_off(const Geom& g, int bh, int n) {
   return (static_cast<int64_t>(bh) * g.N + n) * C * C;
 }
 // Offset of chunk n's [Dk, Dv] state in [B*H, N, Dk, Dv] scratch.
-template <int C>
 __device__ inline int64_t st_off(const Geom& g, int bh, int n) {
   return (static_cast<int64_t>(bh) * g.N + n) * g.Dk * g.Dv;
 }
@@ -144,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) kda_prep_kernel(PrepArgs a) {
   float* ks = carve.take<float>(C * ldk);
   float* qs = carve.take<float>(C * ldk);  // Q, then beta K Gamma
   float* gs = carve.take<float>(C * ldk);  // g, then G
-  float* A = carve.take<float>(C * LdC);  // Akk
+  float* A = carve.take<float>(C * LdC);   // Akk
   float* ti = carve.take<float>(C * LdC);
   float* bs = carve.take<float>(C);
 
@@ -273,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
       dt[r * kLdT + c] = c < cols ? a.U[(p0 + r) * g.Dv + c0 + c] : 0.0f;
     }
     if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + C - 1) * g.Dk + tid]);
-    float* hn = a.h + st_off<C>(g, bh, n) + c0;
+    float* hn = a.h + st_off(g, bh, n) + c0;
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       if (c < cols) hn[static_cast<int64_t>(d) * g.Dv + c] = S[d * kLdT + c];
@@ -337,7 +336,7 @@ __global__ void __launch_bounds__(kThreads) kda_output_kernel(OutArgs a) {
     qg[r * ldk + d] =
         r < rows ? g.scale * qb[static_cast<int64_t>(r) * a.q.ld + d] * expf(a.G[(p0 + r) * g.Dk + d]) : 0.0f;
   }
-  const float* hn = a.h + st_off<C>(g, bh, n) + c0;
+  const float* hn = a.h + st_off(g, bh, n) + c0;
   for (int e = tid; e < g.Dk * kTile; e += kThreads) {
     const int d = e / kTile, c = e % kTile;
     hs[d * kLdT + c] = c < cols ? hn[static_cast<int64_t>(d) * g.Dv + c] : 0.0f;
@@ -408,8 +407,7 @@ __global__ void __launch_bounds__(kThreads, 1) kda_bwd_sweep_kernel(BwdSweepArgs
     for (int e = tid; e < C * g.Dk; e += kThreads) {
       const int r = e / g.Dk, d = e % g.Dk;
       const int64_t pe = (p0 + r) * g.Dk + d;
-      qg[r * ldk + d] =
-          r < rows ? g.scale * qh[static_cast<int64_t>(t0 + r) * a.q.ld + d] * expf(a.G[pe]) : 0.0f;
+      qg[r * ldk + d] = r < rows ? g.scale * qh[static_cast<int64_t>(t0 + r) * a.q.ld + d] * expf(a.G[pe]) : 0.0f;
       ws[r * ldk + d] = a.W[pe];
       kds[r * ldk + d] = a.Kd[pe];
     }
@@ -420,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1) kda_bwd_sweep_kernel(BwdSweepArgs
       dot[r * kLdT + c] = (r < rows && c < cols) ? oh[static_cast<int64_t>(t0 + r) * a.dout.ld + c0 + c] : 0.0f;
     }
     if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + C - 1) * g.Dk + tid]);
-    float* dsn = a.dSn + st_off<C>(g, bh, n) + c0;
+    float* dsn = a.dSn + st_off(g, bh, n) + c0;
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       if (c < cols) dsn[static_cast<int64_t>(d) * g.Dv + c] = dS[d * kLdT + c];
@@ -500,9 +498,9 @@ __global__ void __launch_bounds__(8 * C, 1) kda_bwd_chunk_kernel(BwdChunkArgs a)
   float* dbs = carve.take<float>(C);
   float* scol = carve.take<float>(g.Dk);
   // Phase 1 views of the pool.
-  float* Ss = pool;                    // h_n tile [Dk, kLdB]
-  float* dSs = Ss + g.Dk * kLdB;       // dS tile
-  float* dOt = dSs + g.Dk * kLdB;      // [C, kLdB] tiles
+  float* Ss = pool;                // h_n tile [Dk, kLdB]
+  float* dSs = Ss + g.Dk * kLdB;   // dS tile
+  float* dOt = dSs + g.Dk * kLdB;  // [C, kLdB] tiles
   float* Dt = dOt + C * kLdB;
   float* dDt = Dt + C * kLdB;
   float* Vt = dDt + C * kLdB;
@@ -524,7 +522,7 @@ __global__ void __launch_bounds__(8 * C, 1) kda_bwd_chunk_kernel(BwdChunkArgs a)
   }
 
   const int64_t p0 = prow<C>(g, bh, t0);
-  const int64_t so = st_off<C>(g, bh, n);
+  const int64_t so = st_off(g, bh, n);
   const float* vh = a.v.head(b, h) + static_cast<int64_t>(t0) * a.v.ld;
   const float* oh = a.dout.head(b, h) + static_cast<int64_t>(t0) * a.dout.ld;
   float* dvb = a.dv + (static_cast<int64_t>(bh) * g.T + t0) * g.Dv;
@@ -836,8 +834,7 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
   sa.state = state;
   sa.geo = geo;
   const size_t sweep_smem = carved(geo.Dk * kLdT) + 2 * carved(C * ldk) + carved(C * kLdT) + carved(geo.Dk);
-  AL_CUDA_LAUNCH(kda_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem,
-                 sa);
+  AL_CUDA_LAUNCH(kda_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem, sa);
   return s;
 }
 
@@ -865,8 +862,7 @@ void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 
 template <int C>
 void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
-                  const Tensor& s0, const Tensor& dout, const Tensor& dstate, double scale,
-                  KdaAttentionOp::Grads& gr) {
+                  const Tensor& s0, const Tensor& dout, const Tensor& dstate, double scale, KdaAttentionOp::Grads& gr) {
   constexpr int LdC = C + 1;
   const Geom geo = geom_of<C>(q, v, scale);
   const int64_t BH = q.size(0) * q.size(1);
@@ -890,10 +886,10 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   ba.dD = dD.data<float>();
   ba.ds0 = gr.ds0.data<float>();
   ba.geo = geo;
-  const size_t sweep_smem = carved(geo.Dk * kLdT) + 3 * carved(C * ldk) + carved(C * LdC) + 2 * carved(C * kLdT) +
-                            carved(geo.Dk);
-  AL_CUDA_LAUNCH(kda_bwd_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads),
-                 sweep_smem, ba);
+  const size_t sweep_smem =
+      carved(geo.Dk * kLdT) + 3 * carved(C * ldk) + carved(C * LdC) + 2 * carved(C * kLdT) + carved(geo.Dk);
+  AL_CUDA_LAUNCH(kda_bwd_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem,
+                 ba);
 
   BwdChunkArgs ca;
   ca.q = heads(q);
@@ -914,10 +910,9 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   ca.dv = gr.dv.data<float>();
   ca.dbeta = gr.dbeta.data<float>();
   ca.geo = geo;
-  const size_t chunk_smem =
-      carved(bwd_pool_floats<C>(geo.Dk)) + 5 * carved(C * LdC) + 2 * carved(C) + carved(geo.Dk);
-  AL_CUDA_LAUNCH(kda_bwd_chunk_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)),
-                 dim3(8 * C), chunk_smem, ca);
+  const size_t chunk_smem = carved(bwd_pool_floats<C>(geo.Dk)) + 5 * carved(C * LdC) + 2 * carved(C) + carved(geo.Dk);
+  AL_CUDA_LAUNCH(kda_bwd_chunk_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH)), dim3(8 * C),
+                 chunk_smem, ca);
 }
 
 }  // namespace
@@ -940,7 +935,8 @@ KdaAttentionOp::Forward KdaAttentionOp::forward(CudaTag, const Tensor& q, const 
   }
   const Tensor bc = beta.contiguous();
   const Tensor s0c = s0.defined() ? s0.contiguous() : Tensor();
-  by_chunk(static_cast<int>(Dk), [&](auto chunk) { run_forward<decltype(chunk)::value>(q, k, v, g, bc, s0c, scale, fw); });
+  by_chunk(static_cast<int>(Dk),
+           [&](auto chunk) { run_forward<decltype(chunk)::value>(q, k, v, g, bc, s0c, scale, fw); });
   return fw;
 }
 
