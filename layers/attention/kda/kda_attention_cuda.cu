@@ -36,16 +36,16 @@
 //              pairwise exp); thread j < C solves column j of Tinv by forward substitution (the
 //              columns are independent) while the others form beta K Gamma; then elements of W,
 //              Kd [C, Dk] and U [C, Dv] (a <= C dot each). smem K, Q, G [C, ld] + 2 [C, C+1] + beta
-//              = 27.0 / 33.5 KB.
+//              = 26.4 / 32.8 KiB.
 //   sweep      grid (ceil(Dv / 32), B*H): a block owns a 32-column tile of the state in shared memory
 //              and walks the chunks in order: stores h_n, Delta (C x 32 elements, Dk dots), then the
 //              state update (Dk x 32 elements, C dots). smem S [Dk, 33], W, Kd [C, ld], U/Delta
-//              [C, 33], gamma [Dk] = 36.0 / 29.6 KB.
+//              [C, 33], gamma [Dk] = 35.2 / 28.9 KiB.
 //   output     grid (N, B*H, ceil(Dv / 32)): s (Q o Gamma), h_n's tile, Aqk, Delta's tile in shared
-//              memory; thread per output element (Dk + C dot). 28.4 / 25.2 KB.
+//              memory; thread per output element (Dk + C dot). 27.7 / 24.6 KiB.
 //   bwd sweep  grid (ceil(Dv / 32), B*H): the reverse walk with dS's tile in shared memory; stores
 //              dS per chunk, dDelta, ds0. smem dS [Dk, 33], s Q o Gamma, W, Kd [C, ld], Aqk, dO and
-//              dDelta tiles, gamma = 47.5 / 46.3 KB.
+//              dDelta tiles, gamma = 46.4 / 45.2 KiB.
 //   bwd chunk  grid (N, B*H), 8 C threads. Thread t owns row r = t / 8 of the chunk and columns
 //              cg + 8 m (cg = t % 8) of every [C, D] or [C, C] quantity, so a row sum is a local sum
 //              plus 3 xor shuffles inside the row's 8 lanes. Phase 1 walks Dv in 16-column tiles
@@ -53,8 +53,8 @@
 //              the Delta part of dTinv in registers and writing dv; phase 2 reuses that shared
 //              memory for K, Q, G and one [C, Dk] exchange tile (dW, then Pk o Kd, then dG) and does
 //              the rest in C x C and C x Dk element passes, ending with the reverse cumsum (thread
-//              d < Dk). smem max(phase 1, phase 2) + 5 [C, C+1] + small = 39.1 / 54.9 KB (the
-//              launch opts in above 48 KB; sm_80 and sm_90 allow it).
+//              d < Dk). smem max(phase 1, phase 2) + 5 [C, C+1] + small = 38.2 / 53.6 KiB (the
+//              launch opts in above 48 KiB; sm_80 and sm_90 allow it).
 // Determinism: no atomics; every element is written by one thread and every sum runs in a fixed
 // order (the shuffle trees too), so results do not depend on scheduling.
 #include <cmath>
@@ -758,8 +758,8 @@ void check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const 
 }
 
 // Calls fn(std::integral_constant<int, C>{}) with the chunk length for this head dim: 32 keeps
-// every block's shared memory within the 48 KB a launch gets without an opt-in up to Dk = 64
-// (the backward chunk kernel excepted: 54 KB there), 16 above that.
+// every block's shared memory within the 48 KiB a launch gets without an opt-in up to Dk = 64
+// (the backward chunk kernel excepted: 53.6 KiB there), 16 above that.
 template <class Fn>
 void by_chunk(int Dk, Fn&& fn) {
   if (Dk <= max_dk<32>())
