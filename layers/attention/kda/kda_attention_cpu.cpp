@@ -297,21 +297,22 @@ template <typename F>
 struct Chunk {
   int64_t Dk, Dv, Dkp, L = 0;
   F s;
-  std::vector<F> q, k, v, G, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta;
+  std::vector<F> q, k, v, G, alpha, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta, Erun;
   std::vector<F> Er, Qr, Kr, Eb, Kb, KbT;  // the sub-chunk reference factors of the pair matrices
 
   Chunk(int64_t dk, int64_t dv, F scale)
       : Dk(dk), Dv(dv), Dkp(ac::round_up_lanes<F>(dk)), s(scale) {
-    for (auto* x : {&q, &k, &G, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
+    for (auto* x : {&q, &k, &G, &alpha, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
       x->assign(static_cast<size_t>(kC * Dkp), F(0));
     for (auto* x : {&v, &bV, &U}) x->assign(static_cast<size_t>(kC * Dv), F(0));
     for (auto* x : {&Er, &Qr, &Kr}) x->assign(static_cast<size_t>(kSub * Dkp), F(0));
     KbT.assign(static_cast<size_t>(Dkp * kC), F(0));
     gam.assign(static_cast<size_t>(Dkp), F(0));
+    Erun.assign(static_cast<size_t>(Dkp), F(0));
     beta.assign(static_cast<size_t>(kC), F(0));
   }
 
-  // Reads the rows and forms G (chunk-local cumsum of g), Gamma = exp(G), Ed = exp(G_last - G),
+  // Reads the rows and forms alpha = exp(g), G (chunk-local cumsum of g), Gamma = exp(G), Ed = exp(G_last - G),
   // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every
   // exponent is G_i - G_j with i >= j: never exp(+G) over the chunk.
   void load(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len) {
@@ -325,6 +326,7 @@ struct Chunk {
       std::copy(qs, qs + Dk, &q[r * Dkp]);
       std::copy(ks, ks + Dk, &k[r * Dkp]);
       std::copy(gs, gs + Dk, Gr);
+      exp_rows(Gr, &alpha[r * Dkp], Dkp);
       if (r > 0)
         for (int64_t d = 0; d < Dkp; d += Wl) ac::vstore(Gr + d, ac::vload(Gr + d) + ac::vload(Gr - Dkp + d));
       std::copy(vs, vs + Dv, &v[r * Dv]);
@@ -368,7 +370,9 @@ struct Chunk {
   }
 
   // Akk_ij = sum_d k_i k_j exp(G_i - G_j) (i > j) and Aqk_ij = s sum_d q_i k_j exp(G_i - G_j) (i >= j),
-  // both [C, C] row-major, zero elsewhere. Diagonal 16-blocks pair by pair (exact), the blocks
+  // both [C, C] row-major, zero elsewhere. Diagonal 16-blocks pair by pair, the decay
+  // exp(G_i - G_j) = alpha_{j+1} o ... o alpha_i as a running product down the rows below j (one
+  // multiply per pair instead of an exp; every partial product is itself a decay <= 1); the blocks
   // below them as products of the reference factors.
   void pairs(F* Akk, F* Aqk) {
     using V = typename ac::Vec<F>::V;
@@ -377,18 +381,23 @@ struct Chunk {
     std::fill(Aqk, Aqk + kC * kC, F(0));
     for (int64_t i0 = 0; i0 < L; i0 += kSub) {
       const int64_t i1 = std::min(L, i0 + kSub);
-      for (int64_t i = i0; i < i1; ++i) {
-        const F *Gi = &G[i * Dkp], *qi = &q[i * Dkp], *ki = &k[i * Dkp];
-        for (int64_t j = i0; j <= i; ++j) {
-          const F *Gj = &G[j * Dkp], *kj = &k[j * Dkp];
+      F* E = Erun.data();
+      for (int64_t j = i0; j < i1; ++j) {
+        const F* kj = &k[j * Dkp];
+        Aqk[j * kC + j] = s * dot(Dkp, &q[j * Dkp], kj);
+        std::fill(E, E + Dkp, F(1));
+        for (int64_t i = j + 1; i < i1; ++i) {
+          const F *qi = &q[i * Dkp], *ki = &k[i * Dkp], *ai = &alpha[i * Dkp];
           V kk{}, qk{};
           for (int64_t d = 0; d < Dkp; d += Wl) {
-            const V kje = ac::vload(kj + d) * ac::exp_v(ac::vload(Gi + d) - ac::vload(Gj + d));
+            const V e = ac::vload(E + d) * ac::vload(ai + d);
+            ac::vstore(E + d, e);
+            const V kje = ac::vload(kj + d) * e;
             kk += ac::vload(ki + d) * kje;
             qk += ac::vload(qi + d) * kje;
           }
           Aqk[i * kC + j] = s * ac::lane_sum<F>(qk);
-          if (j < i) Akk[i * kC + j] = ac::lane_sum<F>(kk);
+          Akk[i * kC + j] = ac::lane_sum<F>(kk);
         }
       }
       if (i0 == 0) continue;
@@ -441,7 +450,8 @@ struct Chunk {
 // dA_ij for i >= j (Aqk):
 //   dk_i += M_ij k_j o E, dk_j += M_ij k_i o E, dq_i += dA_ij k_j o E, dk_j += dA_ij q_i o E,
 //   dG_i += (M_ij k_i + dA_ij q_i) o k_j o E, dG_j -= the same.
-// Diagonal 16-blocks pair by pair; below them through the reference factors (Chunk::references):
+// Diagonal 16-blocks pair by pair (decays as running products of alpha, as in Chunk::pairs); below
+// them through the reference factors (Chunk::references):
 //   X1 = M_blk Kb, X2 = dA_blk Kb:  dk_i += Er_i o X1_i, dq_i += Er_i o X2_i, dG_i += Kr_i o X1_i + Qr_i o X2_i
 //   Y = M_blk^T Kr + dA_blk^T Qr:   dk_j += Eb_j o Y_j, dG_j -= Kb_j o Y_j.
 template <typename F>
@@ -449,28 +459,35 @@ void pair_grads(Chunk<F>& ch, const F* M, const F* dA, F* dQ, F* dK, F* dG, F* X
   using V = typename ac::Vec<F>::V;
   constexpr int64_t Wl = ac::kLanes<F>;
   const int64_t Dkp = ch.Dkp, L = ch.L;
-  const F *q = ch.q.data(), *k = ch.k.data(), *G = ch.G.data();
+  const F *q = ch.q.data(), *k = ch.k.data();
   for (int64_t i0 = 0; i0 < L; i0 += kSub) {
     const int64_t i1 = std::min(L, i0 + kSub), m = i1 - i0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const F *qi = q + i * Dkp, *ki = k + i * Dkp, *Gi = G + i * Dkp;
-      F *dQi = dQ + i * Dkp, *dKi = dK + i * Dkp, *dGi = dG + i * Dkp;
-      for (int64_t j = i0; j <= i; ++j) {
-        const F *kj = k + j * Dkp, *Gj = G + j * Dkp;
-        F *dKj = dK + j * Dkp, *dGj = dG + j * Dkp;
-        const V w1 = ac::splat<V>(j < i ? M[i * kC + j] : F(0)), w2 = ac::splat<V>(dA[i * kC + j]);
+    // Diagonal block: j outer, the decay E = exp(G_i - G_j) a running product of alpha down i.
+    F* E = ch.Erun.data();
+    for (int64_t j = i0; j < i1; ++j) {
+      const F *kj = k + j * Dkp, *qj = q + j * Dkp;
+      F *dKj = dK + j * Dkp, *dGj = dG + j * Dkp, *dQj = dQ + j * Dkp;
+      const V wd = ac::splat<V>(dA[j * kC + j]);  // i = j: E = 1, no decay term
+      for (int64_t d = 0; d < Dkp; d += Wl) {
+        ac::vstore(dQj + d, ac::vload(dQj + d) + wd * ac::vload(kj + d));
+        ac::vstore(dKj + d, ac::vload(dKj + d) + wd * ac::vload(qj + d));
+      }
+      std::fill(E, E + Dkp, F(1));
+      for (int64_t i = j + 1; i < i1; ++i) {
+        const F *qi = q + i * Dkp, *ki = k + i * Dkp, *ai = ch.alpha.data() + i * Dkp;
+        F *dQi = dQ + i * Dkp, *dKi = dK + i * Dkp, *dGi = dG + i * Dkp;
+        const V w1 = ac::splat<V>(M[i * kC + j]), w2 = ac::splat<V>(dA[i * kC + j]);
         for (int64_t d = 0; d < Dkp; d += Wl) {
-          const V E = ac::exp_v(ac::vload(Gi + d) - ac::vload(Gj + d));
-          const V kjv = ac::vload(kj + d), kjE = kjv * E;
+          const V e = ac::vload(E + d) * ac::vload(ai + d);
+          ac::vstore(E + d, e);
+          const V kjv = ac::vload(kj + d), kjE = kjv * e;
           ac::vstore(dKi + d, ac::vload(dKi + d) + w1 * kjE);
           ac::vstore(dQi + d, ac::vload(dQi + d) + w2 * kjE);
-          const V t = (w1 * ac::vload(ki + d) + w2 * ac::vload(qi + d)) * E;
+          const V t = (w1 * ac::vload(ki + d) + w2 * ac::vload(qi + d)) * e;
           ac::vstore(dKj + d, ac::vload(dKj + d) + t);
-          if (j < i) {
-            const V u = t * kjv;
-            ac::vstore(dGi + d, ac::vload(dGi + d) + u);
-            ac::vstore(dGj + d, ac::vload(dGj + d) - u);
-          }
+          const V u = t * kjv;
+          ac::vstore(dGi + d, ac::vload(dGi + d) + u);
+          ac::vstore(dGj + d, ac::vload(dGj + d) - u);
         }
       }
     }
