@@ -25,9 +25,10 @@
 // Shapes: q, k, g [B, H, T, Dk], v, dout [B, H, T, Dv] (any strides, a unit-stride last dim);
 // beta [B, H, T], s0, dstate [B, H, Dk, Dv] (made contiguous here). out, dq, dk, dv, dg, dbeta,
 // state, ds0 contiguous. f32 only, Dk, Dv <= 128, any T >= 1.
-// Scratch (device, f32), Tp = N C padded rows per head: G, W, Kd [B*H, Tp, Dk]; U, Delta,
-// dDelta [B*H, Tp, Dv]; Tinv, Akk, Aqk [B*H, N, C, C]; h (chunk-start states) and dS per chunk
-// [B*H, N, Dk, Dv]. Memory linear in T.
+// Scratch (device, f32), Tp = N C padded rows per head: G, W, Kd [B*H, Tp, Dk]; U [B*H, Tp, Dv];
+// Tinv, Aqk [B*H, N, C, C]; the backward adds Akk [B*H, N, C, C], Delta and dDelta
+// [B*H, Tp, Dv], the chunk-start states h and the per-chunk dS [B*H, N, Dk, Dv] (spec A7's
+// recompute policy). Memory linear in T; the forward keeps no per-chunk state.
 //
 // Launch shapes (128 threads = 4 warps, 8 C in the backward chunk kernel; ld = Dk | 1, an odd row
 // stride; shared memory quoted at (C, Dk) = (16, 128) / (32, 64), the largest each C serves):
@@ -38,11 +39,11 @@
 //              Kd [C, Dk] and U [C, Dv] (a <= C dot each). smem K, Q, G [C, ld] + 2 [C, C+1] + beta
 //              = 26.4 / 32.8 KiB.
 //   sweep      grid (ceil(Dv / 32), B*H): a block owns a 32-column tile of the state in shared memory
-//              and walks the chunks in order: stores h_n, Delta (C x 32 elements, Dk dots), then the
-//              state update (Dk x 32 elements, C dots). smem S [Dk, 33], W, Kd [C, ld], U/Delta
-//              [C, 33], gamma [Dk] = 35.2 / 28.9 KiB.
-//   output     grid (N, B*H, ceil(Dv / 32)): s (Q o Gamma), h_n's tile, Aqk, Delta's tile in shared
-//              memory; thread per output element (Dk + C dot). 27.7 / 24.6 KiB.
+//              and walks the chunks in order: Delta = U - W S (C x 32 elements, Dk dots; the forward
+//              also sums s (Q o Gamma) S there), then the state update (Dk x 32 elements, C dots; the
+//              forward adds Aqk Delta and stores its output tile in the same phase). Backward: stores
+//              h_n and Delta instead. smem S [Dk, 33], W, Kd [C, ld], U/Delta [C, 33], gamma [Dk],
+//              forward also s Q o Gamma [C, ld], Aqk [C, C+1] = 44.3 / 41.1 KiB (forward).
 //   bwd sweep  grid (ceil(Dv / 32), B*H): the reverse walk with dS's tile in shared memory; stores
 //              dS per chunk, dDelta, ds0. smem dS [Dk, 33], s Q o Gamma, W, Kd [C, ld], Aqk, dO and
 //              dDelta tiles, gamma = 46.4 / 45.2 KiB.
@@ -228,24 +229,32 @@ __global__ void __launch_bounds__(kThreads) kda_prep_kernel(PrepArgs a) {
 // ---- sweep: chunk-start states and Delta, in chunk order --------------------------------------------
 
 struct SweepArgs {
-  const float* W = nullptr;   // [B*H, Tp, Dk]
-  const float* U = nullptr;   // [B*H, Tp, Dv]
-  const float* Kd = nullptr;  // [B*H, Tp, Dk]
-  const float* G = nullptr;   // [B*H, Tp, Dk]
-  const float* s0 = nullptr;  // [B*H, Dk, Dv] or null
-  float* h = nullptr;         // [B*H, N, Dk, Dv]
-  float* D = nullptr;         // [B*H, Tp, Dv]: Delta
-  float* state = nullptr;     // [B*H, Dk, Dv] or null
+  Heads q = {};                // read only with `out`
+  const float* W = nullptr;    // [B*H, Tp, Dk]
+  const float* U = nullptr;    // [B*H, Tp, Dv]
+  const float* Kd = nullptr;   // [B*H, Tp, Dk]
+  const float* G = nullptr;    // [B*H, Tp, Dk]
+  const float* Aqk = nullptr;  // [B*H, N, C, C], read only with `out`
+  const float* s0 = nullptr;   // [B*H, Dk, Dv] or null
+  float* h = nullptr;          // [B*H, N, Dk, Dv] or null (backward: the chunk-start states)
+  float* D = nullptr;          // [B*H, Tp, Dv] or null (backward: Delta)
+  float* out = nullptr;        // [B, H, T, Dv] or null (forward)
+  float* state = nullptr;      // [B*H, Dk, Dv] or null
   Geom geo = {};
 };
 
+// Forward (out given): O = s (Q o Gamma) S + Aqk Delta per chunk, the S part computed with Delta
+// (both read S before its update) and the Aqk part with the state update (both read Delta).
 template <int C>
 __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
   const Geom& g = a.geo;
-  const int c0 = static_cast<int>(blockIdx.x) * kTile, bh = static_cast<int>(blockIdx.y);
+  constexpr int LdC = C + 1;
+  constexpr int kOwnOut = C * kTile / kThreads;  // output elements per thread
+  const int c0 = static_cast<int>(blockIdx.x) * kTile, bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
   const int cols = imin(kTile, g.Dv - c0);
   const int tid = static_cast<int>(threadIdx.x);
   const int ldk = ld_k(g.Dk);
+  const bool with_out = a.out != nullptr;  // block-uniform
 
   simt::SmemCarver carve;
   float* S = carve.take<float>(g.Dk * kLdT);
@@ -253,39 +262,69 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
   float* kds = carve.take<float>(C * ldk);
   float* dt = carve.take<float>(C * kLdT);  // U, then Delta (each element in place by its thread)
   float* gam = carve.take<float>(g.Dk);
+  float* qg = with_out ? carve.take<float>(C * ldk) : nullptr;  // s Q o Gamma
+  float* A = with_out ? carve.take<float>(C * LdC) : nullptr;   // Aqk
 
   const int64_t sbase = static_cast<int64_t>(bh) * g.Dk * g.Dv + c0;
   for (int e = tid; e < g.Dk * kTile; e += kThreads) {
     const int d = e / kTile, c = e % kTile;
     S[d * kLdT + c] = (a.s0 && c < cols) ? a.s0[sbase + static_cast<int64_t>(d) * g.Dv + c] : 0.0f;
   }
+  const float* qh = with_out ? a.q.head(b, h) : nullptr;
   for (int n = 0; n < g.N; ++n) {
-    const int64_t p0 = prow<C>(g, bh, n * C);
+    const int t0 = n * C, rows = imin(C, g.T - t0);
+    const int64_t p0 = prow<C>(g, bh, t0);
     __syncthreads();  // the previous state update is done and its tiles are consumed
     for (int e = tid; e < C * g.Dk; e += kThreads) {
       const int r = e / g.Dk, d = e % g.Dk;
-      ws[r * ldk + d] = a.W[(p0 + r) * g.Dk + d];
-      kds[r * ldk + d] = a.Kd[(p0 + r) * g.Dk + d];
+      const int64_t pe = (p0 + r) * g.Dk + d;
+      ws[r * ldk + d] = a.W[pe];
+      kds[r * ldk + d] = a.Kd[pe];
+      if (with_out)
+        qg[r * ldk + d] = r < rows ? g.scale * qh[static_cast<int64_t>(t0 + r) * a.q.ld + d] * expf(a.G[pe]) : 0.0f;
     }
     for (int e = tid; e < C * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       dt[r * kLdT + c] = c < cols ? a.U[(p0 + r) * g.Dv + c0 + c] : 0.0f;
     }
+    if (with_out) {
+      const int64_t cc = cc_off<C>(g, bh, n);
+      for (int e = tid; e < C * C; e += kThreads) A[(e / C) * LdC + e % C] = a.Aqk[cc + e];
+    }
     if (tid < g.Dk) gam[tid] = expf(a.G[(p0 + C - 1) * g.Dk + tid]);
-    float* hn = a.h + st_off(g, bh, n) + c0;
-    for (int e = tid; e < g.Dk * kTile; e += kThreads) {
-      const int d = e / kTile, c = e % kTile;
-      if (c < cols) hn[static_cast<int64_t>(d) * g.Dv + c] = S[d * kLdT + c];
+    if (a.h) {
+      float* hn = a.h + st_off(g, bh, n) + c0;
+      for (int e = tid; e < g.Dk * kTile; e += kThreads) {
+        const int d = e / kTile, c = e % kTile;
+        if (c < cols) hn[static_cast<int64_t>(d) * g.Dv + c] = S[d * kLdT + c];
+      }
     }
     __syncthreads();
-    for (int e = tid; e < C * kTile; e += kThreads) {
-      const int r = e / kTile, c = e % kTile;
-      float x = dt[r * kLdT + c];
-      for (int d = 0; d < g.Dk; ++d) x -= ws[r * ldk + d] * S[d * kLdT + c];
+    float o[kOwnOut];  // element e = tid + m kThreads of the chunk's [C, 32] output tile
+    AL_UNROLL
+    for (int m = 0; m < kOwnOut; ++m) {
+      const int e = tid + m * kThreads, r = e / kTile, c = e % kTile;
+      float x = dt[r * kLdT + c], y = 0.0f;
+      for (int d = 0; d < g.Dk; ++d) {
+        const float sv = S[d * kLdT + c];
+        x -= ws[r * ldk + d] * sv;
+        if (with_out) y += qg[r * ldk + d] * sv;
+      }
       dt[r * kLdT + c] = x;
-      if (c < cols) a.D[(p0 + r) * g.Dv + c0 + c] = x;
+      o[m] = y;
+      if (a.D && c < cols) a.D[(p0 + r) * g.Dv + c0 + c] = x;
     }
     __syncthreads();
+    if (with_out) {
+      float* ob = a.out + (static_cast<int64_t>(bh) * g.T + t0) * g.Dv + c0;
+      AL_UNROLL
+      for (int m = 0; m < kOwnOut; ++m) {
+        const int e = tid + m * kThreads, r = e / kTile, c = e % kTile;
+        float y = o[m];
+        for (int j = 0; j <= r; ++j) y += A[r * LdC + j] * dt[j * kLdT + c];
+        if (r < rows && c < cols) ob[static_cast<int64_t>(r) * g.Dv + c] = y;
+      }
+    }
     for (int e = tid; e < g.Dk * kTile; e += kThreads) {
       const int d = e / kTile, c = e % kTile;
       float x = gam[d] * S[d * kLdT + c];
@@ -298,64 +337,6 @@ __global__ void __launch_bounds__(kThreads) kda_sweep_kernel(SweepArgs a) {
       const int d = e / kTile, c = e % kTile;
       if (c < cols) a.state[sbase + static_cast<int64_t>(d) * g.Dv + c] = S[d * kLdT + c];
     }
-  }
-}
-
-// ---- output: O = s (Q o Gamma) h_n + Aqk Delta ------------------------------------------------------
-
-struct OutArgs {
-  Heads q = {};
-  const float* G = nullptr;    // [B*H, Tp, Dk]
-  const float* Aqk = nullptr;  // [B*H, N, C, C]
-  const float* h = nullptr;    // [B*H, N, Dk, Dv]
-  const float* D = nullptr;    // [B*H, Tp, Dv]
-  float* out = nullptr;        // [B, H, T, Dv] contiguous
-  Geom geo = {};
-};
-
-template <int C>
-__global__ void __launch_bounds__(kThreads) kda_output_kernel(OutArgs a) {
-  const Geom& g = a.geo;
-  constexpr int LdC = C + 1;
-  const int n = static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y), b = bh / g.H, h = bh % g.H;
-  const int c0 = static_cast<int>(blockIdx.z) * kTile, cols = imin(kTile, g.Dv - c0);
-  const int t0 = n * C, rows = imin(C, g.T - t0);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int ldk = ld_k(g.Dk);
-
-  simt::SmemCarver carve;
-  float* qg = carve.take<float>(C * ldk);
-  float* hs = carve.take<float>(g.Dk * kLdT);
-  float* A = carve.take<float>(C * LdC);
-  float* dt = carve.take<float>(C * kLdT);
-
-  const int64_t p0 = prow<C>(g, bh, t0);
-  const float* qb = a.q.head(b, h) + static_cast<int64_t>(t0) * a.q.ld;
-  for (int e = tid; e < C * g.Dk; e += kThreads) {
-    const int r = e / g.Dk, d = e % g.Dk;
-    qg[r * ldk + d] =
-        r < rows ? g.scale * qb[static_cast<int64_t>(r) * a.q.ld + d] * expf(a.G[(p0 + r) * g.Dk + d]) : 0.0f;
-  }
-  const float* hn = a.h + st_off(g, bh, n) + c0;
-  for (int e = tid; e < g.Dk * kTile; e += kThreads) {
-    const int d = e / kTile, c = e % kTile;
-    hs[d * kLdT + c] = c < cols ? hn[static_cast<int64_t>(d) * g.Dv + c] : 0.0f;
-  }
-  const int64_t cc = cc_off<C>(g, bh, n);
-  for (int e = tid; e < C * C; e += kThreads) A[(e / C) * LdC + e % C] = a.Aqk[cc + e];
-  for (int e = tid; e < C * kTile; e += kThreads) {
-    const int r = e / kTile, c = e % kTile;
-    dt[r * kLdT + c] = c < cols ? a.D[(p0 + r) * g.Dv + c0 + c] : 0.0f;
-  }
-  __syncthreads();
-  float* ob = a.out + (static_cast<int64_t>(bh) * g.T + t0) * g.Dv + c0;
-  for (int e = tid; e < C * kTile; e += kThreads) {
-    const int r = e / kTile, c = e % kTile;
-    if (r >= rows || c >= cols) continue;  // no barrier follows
-    float o = 0.0f;
-    for (int d = 0; d < g.Dk; ++d) o += qg[r * ldk + d] * hs[d * kLdT + c];
-    for (int j = 0; j <= r; ++j) o += A[r * LdC + j] * dt[j * kLdT + c];
-    ob[static_cast<int64_t>(r) * g.Dv + c] = o;
   }
 }
 
@@ -782,15 +763,17 @@ Geom geom_of(const Tensor& q, const Tensor& v, double scale) {
 
 inline unsigned dv_tiles(const Geom& g) { return static_cast<unsigned>((g.Dv + kTile - 1) / kTile); }
 
-// The chunk quantities and the forward sweep (h, Delta; the final state when `state` is given).
+// The chunk quantities and the forward sweep. Forward (fw given): out and the final state, no
+// h or Delta scratch. Backward (fw null): h and Delta for the backward kernels, and Akk.
 struct Scratch {
   Tensor G = {}, W = {}, U = {}, Kd = {}, Tinv = {}, Akk = {}, Aqk = {}, h = {}, D = {};
 };
 
 template <int C>
 Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
-                         const Tensor& s0, const Geom& geo, int64_t BH, bool with_akk, float* state) {
+                         const Tensor& s0, const Geom& geo, int64_t BH, KdaAttentionOp::Forward* fw) {
   constexpr int LdC = C + 1;
+  const bool backward = fw == nullptr;
   const Device dev = q.device();
   const int64_t Tp = static_cast<int64_t>(geo.N) * C;
   Scratch s;
@@ -798,11 +781,13 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
   s.W = Tensor::empty(Shape{BH, Tp, geo.Dk}, DType::f32, dev);
   s.Kd = Tensor::empty(Shape{BH, Tp, geo.Dk}, DType::f32, dev);
   s.U = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
-  s.D = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
   s.Tinv = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
   s.Aqk = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
-  if (with_akk) s.Akk = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
-  s.h = Tensor::empty(Shape{BH, geo.N, geo.Dk, geo.Dv}, DType::f32, dev);
+  if (backward) {
+    s.Akk = Tensor::empty(Shape{BH, geo.N, C, C}, DType::f32, dev);
+    s.D = Tensor::empty(Shape{BH, Tp, geo.Dv}, DType::f32, dev);
+    s.h = Tensor::empty(Shape{BH, geo.N, geo.Dk, geo.Dv}, DType::f32, dev);
+  }
 
   PrepArgs pa;
   pa.q = heads(q);
@@ -815,7 +800,7 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
   pa.U = s.U.data<float>();
   pa.Kd = s.Kd.data<float>();
   pa.Tinv = s.Tinv.data<float>();
-  pa.Akk = with_akk ? s.Akk.data<float>() : nullptr;
+  pa.Akk = backward ? s.Akk.data<float>() : nullptr;
   pa.Aqk = s.Aqk.data<float>();
   pa.geo = geo;
   const int ldk = ld_k(geo.Dk);
@@ -824,16 +809,20 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
                  prep_smem, pa);
 
   SweepArgs sa;
+  sa.q = heads(q);
   sa.W = s.W.data<float>();
   sa.U = s.U.data<float>();
   sa.Kd = s.Kd.data<float>();
   sa.G = s.G.data<float>();
+  sa.Aqk = s.Aqk.data<float>();
   sa.s0 = s0.defined() ? s0.data<float>() : nullptr;
-  sa.h = s.h.data<float>();
-  sa.D = s.D.data<float>();
-  sa.state = state;
+  sa.h = backward ? s.h.data<float>() : nullptr;
+  sa.D = backward ? s.D.data<float>() : nullptr;
+  sa.out = backward ? nullptr : fw->out.data<float>();
+  sa.state = backward ? nullptr : fw->state.data<float>();
   sa.geo = geo;
-  const size_t sweep_smem = carved(geo.Dk * kLdT) + 2 * carved(C * ldk) + carved(C * kLdT) + carved(geo.Dk);
+  size_t sweep_smem = carved(geo.Dk * kLdT) + 2 * carved(C * ldk) + carved(C * kLdT) + carved(geo.Dk);
+  if (!backward) sweep_smem += carved(C * ldk) + carved(C * LdC);
   AL_CUDA_LAUNCH(kda_sweep_kernel<C>, dim3(dv_tiles(geo), static_cast<unsigned>(BH)), dim3(kThreads), sweep_smem, sa);
   return s;
 }
@@ -841,23 +830,8 @@ Scratch run_forward_pass(const Tensor& q, const Tensor& k, const Tensor& v, cons
 template <int C>
 void run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
                  const Tensor& s0, double scale, KdaAttentionOp::Forward& fw) {
-  constexpr int LdC = C + 1;
   const Geom geo = geom_of<C>(q, v, scale);
-  const int64_t BH = q.size(0) * q.size(1);
-  const Scratch s = run_forward_pass<C>(q, k, v, g, beta, s0, geo, BH, false, fw.state.data<float>());
-
-  OutArgs oa;
-  oa.q = heads(q);
-  oa.G = s.G.data<float>();
-  oa.Aqk = s.Aqk.data<float>();
-  oa.h = s.h.data<float>();
-  oa.D = s.D.data<float>();
-  oa.out = fw.out.data<float>();
-  oa.geo = geo;
-  const int ldk = ld_k(geo.Dk);
-  const size_t smem = carved(C * ldk) + carved(geo.Dk * kLdT) + carved(C * LdC) + carved(C * kLdT);
-  AL_CUDA_LAUNCH(kda_output_kernel<C>, dim3(static_cast<unsigned>(geo.N), static_cast<unsigned>(BH), dv_tiles(geo)),
-                 dim3(kThreads), smem, oa);
+  run_forward_pass<C>(q, k, v, g, beta, s0, geo, q.size(0) * q.size(1), &fw);
 }
 
 template <int C>
@@ -867,7 +841,7 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   const Geom geo = geom_of<C>(q, v, scale);
   const int64_t BH = q.size(0) * q.size(1);
   const Device dev = q.device();
-  const Scratch s = run_forward_pass<C>(q, k, v, g, beta, s0, geo, BH, true, nullptr);
+  const Scratch s = run_forward_pass<C>(q, k, v, g, beta, s0, geo, BH, nullptr);
 
   const int64_t Tp = static_cast<int64_t>(geo.N) * C;
   Tensor dSn = Tensor::empty(Shape{BH, geo.N, geo.Dk, geo.Dv}, DType::f32, dev);
