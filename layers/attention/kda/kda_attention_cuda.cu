@@ -85,11 +85,11 @@ constexpr int kLdB = kBwdTile + 1;
 // The largest Dk a chunk length serves (by_chunk below picks C from Dk), and the columns
 // cg + 8 m a thread of the backward chunk kernel owns in a [C, Dk] pass.
 template <int C>
-constexpr int max_dk() {
+__host__ __device__ constexpr int max_dk() {
   return C == 32 ? 64 : kMaxD;
 }
 template <int C>
-constexpr int own_cols() {
+__host__ __device__ constexpr int own_cols() {
   return max_dk<C>() / 8;
 }
 
