@@ -1,4 +1,4 @@
-// CPU forward and backward of the KDA core op (kda_attention.h), f32 and f64.
+// CPU forward and backward of the KDA core op (kda_attention.h), f32 and f64; both forms.
 //
 // Token-by-token form (spec A4/A5), per (b, h), state S [Dk, Dv] row-major, s the scale:
 //   forward:  St = Diag(alpha_t) S;  e_t = v_t - St^T k_t;  S = St + beta_t k_t e_t^T;  o_t = s S^T q_t
@@ -12,6 +12,35 @@
 //   forward states are checkpointed every kSeg = 64 steps (S before each segment), and each
 //   segment is replayed forward from its checkpoint, keeping St and e per step, before its
 //   reverse sweep. Scratch per (b, h): T / 64 checkpoints plus one segment: linear in T.
+//
+// Chunkwise form (spec A6/A7), chunks of C = 64 rows (the last one ragged), per chunk with
+// G = chunk-local cumsum of g, Gamma = exp(G), gamma = Gamma_last, Ed = exp(G_last - G):
+//   Akk_ij = sum_d k_i k_j exp(G_i - G_j) (i > j),  Aqk_ij = s sum_d q_i k_j exp(G_i - G_j) (i >= j)
+//   Tinv = (I + StrictTril(Diag(beta) Akk))^{-1}                 (forward substitution, row by row)
+//   W = Tinv Diag(beta) (K o Gamma),  U = Tinv Diag(beta) V        (the WY / UT transform)
+//   Delta = U - W S,  O = s (Q o Gamma) S + Aqk Delta,  S <- Diag(gamma) S + (K o Ed)^T Delta.
+// No factor exp(+G) is ever formed (spec A8.1: e^{320} for a log-decay of -5 over 64 rows): the
+// pair decays exp(G_i - G_j) <= 1 come, inside each diagonal 16-row block, as running products of
+// alpha = exp(g) down the rows, and below the diagonal blocks from reference factors at the
+// block's first row n, exp(G_i - G_n) and exp(G_n - G_j), each <= 1 (then the block is a product
+// of two [16, Dk] x [Dk, n] tiles). Gamma, Ed and gamma are decays from the chunk start / to the
+// chunk end, <= 1 too.
+//   Backward (spec A7, per chunk in reverse, dS the gradient of the state leaving the chunk):
+//   (a) dDelta = Aqk^T dO + (K o Ed) dS      (b) dA = s Tril(dO Delta^T)
+//   (c) dS_prev = s (Q o Gamma)^T dO + Diag(gamma) dS - W^T dDelta      (d) dW = -dDelta S^T
+//   (e) YU = Tinv^T dDelta, YW = Tinv^T dW: dV = beta YU, dbeta = <YU, V> + <YW, K o Gamma>,
+//       dK += beta YW o Gamma, dG += beta YW o K o Gamma
+//   (f) dL = -(YU U^T + YW W^T) strictly below the diagonal (= StrictTril(-Tinv^T dTinv Tinv^T)
+//       without the C^3 products), dbeta_i += sum_j dL_ij Akk_ij, M = Diag(beta) dL
+//   (g) the pair terms of Akk (weights M) and Aqk (weights dA), with the same decay factoring
+//   (h) the inter-chunk read (dQ, dG from dO S^T) and the state write (dK, dG from Delta dS^T,
+//       dG_last += gamma o rowsum(dS o S))
+//   (i) dg = reverse chunk-local cumsum of dG.
+//   Pass 1 of the backward reruns the forward over the chunks keeping the entering state, Akk,
+//   Aqk, Tinv and Delta of each chunk (T / 64 x (3 C^2 + Dk Dv + C Dv) per (b, h): linear in T);
+//   pass 2 recomputes the row quantities and W, U per chunk.
+// Products go through cpu_tiles.h's register-blocked tile kernel, exps through its vector exp;
+// every Dk-wide row is padded to whole vectors with zeros (a zero key or query, a zero log-decay).
 //
 // Every (b, h) pair is one task (OpenMP via lib/cpu/parallel.h); a task owns its rows of every
 // output, so the bits do not depend on the thread count. Accumulation is in the input's dtype.
