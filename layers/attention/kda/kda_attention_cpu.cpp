@@ -42,8 +42,9 @@
 // Products go through cpu_tiles.h's register-blocked tile kernel, exps through its vector exp;
 // every Dk-wide row is padded to whole vectors with zeros (a zero key or query, a zero log-decay).
 //
-// Every (b, h) pair is one task (OpenMP via lib/cpu/parallel.h); a task owns its rows of every
-// output, so the bits do not depend on the thread count. Accumulation is in the input's dtype.
+// Every (b, h) pair is one task (OpenMP via lib/cpu/parallel.h; tiny calls such as one decode
+// step run inline); a task owns its rows of every output, so the bits do not depend on the
+// thread count. Accumulation is in the input's dtype.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -57,6 +58,8 @@
 namespace attnlab {
 
 namespace {
+
+namespace ac = attn_cpu;
 
 constexpr int64_t kSeg = 64;  // checkpoint interval of the recurrent backward
 
@@ -119,7 +122,7 @@ KdaAttentionOp::Forward recurrent_forward(const Tensor& q_, const Tensor& k_, co
   F* state = f.state.data<F>();
   const F c = static_cast<F>(scale);
   const int64_t SS = d.Dk * d.Dv;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     std::vector<F> e(static_cast<size_t>(d.Dv));
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / d.H, h = task % d.H;
@@ -165,7 +168,7 @@ KdaAttentionOp::Grads recurrent_backward(const Tensor& q_, const Tensor& k_, con
   F *dbeta = gr.dbeta.data<F>(), *ds0 = gr.ds0.data<F>();
   const F c = static_cast<F>(scale);
   const int64_t SS = d.Dk * d.Dv, nseg = (d.T + kSeg - 1) / kSeg;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     std::vector<F> ck(static_cast<size_t>(nseg * SS)), S(static_cast<size_t>(SS));
     std::vector<F> St(static_cast<size_t>(kSeg * SS)), E(static_cast<size_t>(kSeg * d.Dv));
     std::vector<F> de(static_cast<size_t>(d.Dv)), ge(static_cast<size_t>(d.Dk));
@@ -273,7 +276,6 @@ KdaAttentionOp::Grads KdaAttentionOp::backward_recurrent(CpuTag, const Tensor& q
 
 namespace {
 
-namespace ac = attn_cpu;
 
 constexpr int64_t kC = KdaAttentionOp::kChunk;  // chunk length
 constexpr int64_t kSub = 16;                     // sub-chunk of the pair matrices (reference rows)
@@ -552,7 +554,7 @@ KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const 
   F* out = f.out.data<F>();
   F* state = f.state.data<F>();
   const int64_t SS = d.Dk * d.Dv, N = (d.T + kC - 1) / kC;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     Chunk<F> ch(d.Dk, d.Dv, static_cast<F>(scale));
     std::vector<F> Akk(kC * kC), Aqk(kC * kC), Tinv(kC * kC), D(static_cast<size_t>(kC * d.Dv));
     for (int64_t task = t0; task < t1; ++task) {
@@ -609,7 +611,7 @@ KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const T
   const int64_t Dk = d.Dk, Dv = d.Dv, T = d.T, SS = Dk * Dv, N = (T + kC - 1) / kC, CC = kC * kC;
   using V = typename ac::Vec<F>::V;
   constexpr int64_t Wl = ac::kLanes<F>;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     Chunk<F> ch(Dk, Dv, s);
     const int64_t Dkp = ch.Dkp;
     auto buf = [](int64_t n) { return std::vector<F>(static_cast<size_t>(n), F(0)); };
