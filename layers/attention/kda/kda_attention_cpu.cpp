@@ -286,13 +286,6 @@ inline void exp_rows(const F* x, F* y, int64_t n) {
   constexpr int64_t W = ac::kLanes<F>;
   for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(x + d)));
 }
-// y = exp(a - x) over n elements (a vector), n a whole number of vectors.
-template <typename F>
-inline void exp_diff(const F* a, const F* x, F* y, int64_t n) {
-  constexpr int64_t W = ac::kLanes<F>;
-  for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(a + d) - ac::vload(x + d)));
-}
-
 // Small row kernels: restrict-qualified so the compiler vectorises them (the scratch rows are
 // members of one struct, which it cannot otherwise prove disjoint).
 template <typename F>
@@ -328,12 +321,12 @@ template <typename F>
 struct Chunk {
   int64_t Dk, Dv, Dkp, L = 0;
   F s;
-  std::vector<F> q, k, v, G, alpha, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta, Erun;
+  std::vector<F> q, k, v, alpha, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta, Erun;
   std::vector<F> Er, Qr, Kr, Eb, Kb, KbT;  // the sub-chunk reference factors of the pair matrices
 
   Chunk(int64_t dk, int64_t dv, F scale)
       : Dk(dk), Dv(dv), Dkp(ac::round_up_lanes<F>(dk)), s(scale) {
-    for (auto* x : {&q, &k, &G, &alpha, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
+    for (auto* x : {&q, &k, &alpha, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
       x->assign(static_cast<size_t>(kC * Dkp), F(0));
     for (auto* x : {&v, &bV, &U}) x->assign(static_cast<size_t>(kC * Dv), F(0));
     for (auto* x : {&Er, &Qr, &Kr}) x->assign(static_cast<size_t>(kSub * Dkp), F(0));
@@ -343,9 +336,10 @@ struct Chunk {
     beta.assign(static_cast<size_t>(kC), F(0));
   }
 
-  // Reads the rows and forms alpha = exp(g), G (chunk-local cumsum of g), Gamma = exp(G), Ed = exp(G_last - G),
-  // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every
-  // exponent is G_i - G_j with i >= j: never exp(+G) over the chunk.
+  // Reads the rows and forms alpha = exp(g), Gamma_r = alpha_0 o ... o alpha_r (= exp(G_r), G the
+  // chunk-local cumsum of g), Ed_r = alpha_{r+1} o ... o alpha_last (= exp(G_last - G_r)),
+  // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every decay
+  // is a running product of alphas, i.e. exp(G_i - G_j) with i >= j: never exp(+G) over the chunk.
   void load(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len) {
     L = len;
     using V = typename ac::Vec<F>::V;
@@ -353,20 +347,21 @@ struct Chunk {
     for (int64_t r = 0; r < L; ++r) {
       const F *qs = in.q.at(b, h, t0 + r), *ks = in.k.at(b, h, t0 + r), *vs = in.v.at(b, h, t0 + r),
               *gs = in.g.at(b, h, t0 + r);
-      F* Gr = &G[r * Dkp];
+      F* ar = &alpha[r * Dkp];
       std::copy(qs, qs + Dk, &q[r * Dkp]);
       std::copy(ks, ks + Dk, &k[r * Dkp]);
-      std::copy(gs, gs + Dk, Gr);
-      exp_rows(Gr, &alpha[r * Dkp], Dkp);
-      if (r > 0)
-        for (int64_t d = 0; d < Dkp; d += Wl) ac::vstore(Gr + d, ac::vload(Gr + d) + ac::vload(Gr - Dkp + d));
+      std::copy(gs, gs + Dk, ar);
+      std::fill(ar + Dk, ar + Dkp, F(0));
+      exp_rows(ar, ar, Dkp);  // the padding lanes: exp(0) = 1
       std::copy(vs, vs + Dv, &v[r * Dv]);
       beta[r] = in.beta[task * T + t0 + r];
     }
-    exp_rows(G.data(), Gam.data(), L * Dkp);
-    const F* Gl = &G[(L - 1) * Dkp];
+    std::copy(alpha.data(), alpha.data() + Dkp, Gam.data());
+    for (int64_t i = Dkp; i < L * Dkp; i += Wl) ac::vstore(&Gam[i], ac::vload(&Gam[i - Dkp]) * ac::vload(&alpha[i]));
     std::copy(Gam.data() + (L - 1) * Dkp, Gam.data() + L * Dkp, gam.begin());
-    for (int64_t r = 0; r < L; ++r) exp_diff(Gl, &G[r * Dkp], &Ed[r * Dkp], Dkp);
+    std::fill(Ed.data() + (L - 1) * Dkp, Ed.data() + L * Dkp, F(1));
+    for (int64_t i = (L - 1) * Dkp - Wl; i >= 0; i -= Wl)
+      ac::vstore(&Ed[i], ac::vload(&Ed[i + Dkp]) * ac::vload(&alpha[i + Dkp]));
     for (int64_t r = 0; r < L; ++r) {
       const V br = ac::splat<V>(beta[r]);
       for (int64_t i = r * Dkp; i < (r + 1) * Dkp; i += Wl) {
@@ -381,21 +376,29 @@ struct Chunk {
   }
 
   // The sub-chunk [i0, i1) against the rows before it, referenced at row n = i0:
-  // Er_i = exp(G_i - G_n), Qr = Q o Er, Kr = K o Er (rows i0..i1), Eb_j = exp(G_n - G_j),
-  // Kb = K o Eb (rows j < n): then q_i o k_j o exp(G_i - G_j) = Qr_i o Kb_j, both factors <= 1.
+  // Er_i = exp(G_i - G_n) = alpha_{n+1} o ... o alpha_i, Qr = Q o Er, Kr = K o Er (rows i0..i1),
+  // Eb_j = exp(G_n - G_j) = alpha_{j+1} o ... o alpha_n, Kb = K o Eb (rows j < n): then
+  // q_i o k_j o exp(G_i - G_j) = Qr_i o Kb_j, both factors <= 1 (running products of alphas).
   void references(int64_t i0, int64_t i1) {
-    const F* Gn = &G[i0 * Dkp];
     constexpr int64_t Wl = ac::kLanes<F>;
     for (int64_t i = i0; i < i1; ++i) {
       F *er = &Er[(i - i0) * Dkp], *qr = &Qr[(i - i0) * Dkp], *kr = &Kr[(i - i0) * Dkp];
-      exp_diff(&G[i * Dkp], Gn, er, Dkp);
+      if (i == i0)
+        std::fill(er, er + Dkp, F(1));
+      else
+        for (int64_t d = 0; d < Dkp; d += Wl) ac::vstore(er + d, ac::vload(er - Dkp + d) * ac::vload(&alpha[i * Dkp + d]));
       for (int64_t d = 0; d < Dkp; d += Wl) {
         ac::vstore(qr + d, ac::vload(&q[i * Dkp + d]) * ac::vload(er + d));
         ac::vstore(kr + d, ac::vload(&k[i * Dkp + d]) * ac::vload(er + d));
       }
     }
-    for (int64_t j = 0; j < i0; ++j) {
-      exp_diff(Gn, &G[j * Dkp], &Eb[j * Dkp], Dkp);
+    for (int64_t j = i0 - 1; j >= 0; --j) {
+      F* eb = &Eb[j * Dkp];
+      const F* next = j + 1 < i0 ? eb + Dkp : nullptr;  // Eb_{n-1} = alpha_n
+      for (int64_t d = 0; d < Dkp; d += Wl) {
+        const typename ac::Vec<F>::V a = ac::vload(&alpha[(j + 1) * Dkp + d]);
+        ac::vstore(eb + d, next ? ac::vload(next + d) * a : a);
+      }
       for (int64_t d = j * Dkp; d < (j + 1) * Dkp; d += Wl) ac::vstore(&Kb[d], ac::vload(&k[d]) * ac::vload(&Eb[d]));
     }
   }
