@@ -1,4 +1,4 @@
-// CPU forward and backward of the KDA core op (kda_attention.h), f32 and f64.
+// CPU forward and backward of the KDA core op (kda_attention.h), f32 and f64; both forms.
 //
 // Token-by-token form (spec A4/A5), per (b, h), state S [Dk, Dv] row-major, s the scale:
 //   forward:  St = Diag(alpha_t) S;  e_t = v_t - St^T k_t;  S = St + beta_t k_t e_t^T;  o_t = s S^T q_t
@@ -13,8 +13,44 @@
 //   segment is replayed forward from its checkpoint, keeping St and e per step, before its
 //   reverse sweep. Scratch per (b, h): T / 64 checkpoints plus one segment: linear in T.
 //
-// Every (b, h) pair is one task (OpenMP via lib/cpu/parallel.h); a task owns its rows of every
-// output, so the bits do not depend on the thread count. Accumulation is in the input's dtype.
+// Chunkwise form (spec A6/A7), chunks of C = 64 rows (the last one ragged), per chunk with
+// G the chunk-local cumsum of g, Gamma = exp(G), gamma = Gamma_last, Ed = exp(G_last - G):
+//   Akk_ij = sum_d k_i k_j exp(G_i - G_j) (i > j),  Aqk_ij = s sum_d q_i k_j exp(G_i - G_j) (i >= j)
+//   Tinv = (I + StrictTril(Diag(beta) Akk))^{-1}                 (forward substitution, row by row)
+//   W = Tinv Diag(beta) (K o Gamma),  U = Tinv Diag(beta) V        (the WY / UT transform)
+//   Delta = U - W S,  O = s (Q o Gamma) S + Aqk Delta,  S <- Diag(gamma) S + (K o Ed)^T Delta
+// (the forward sweeps take Delta = Tinv (Diag(beta) V - Diag(beta) (K o Gamma) S) without W, U;
+// the backward forms W and U per chunk).
+// No factor exp(+G) is ever formed (spec A8.1: e^{320} for a log-decay of -5 over 64 rows): the
+// pair decays exp(G_i - G_j) <= 1 come, inside each diagonal 16-row block, as running products of
+// alpha = exp(g) down the rows, and below the diagonal blocks from reference factors at the
+// block's first row n, exp(G_i - G_n) and exp(G_n - G_j), each <= 1 (then the block is a product
+// of two [16, Dk] x [Dk, n] tiles). Gamma, Ed and gamma are decays from the chunk start / to the
+// chunk end, <= 1 too. Every one of these decays is computed as a running product of
+// alpha = exp(g) (one exp per input element; G itself is never formed), which is what the
+// recurrence applies step by step: it costs a multiply where exp(G_i - G_j) would cost an exp, and
+// avoids the cancellation in G_i - G_j when |G| is large (f32 error against the f64 recurrence
+// 2-5x lower than with exps of cumsum differences).
+//   Backward (spec A7, per chunk in reverse, dS the gradient of the state leaving the chunk):
+//   (a) dDelta = Aqk^T dO + (K o Ed) dS      (b) dA = s Tril(dO Delta^T)
+//   (c) dS_prev = s (Q o Gamma)^T dO + Diag(gamma) dS - W^T dDelta      (d) dW = -dDelta S^T
+//   (e) YU = Tinv^T dDelta, YW = Tinv^T dW: dV = beta YU, dbeta = <YU, V> + <YW, K o Gamma>,
+//       dK += beta YW o Gamma, dG += beta YW o K o Gamma
+//   (f) dL = -(YU U^T + YW W^T) strictly below the diagonal (= StrictTril(-Tinv^T dTinv Tinv^T)
+//       without the C^3 products), dbeta_i += sum_j dL_ij Akk_ij, M = Diag(beta) dL
+//   (g) the pair terms of Akk (weights M) and Aqk (weights dA), with the same decay factoring
+//   (h) the inter-chunk read (dQ, dG from dO S^T) and the state write (dK, dG from Delta dS^T,
+//       dG_last += gamma o rowsum(dS o S))
+//   (i) dg = reverse chunk-local cumsum of dG.
+//   Pass 1 of the backward reruns the forward over the chunks keeping the entering state, Akk,
+//   Aqk, Tinv and Delta of each chunk (T / 64 x (3 C^2 + Dk Dv + C Dv) per (b, h): linear in T);
+//   pass 2 recomputes the row quantities and W, U per chunk.
+// Products go through cpu_tiles.h's register-blocked tile kernel, exps through its vector exp;
+// every Dk-wide row is padded to whole vectors with zeros (a zero key or query, a zero log-decay).
+//
+// Every (b, h) pair is one task (OpenMP via lib/cpu/parallel.h; tiny calls such as one decode
+// step run inline); a task owns its rows of every output, so the bits do not depend on the
+// thread count. Accumulation is in the input's dtype.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +64,8 @@
 namespace attnlab {
 
 namespace {
+
+namespace ac = attn_cpu;
 
 constexpr int64_t kSeg = 64;  // checkpoint interval of the recurrent backward
 
@@ -90,7 +128,7 @@ KdaAttentionOp::Forward recurrent_forward(const Tensor& q_, const Tensor& k_, co
   F* state = f.state.data<F>();
   const F c = static_cast<F>(scale);
   const int64_t SS = d.Dk * d.Dv;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     std::vector<F> e(static_cast<size_t>(d.Dv));
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / d.H, h = task % d.H;
@@ -136,7 +174,7 @@ KdaAttentionOp::Grads recurrent_backward(const Tensor& q_, const Tensor& k_, con
   F *dbeta = gr.dbeta.data<F>(), *ds0 = gr.ds0.data<F>();
   const F c = static_cast<F>(scale);
   const int64_t SS = d.Dk * d.Dv, nseg = (d.T + kSeg - 1) / kSeg;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     std::vector<F> ck(static_cast<size_t>(nseg * SS)), S(static_cast<size_t>(SS));
     std::vector<F> St(static_cast<size_t>(kSeg * SS)), E(static_cast<size_t>(kSeg * d.Dv));
     std::vector<F> de(static_cast<size_t>(d.Dv)), ge(static_cast<size_t>(d.Dk));
@@ -244,7 +282,6 @@ KdaAttentionOp::Grads KdaAttentionOp::backward_recurrent(CpuTag, const Tensor& q
 
 namespace {
 
-namespace ac = attn_cpu;
 
 constexpr int64_t kC = KdaAttentionOp::kChunk;  // chunk length
 constexpr int64_t kSub = 16;                     // sub-chunk of the pair matrices (reference rows)
@@ -255,13 +292,6 @@ inline void exp_rows(const F* x, F* y, int64_t n) {
   constexpr int64_t W = ac::kLanes<F>;
   for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(x + d)));
 }
-// y = exp(a - x) over n elements (a vector), n a whole number of vectors.
-template <typename F>
-inline void exp_diff(const F* a, const F* x, F* y, int64_t n) {
-  constexpr int64_t W = ac::kLanes<F>;
-  for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(a + d) - ac::vload(x + d)));
-}
-
 // Small row kernels: restrict-qualified so the compiler vectorises them (the scratch rows are
 // members of one struct, which it cannot otherwise prove disjoint).
 template <typename F>
@@ -297,14 +327,14 @@ template <typename F>
 struct Chunk {
   int64_t Dk, Dv, Dkp, L = 0;
   F s;
-  std::vector<F> q, k, v, G, alpha, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta, Erun;
+  std::vector<F> q, k, v, alpha, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, R, gam, beta, Erun;
   std::vector<F> Er, Qr, Kr, Eb, Kb, KbT;  // the sub-chunk reference factors of the pair matrices
 
   Chunk(int64_t dk, int64_t dv, F scale)
       : Dk(dk), Dv(dv), Dkp(ac::round_up_lanes<F>(dk)), s(scale) {
-    for (auto* x : {&q, &k, &G, &alpha, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
+    for (auto* x : {&q, &k, &alpha, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
       x->assign(static_cast<size_t>(kC * Dkp), F(0));
-    for (auto* x : {&v, &bV, &U}) x->assign(static_cast<size_t>(kC * Dv), F(0));
+    for (auto* x : {&v, &bV, &U, &R}) x->assign(static_cast<size_t>(kC * Dv), F(0));
     for (auto* x : {&Er, &Qr, &Kr}) x->assign(static_cast<size_t>(kSub * Dkp), F(0));
     KbT.assign(static_cast<size_t>(Dkp * kC), F(0));
     gam.assign(static_cast<size_t>(Dkp), F(0));
@@ -312,9 +342,10 @@ struct Chunk {
     beta.assign(static_cast<size_t>(kC), F(0));
   }
 
-  // Reads the rows and forms alpha = exp(g), G (chunk-local cumsum of g), Gamma = exp(G), Ed = exp(G_last - G),
-  // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every
-  // exponent is G_i - G_j with i >= j: never exp(+G) over the chunk.
+  // Reads the rows and forms alpha = exp(g), Gamma_r = alpha_0 o ... o alpha_r (= exp(G_r), G the
+  // chunk-local cumsum of g), Ed_r = alpha_{r+1} o ... o alpha_last (= exp(G_last - G_r)),
+  // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every decay
+  // is a running product of alphas, i.e. exp(G_i - G_j) with i >= j: never exp(+G) over the chunk.
   void load(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len) {
     L = len;
     using V = typename ac::Vec<F>::V;
@@ -322,20 +353,21 @@ struct Chunk {
     for (int64_t r = 0; r < L; ++r) {
       const F *qs = in.q.at(b, h, t0 + r), *ks = in.k.at(b, h, t0 + r), *vs = in.v.at(b, h, t0 + r),
               *gs = in.g.at(b, h, t0 + r);
-      F* Gr = &G[r * Dkp];
+      F* ar = &alpha[r * Dkp];
       std::copy(qs, qs + Dk, &q[r * Dkp]);
       std::copy(ks, ks + Dk, &k[r * Dkp]);
-      std::copy(gs, gs + Dk, Gr);
-      exp_rows(Gr, &alpha[r * Dkp], Dkp);
-      if (r > 0)
-        for (int64_t d = 0; d < Dkp; d += Wl) ac::vstore(Gr + d, ac::vload(Gr + d) + ac::vload(Gr - Dkp + d));
+      std::copy(gs, gs + Dk, ar);
+      std::fill(ar + Dk, ar + Dkp, F(0));
+      exp_rows(ar, ar, Dkp);  // the padding lanes: exp(0) = 1
       std::copy(vs, vs + Dv, &v[r * Dv]);
       beta[r] = in.beta[task * T + t0 + r];
     }
-    exp_rows(G.data(), Gam.data(), L * Dkp);
-    const F* Gl = &G[(L - 1) * Dkp];
+    std::copy(alpha.data(), alpha.data() + Dkp, Gam.data());
+    for (int64_t i = Dkp; i < L * Dkp; i += Wl) ac::vstore(&Gam[i], ac::vload(&Gam[i - Dkp]) * ac::vload(&alpha[i]));
     std::copy(Gam.data() + (L - 1) * Dkp, Gam.data() + L * Dkp, gam.begin());
-    for (int64_t r = 0; r < L; ++r) exp_diff(Gl, &G[r * Dkp], &Ed[r * Dkp], Dkp);
+    std::fill(Ed.data() + (L - 1) * Dkp, Ed.data() + L * Dkp, F(1));
+    for (int64_t i = (L - 1) * Dkp - Wl; i >= 0; i -= Wl)
+      ac::vstore(&Ed[i], ac::vload(&Ed[i + Dkp]) * ac::vload(&alpha[i + Dkp]));
     for (int64_t r = 0; r < L; ++r) {
       const V br = ac::splat<V>(beta[r]);
       for (int64_t i = r * Dkp; i < (r + 1) * Dkp; i += Wl) {
@@ -350,21 +382,29 @@ struct Chunk {
   }
 
   // The sub-chunk [i0, i1) against the rows before it, referenced at row n = i0:
-  // Er_i = exp(G_i - G_n), Qr = Q o Er, Kr = K o Er (rows i0..i1), Eb_j = exp(G_n - G_j),
-  // Kb = K o Eb (rows j < n): then q_i o k_j o exp(G_i - G_j) = Qr_i o Kb_j, both factors <= 1.
+  // Er_i = exp(G_i - G_n) = alpha_{n+1} o ... o alpha_i, Qr = Q o Er, Kr = K o Er (rows i0..i1),
+  // Eb_j = exp(G_n - G_j) = alpha_{j+1} o ... o alpha_n, Kb = K o Eb (rows j < n): then
+  // q_i o k_j o exp(G_i - G_j) = Qr_i o Kb_j, both factors <= 1 (running products of alphas).
   void references(int64_t i0, int64_t i1) {
-    const F* Gn = &G[i0 * Dkp];
     constexpr int64_t Wl = ac::kLanes<F>;
     for (int64_t i = i0; i < i1; ++i) {
       F *er = &Er[(i - i0) * Dkp], *qr = &Qr[(i - i0) * Dkp], *kr = &Kr[(i - i0) * Dkp];
-      exp_diff(&G[i * Dkp], Gn, er, Dkp);
+      if (i == i0)
+        std::fill(er, er + Dkp, F(1));
+      else
+        for (int64_t d = 0; d < Dkp; d += Wl) ac::vstore(er + d, ac::vload(er - Dkp + d) * ac::vload(&alpha[i * Dkp + d]));
       for (int64_t d = 0; d < Dkp; d += Wl) {
         ac::vstore(qr + d, ac::vload(&q[i * Dkp + d]) * ac::vload(er + d));
         ac::vstore(kr + d, ac::vload(&k[i * Dkp + d]) * ac::vload(er + d));
       }
     }
-    for (int64_t j = 0; j < i0; ++j) {
-      exp_diff(Gn, &G[j * Dkp], &Eb[j * Dkp], Dkp);
+    for (int64_t j = i0 - 1; j >= 0; --j) {
+      F* eb = &Eb[j * Dkp];
+      const F* next = j + 1 < i0 ? eb + Dkp : nullptr;  // Eb_{n-1} = alpha_n
+      for (int64_t d = 0; d < Dkp; d += Wl) {
+        const typename ac::Vec<F>::V a = ac::vload(&alpha[(j + 1) * Dkp + d]);
+        ac::vstore(eb + d, next ? ac::vload(next + d) * a : a);
+      }
       for (int64_t d = j * Dkp; d < (j + 1) * Dkp; d += Wl) ac::vstore(&Kb[d], ac::vload(&k[d]) * ac::vload(&Eb[d]));
     }
   }
@@ -433,10 +473,16 @@ struct Chunk {
     }
   }
 
-  // Delta = U - W S (S [Dk, Dv] the state entering the chunk).
-  void delta(const F* S, F* D) const {
-    std::copy(U.begin(), U.begin() + L * Dv, D);
-    ac::tile_mm<F>(L, Dv, Dk, F(-1), W.data(), Dkp, 1, S, Dv, true, D, Dv);
+  // Delta = U - W S = Tinv (beta V - (beta Kg) S) (S [Dk, Dv] the state entering the chunk):
+  // the forward sweeps need Delta only, and this order skips forming W and U (C^2 Dk / 2 fewer
+  // multiply-adds per chunk).
+  void delta(const F* Tinv, const F* S, F* D) {
+    std::copy(bV.begin(), bV.begin() + L * Dv, R.begin());
+    ac::tile_mm<F>(L, Dv, Dk, F(-1), bKg.data(), Dkp, 1, S, Dv, true, R.data(), Dv);
+    for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+      const int64_t i1 = std::min(L, i0 + kSub);
+      ac::tile_mm<F>(i1 - i0, Dv, i1, Tinv + i0 * kC, kC, 1, R.data(), Dv, false, D + i0 * Dv, Dv);
+    }
   }
 
   // S <- Diag(gamma) S + Kd^T Delta.
@@ -523,7 +569,7 @@ KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const 
   F* out = f.out.data<F>();
   F* state = f.state.data<F>();
   const int64_t SS = d.Dk * d.Dv, N = (d.T + kC - 1) / kC;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     Chunk<F> ch(d.Dk, d.Dv, static_cast<F>(scale));
     std::vector<F> Akk(kC * kC), Aqk(kC * kC), Tinv(kC * kC), D(static_cast<size_t>(kC * d.Dv));
     for (int64_t task = t0; task < t1; ++task) {
@@ -538,8 +584,7 @@ KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const 
         ch.load(in, b, h, task, d.T, r0, L);
         ch.pairs(Akk.data(), Aqk.data());
         ch.inverse(Akk.data(), Tinv.data());
-        ch.wy(Tinv.data());
-        ch.delta(S, D.data());
+        ch.delta(Tinv.data(), S, D.data());
         // O = Qg S + Aqk Delta (Aqk lower-triangular: each row block stops at its last column).
         F* O = out + (task * d.T + r0) * d.Dv;
         ac::tile_mm<F>(L, d.Dv, d.Dk, ch.Qg.data(), ch.Dkp, 1, S, d.Dv, false, O, d.Dv);
@@ -580,7 +625,7 @@ KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const T
   const int64_t Dk = d.Dk, Dv = d.Dv, T = d.T, SS = Dk * Dv, N = (T + kC - 1) / kC, CC = kC * kC;
   using V = typename ac::Vec<F>::V;
   constexpr int64_t Wl = ac::kLanes<F>;
-  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_for(0, d.B * d.H, ac::heads_grain(d.T * d.Dk * d.Dv), [&](int64_t t0, int64_t t1) {
     Chunk<F> ch(Dk, Dv, s);
     const int64_t Dkp = ch.Dkp;
     auto buf = [](int64_t n) { return std::vector<F>(static_cast<size_t>(n), F(0)); };
@@ -603,8 +648,7 @@ KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const T
         ch.load(in, b, h, task, T, r0, L);
         ch.pairs(&Akk[n * CC], &Aqk[n * CC]);
         ch.inverse(&Akk[n * CC], &Tinv[n * CC]);
-        ch.wy(&Tinv[n * CC]);
-        ch.delta(&Hs[n * SS], &Ds[n * kC * Dv]);
+        ch.delta(&Tinv[n * CC], &Hs[n * SS], &Ds[n * kC * Dv]);
         if (n + 1 < N) {
           std::copy(&Hs[n * SS], &Hs[(n + 1) * SS], &Hs[(n + 1) * SS]);
           ch.advance(&Hs[(n + 1) * SS], &Ds[n * kC * Dv]);
