@@ -92,8 +92,7 @@ AttentionOpSpec lla_spec() {
       .test_options = {{}, {{"flashlla_grad", "true"}}},
       .prefix_mask = true,
       .non_causal = true,
-      // The CUDA kernels are lla_attention_cuda.cu's; until they exist the op runs on the CPU only.
-      .cuda = false,
+      .cuda = true,
       .fused = [](const AttnOpArgs& a) { return run_spec(a, true); },
       .reference = [](const AttnOpArgs& a) { return run_spec(a, false); },
   };
