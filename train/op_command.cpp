@@ -18,12 +18,25 @@ std::string input_list(const AttentionOpSpec& spec) {
   return s;
 }
 
+// The upstream gradients the op reads: dout, then d<name> (optional) for each extra output.
+std::string gradient_list(const AttentionOpSpec& spec) {
+  std::string s = "dout";
+  for (const std::string& o : spec.outputs) s += " d" + o + "?";
+  return s;
+}
+
 }  // namespace
 
 void list_attention_ops(std::ostream& out) {
   for (const AttentionOpSpec& s : attention_ops().specs()) {
     out << s.name << ": " << s.description << "\n    inputs: " << input_list(s) << (s.cuda ? "; cpu, cuda" : "; cpu")
         << "\n";
+    if (!s.outputs.empty()) {
+      out << "    differentiable outputs: out";
+      for (const std::string& o : s.outputs) out << " " << o;
+      out << " (upstream gradients " << gradient_list(s) << ")\n";
+    }
+    if (s.recurrent) out << "    recurrent: k, v have T rows like q; no mask options\n";
     for (const std::string& o : s.options) out << "    --opt " << o << "\n";
     for (const auto& [in, aux] : s.carried) out << "    carried state: input " << in << " <- output " << aux << "\n";
   }
@@ -63,7 +76,7 @@ void run_op_command(const OpCommand& cmd, std::ostream& out) {
   auto take = [&](const std::string& name, bool required) -> Tensor {
     const auto it = file.tensors.find(name);
     AL_CHECK_CONFIG(it != file.tensors.end() || !required, "op ", cmd.name, ": '", cmd.in, "' has no tensor '", name,
-                    "'; this op reads ", input_list(spec), " and dout");
+                    "'; this op reads ", input_list(spec), " and ", gradient_list(spec));
     if (it == file.tensors.end()) return Tensor();
     const Tensor& t = it->second;
     if (name == "q") dtype = t.dtype();
@@ -86,7 +99,18 @@ void run_op_command(const OpCommand& cmd, std::ostream& out) {
     r = spec.fused(args);
     AL_CHECK_CONFIG(dout.shape() == r.out.shape(), "op ", cmd.name, ": dout must have out's shape ", r.out.str(),
                     "; got dout=", dout);
-    r.out.backward(dout);
+    // Every differentiable output with its upstream gradient (absent from the file: zeros).
+    std::vector<Variable> roots{r.out};
+    std::vector<Tensor> grads{dout};
+    for (const auto& [name, v] : r.outputs) {
+      Tensor d = take("d" + name, false);
+      if (!d.defined()) d = Tensor::zeros(v.shape(), v.dtype(), v.device());
+      AL_CHECK_CONFIG(d.shape() == v.shape(), "op ", cmd.name, ": d", name, " must have ", name, "'s shape ", v.str(),
+                      "; got d", name, "=", d);
+      roots.push_back(v);
+      grads.push_back(d);
+    }
+    backward(roots, grads);
   } catch (const ConfigError&) {
     throw;
   } catch (const Error& e) {
@@ -96,6 +120,7 @@ void run_op_command(const OpCommand& cmd, std::ostream& out) {
 
   const Device host = Device::cpu();
   std::map<std::string, Tensor> result{{"out", r.out.data().to(host)}};
+  for (const auto& [name, v] : r.outputs) result[name] = v.data().to(host);
   auto grad = [&](const std::string& name, const Variable& v) {
     if (v.defined() && v.requires_grad())
       result["d" + name] = v.grad().defined() ? v.grad().to(host) : Tensor::zeros(v.shape(), v.dtype());

@@ -3,10 +3,12 @@
 // file, so a researcher can cross-check our kernels against another framework.
 //
 // Reads q [B, H, T, Dk], k [B, H, S, Dk], v [B, H, S, Dv] (S >= T; query i at position S - T + i,
-// causal), the upstream gradient dout [B, H, T, Dv] and the op's extra inputs by name (others in
-// the file are ignored; an optional extra may be left out); writes out, d<name> for q, k, v and
-// every differentiable extra, and the op's auxiliary outputs (carried state, buffer updates), all
-// in the inputs' dtype (f32 or f64). Options: the op's own (see `attnlab op --list`) plus
+// causal; S = T for a recurrent op such as kda), the upstream gradient dout [B, H, T, Dv] and the
+// op's extra inputs by name (others in the file are ignored; an optional extra may be left out);
+// for each differentiable extra output NAME of the op (kda's state) an optional upstream gradient
+// dNAME (absent = zeros). Writes out, the extra outputs, d<name> for q, k, v and every
+// differentiable extra, and the op's auxiliary outputs (carried state, buffer updates), all in
+// the inputs' dtype (f32 or f64). Options: the op's own (see `attnlab op --list`) plus
 // causal=0|1 (default 1) and prefix=P (a bidirectional prefix of P positions).
 #pragma once
 

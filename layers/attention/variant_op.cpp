@@ -16,6 +16,13 @@ std::string AttnDims::str() const {
   return buf;
 }
 
+Tensor AttnOpResult::carried(std::string_view name) const {
+  const std::string key(name);
+  if (const auto it = aux.find(key); it != aux.end()) return it->second;
+  if (const auto it = outputs.find(key); it != outputs.end()) return it->second.data();
+  throw ConfigError(detail::concat("attention op result has no output '", name, "'"));
+}
+
 const AttnInputSpec* AttentionOpSpec::find(std::string_view input) const {
   for (const AttnInputSpec& e : extras)
     if (e.name == input) return &e;
@@ -68,14 +75,16 @@ AttnOpArgs random_attention_args(const AttentionOpSpec& spec, const AttnDims& d,
                                  uint64_t seed, std::map<std::string, std::string> options) {
   AttnOpArgs a;
   a.q = Variable(sample_randn(Shape{d.B, d.H, d.T, d.Dk}, seed));
-  a.k = Variable(sample_randn(Shape{d.B, d.H, d.S, d.Dk}, seed + 1));
-  a.v = Variable(sample_randn(Shape{d.B, d.H, d.S, d.Dv}, seed + 2));
+  const int64_t S = spec.recurrent ? d.T : d.S;  // a recurrent op's keys follow its queries
+  a.k = Variable(sample_randn(Shape{d.B, d.H, S, d.Dk}, seed + 1));
+  a.v = Variable(sample_randn(Shape{d.B, d.H, S, d.Dv}, seed + 2));
   for (size_t i = 0; i < spec.extras.size(); ++i) {
     const AttnInputSpec& e = spec.extras[i];
     a.extras.emplace_back(sample_uniform(e.shape(d), seed + 3 + i, e.low, e.high));
   }
   a.mask = mask;
   a.options = std::move(options);
+  if (spec.adjust_random_args) spec.adjust_random_args(a);
   return a;
 }
 
@@ -103,7 +112,10 @@ OpSample attention_op_sample(const AttentionOpSpec& spec, const AttnDims& dims, 
     call.extras.assign(in.begin() + 3, in.end());
     call.mask = mask;
     call.options = options;
-    return std::vector<Variable>{sp->fused(call).out};
+    const AttnOpResult r = sp->fused(call);
+    std::vector<Variable> outs{r.out};
+    for (const auto& [name, v] : r.outputs) outs.push_back(v);
+    return outs;
   };
   return s;
 }

@@ -9,13 +9,20 @@
 // Every call: q [B, H, T, Dk], k [B, H, S, Dk], v [B, H, S, Dv] (query i at absolute position
 // S - T + i, see common.h), the variant's extra inputs in the order its spec lists them, a mask
 // and string options; the result is out [B, H, T, Dv] plus named auxiliary tensors (the final
-// carried state, an updated buffer) that carry no gradient.
+// carried state, an updated buffer) that carry no gradient, and named differentiable extra
+// outputs (KDA's final state, which a test-time-training loop or truncated BPTT differentiates).
+//
+// Recurrent variants (AttentionOpSpec::recurrent, e.g. KDA) have no key axis of their own: k and v
+// have T rows like q (S = T), the op is causal by construction and takes no mask (only the
+// default plain causal mask is accepted), and everything before position 0 is the carried state.
 //
 // Carried state: a variant whose rows depend on earlier rows (InfSA's prefix energy, the
 // linear-InfSA running mean query) lists {input, aux output} pairs in `carried`. Running
 // positions [0, S - T) and then [S - T, S) with the first call's aux outputs as the second
-// call's inputs must equal one call over [0, S) (tests/layers/attention_variants_test.cpp
-// checks it). An absent carried input means "nothing before position 0": zeros.
+// call's inputs must equal one call over [0, S) (tests/layers/variants/generic_test.cpp checks
+// it). An absent carried input means "nothing before position 0": zeros. The output side of a
+// pair is looked up in `aux` first, then in `outputs`. A recurrent variant splits q, k, v and
+// every query-indexed extra at the same row instead.
 #pragma once
 
 #include <functional>
@@ -68,6 +75,12 @@ struct AttnOpArgs {
 struct AttnOpResult {
   Variable out = {};
   std::map<std::string, Tensor> aux = {};  // no gradient: carried state, updated buffers
+  // Differentiable extra outputs (AttentionOpSpec::outputs names them): a caller may backpropagate
+  // an upstream gradient through each (`attnlab op` reads it as "d" + name).
+  std::map<std::string, Variable> outputs = {};
+
+  // The carried output `name`: aux[name], else outputs[name].data(); ConfigError when neither has it.
+  Tensor carried(std::string_view name) const;
 };
 
 struct AttentionOpSpec {
@@ -82,6 +95,15 @@ struct AttentionOpSpec {
   bool prefix_mask = true;  // supports AttentionMask::prefix > 0
   bool non_causal = true;   // supports AttentionMask::causal = false
   bool cuda = false;        // has CUDA kernels (fused runs on CUDA tensors)
+  // k and v have T rows like q (no S != T), no mask is accepted but the default causal one, and
+  // a continuation splits q, k, v and the query-indexed extras at the same row (see above).
+  bool recurrent = false;
+  // The names of the differentiable extra outputs (AttnOpResult::outputs), in the order the
+  // registry sample returns them after out (std::map order: sorted by name).
+  std::vector<std::string> outputs = {};
+  // Adjusts random test inputs after they are drawn (e.g. L2-normalises the rows of q and k, as the
+  // model does before a delta-rule op); optional.
+  std::function<void(AttnOpArgs&)> adjust_random_args = {};
   std::function<AttnOpResult(const AttnOpArgs&)> fused = {}, reference = {};
 
   const AttnInputSpec* find(std::string_view input) const;
@@ -103,12 +125,14 @@ class AttentionOpRegistry {
 const AttentionOpRegistry& attention_ops();
 
 // Random inputs for a call of `spec` at `dims` in f64: q, k, v ~ N(0, 1) and each extra uniform
-// in its [low, high]; optional extras are included. Deterministic in `seed`.
+// in its [low, high]; optional extras are included; then spec.adjust_random_args. A recurrent
+// spec gets k, v with T rows (dims.S is not used). Deterministic in `seed`.
 AttnOpArgs random_attention_args(const AttentionOpSpec& spec, const AttnDims& dims, const AttentionMask& mask,
                                  uint64_t seed, std::map<std::string, std::string> options = {});
 
 // One registry sample (generic gradcheck and CUDA parity tests) of `spec` at `dims`: inputs
-// q, k, v, then the extras; only the differentiable ones get gradients.
+// q, k, v, then the extras; only the differentiable ones get gradients. Its run returns out, then
+// the differentiable extra outputs in name order, so gradcheck and parity cover them too.
 OpSample attention_op_sample(const AttentionOpSpec& spec, const AttnDims& dims, const AttentionMask& mask,
                              uint64_t seed, std::map<std::string, std::string> options = {});
 

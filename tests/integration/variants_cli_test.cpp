@@ -139,15 +139,30 @@ TEST_F(VariantsCli, KdaLlaAndLayerPatternsTrainFromRecipeLines) {
   EXPECT_FALSE(fs::exists(dir_ / "bad" / "metrics.jsonl"));
 }
 
-// `attnlab op` on a case file equals the fused op run in this process, for every spec.
+// `attnlab op` on a case file equals the fused op run in this process, for every spec (with an
+// upstream gradient d<name> in the file for each differentiable extra output, such as kda's state).
 TEST_F(VariantsCli, OpCommandMatchesTheFusedOp) {
   for (const AttentionOpSpec& spec : attention_ops().specs()) {
     AttnDims d;
     d.B = 1, d.H = 2, d.T = 5, d.S = 7, d.Dk = 4, d.Dv = 3, d.Dm = 6;
     const AttnOpArgs a = random_attention_args(spec, d, AttentionMask{true, 0}, 3);
     const Tensor dout = sample_randn(Shape{1, 2, 5, 3}, 9);
+
+    AttnOpArgs mine = a;
+    mine.q = Variable(a.q.data(), true), mine.k = Variable(a.k.data(), true), mine.v = Variable(a.v.data(), true);
+    for (size_t i = 0; i < a.extras.size(); ++i) mine.extras[i] = Variable(a.extras[i].data(), spec.extras[i].differentiable);
+    const AttnOpResult want = spec.fused(mine);
+    std::vector<Variable> roots{want.out};
+    std::vector<Tensor> grads{dout};
     std::map<std::string, Tensor> file{{"q", a.q.data()}, {"k", a.k.data()}, {"v", a.v.data()}, {"dout", dout},
                                        {"unrelated", Tensor::zeros(Shape{3})}};
+    uint64_t seed = 10;
+    for (const auto& [name, v] : want.outputs) {
+      roots.push_back(v);
+      grads.push_back(sample_randn(v.shape(), seed++));
+      file["d" + name] = grads.back();
+    }
+    backward(roots, grads);
     for (size_t i = 0; i < spec.extras.size(); ++i) file[spec.extras[i].name] = a.extras[i].data();
     const fs::path in = dir_ / (spec.name + ".case.safetensors"), out = dir_ / (spec.name + ".out.safetensors");
     save_safetensors(in.string(), file);
@@ -155,13 +170,9 @@ TEST_F(VariantsCli, OpCommandMatchesTheFusedOp) {
     ASSERT_EQ(r.code, 0) << spec.name << ": " << r.err;
     const SafetensorsFile got = load_safetensors(out.string());
 
-    AttnOpArgs mine = a;
-    mine.q = Variable(a.q.data(), true), mine.k = Variable(a.k.data(), true), mine.v = Variable(a.v.data(), true);
-    for (size_t i = 0; i < a.extras.size(); ++i) mine.extras[i] = Variable(a.extras[i].data(), spec.extras[i].differentiable);
-    const AttnOpResult want = spec.fused(mine);
-    want.out.backward(dout);
     std::map<std::string, Tensor> expect{{"out", want.out.data()}, {"dq", mine.q.grad()}, {"dk", mine.k.grad()},
                                          {"dv", mine.v.grad()}};
+    for (const auto& [name, v] : want.outputs) expect[name] = v.data();
     for (size_t i = 0; i < spec.extras.size(); ++i)
       if (spec.extras[i].differentiable) expect["d" + spec.extras[i].name] = mine.extras[i].grad();
     for (const auto& [name, t] : want.aux) expect[name] = t;
@@ -175,6 +186,43 @@ TEST_F(VariantsCli, OpCommandMatchesTheFusedOp) {
   const Result list = run("op --list");
   EXPECT_EQ(list.code, 0);
   for (const AttentionOpSpec& spec : attention_ops().specs()) EXPECT_NE(list.out.find(spec.name + ":"), std::string::npos);
+}
+
+// An absent upstream gradient of an extra output is zeros: kda without dstate equals the fused op
+// backpropagated from out alone; a dstate of the wrong shape exits with code 2 and names it.
+TEST_F(VariantsCli, OpCommandMissingOutputGradientIsZero) {
+  const AttentionOpSpec& spec = attention_ops().get("kda");
+  ASSERT_FALSE(spec.outputs.empty());
+  AttnDims d;
+  d.B = 1, d.H = 2, d.T = 70, d.S = 70, d.Dk = 4, d.Dv = 3, d.Dm = 6;
+  const AttnOpArgs a = random_attention_args(spec, d, AttentionMask{true, 0}, 5);
+  const Tensor dout = sample_randn(Shape{1, 2, 70, 3}, 6);
+  std::map<std::string, Tensor> file{{"q", a.q.data()}, {"k", a.k.data()}, {"v", a.v.data()}, {"dout", dout}};
+  for (size_t i = 0; i < spec.extras.size(); ++i) file[spec.extras[i].name] = a.extras[i].data();
+  const fs::path in = dir_ / "kda.case.safetensors", out = dir_ / "kda.out.safetensors";
+  save_safetensors(in.string(), file);
+  const Result r = run("op kda --in " + in.string() + " --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const SafetensorsFile got = load_safetensors(out.string());
+
+  AttnOpArgs mine = a;
+  mine.q = Variable(a.q.data(), true), mine.k = Variable(a.k.data(), true), mine.v = Variable(a.v.data(), true);
+  for (size_t i = 0; i < a.extras.size(); ++i) mine.extras[i] = Variable(a.extras[i].data(), spec.extras[i].differentiable);
+  const AttnOpResult want = spec.fused(mine);
+  want.out.backward(dout);
+  ASSERT_TRUE(got.tensors.count("state"));
+  EXPECT_EQ(got.tensors.at("state").to_vector<double>(), want.outputs.at("state").data().to_vector<double>());
+  EXPECT_EQ(got.tensors.at("dq").to_vector<double>(), mine.q.grad().to_vector<double>());
+  EXPECT_EQ(got.tensors.at("dg").to_vector<double>(), mine.extras[spec.index_of("g")].grad().to_vector<double>());
+  EXPECT_EQ(got.tensors.at("ds0").to_vector<double>(), mine.extras[spec.index_of("s0")].grad().to_vector<double>());
+
+  file["dstate"] = Tensor::zeros(Shape{1, 2, 3, 4}, DType::f64);  // [B, H, Dv, Dk]: transposed
+  save_safetensors(in.string(), file);
+  fs::remove(out);
+  const Result bad = run("op kda --in " + in.string() + " --out " + out.string());
+  EXPECT_EQ(bad.code, 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("dstate"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(VariantsCli, OpCommandBadInputExitsWithCode2AndWritesNothing) {

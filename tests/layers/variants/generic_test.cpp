@@ -1,13 +1,15 @@
 // The generic suite every attention variant passes, driven by its AttentionOpSpecs
 // (layers/attention/variant_op.h), so a new variant folder is covered without a new test:
-//   - fused vs composed reference: out, aux outputs and the gradient of every differentiable
-//     input, in f64 (to 1e-9 relative) and in f32 (at most 2x the f32 reference's own error
+//   - fused vs composed reference: out, aux outputs, differentiable extra outputs and the
+//     gradient of every differentiable input (for upstream gradients on out and on every extra
+//     output), in f64 (to 1e-9 relative) and in f32 (at most 2x the f32 reference's own error
 //     against f64, plus a floor of a few ulps), over shapes that cross kernel tiles and chunks,
 //     with every mask the spec supports and every option set it lists;
 //   - no future leak: changing q, k, v (and inputs indexed by query position) at positions >= t
 //     leaves the outputs at positions < t bit-identical, and does change position t;
 //   - S > T with the causal offset: running [0, S - T) and then [S - T, S) (state carried through
-//     the spec's `carried` pairs) equals one call over [0, S);
+//     the spec's `carried` pairs) equals one call over [0, S); a recurrent spec (k, v with T rows,
+//     no mask) splits q, k, v and every query-indexed extra at the same row instead;
 //   - bit-identical results on 1 and 2 threads;
 //   - a mask the spec does not support is refused with an attnlab error, not computed wrongly.
 // The f64 gradcheck of each fused op runs in test_ops over the samples its OpInfo registers.
@@ -49,6 +51,13 @@ std::vector<Case> cases(const AttentionOpSpec& spec) {
     x.B = B, x.H = H, x.T = T, x.S = S, x.Dk = Dk, x.Dv = Dv, x.Dm = 12;
     return x;
   };
+  if (spec.recurrent) {
+    // Keys follow queries: the S > T cases become longer T ones (chunk edges 63/64/65, 97, 130).
+    return {{d(1, 2, 1, 1, 8, 8), AttentionMask{true, 0}},    {d(2, 2, 5, 5, 4, 3), AttentionMask{true, 0}},
+            {d(1, 2, 33, 33, 16, 16), AttentionMask{true, 0}}, {d(1, 2, 65, 65, 16, 8), AttentionMask{true, 0}},
+            {d(1, 1, 130, 130, 32, 32), AttentionMask{true, 0}}, {d(1, 2, 63, 63, 8, 12), AttentionMask{true, 0}},
+            {d(2, 1, 97, 97, 16, 16), AttentionMask{true, 0}}, {d(1, 1, 100, 100, 64, 64), AttentionMask{true, 0}}};
+  }
   const AttentionMask causal{true, 0};
   std::vector<Case> cs = {
       {d(1, 2, 1, 1, 8, 8), causal},      {d(2, 2, 5, 5, 4, 3), causal},      {d(1, 2, 33, 33, 16, 16), causal},
@@ -85,8 +94,9 @@ AttnOpArgs cast(const AttnOpArgs& a, DType dt) {
   return c;
 }
 
-// out, then every aux output (sorted by name), then the gradients of q, k, v and the
-// differentiable extras for upstream gradient `dout`.
+// out, then every aux output (sorted by name), then every differentiable extra output (sorted by
+// name), then the gradients of q, k, v and the differentiable extras for upstream gradient `dout`
+// on out and a fixed random one on each extra output.
 struct Results {
   std::vector<std::string> names;
   std::vector<Tensor> values;
@@ -105,7 +115,19 @@ Results run(const AttentionOpSpec& spec, bool fused, const AttnOpArgs& in, const
     res.names.push_back(name);
     res.values.push_back(t);
   }
-  r.out.backward(dout.to(r.out.dtype()));
+  std::vector<Variable> roots{r.out};
+  std::vector<Tensor> grads{dout.to(r.out.dtype())};
+  std::vector<std::string> output_names;
+  uint64_t seed = 1000;
+  for (const auto& [name, v] : r.outputs) {
+    output_names.push_back(name);
+    res.names.push_back(name);
+    res.values.push_back(v.data());
+    roots.push_back(v);
+    grads.push_back(sample_randn(v.shape(), seed++).to(v.dtype()));
+  }
+  EXPECT_EQ(output_names, spec.outputs) << spec.name << ": the extra outputs differ from the spec's list";
+  backward(roots, grads);
   res.names.insert(res.names.end(), {"dq", "dk", "dv"});
   res.values.insert(res.values.end(), {a.q.grad(), a.k.grad(), a.v.grad()});
   for (size_t i = 0; i < a.extras.size(); ++i) {
@@ -216,6 +238,11 @@ TEST_P(AttentionVariant, CausalOffsetWithCarriedState) {
       first.k = Variable(all.k.data().narrow(2, 0, split));
       first.v = Variable(all.v.data().narrow(2, 0, split));
       second.q = Variable(all.q.data().narrow(2, split, full.T - split));
+      if (spec.recurrent) {
+        // No key axis of its own: the second call sees only its own rows and the carried state.
+        second.k = Variable(all.k.data().narrow(2, split, full.T - split));
+        second.v = Variable(all.v.data().narrow(2, split, full.T - split));
+      }
       for (size_t i = 0; i < spec.extras.size(); ++i) {
         const int axis = spec.extras[i].query_axis;
         if (axis < 0) continue;
@@ -224,15 +251,16 @@ TEST_P(AttentionVariant, CausalOffsetWithCarriedState) {
       }
       const AttnOpResult head = spec.fused(first);
       for (const auto& [input, output] : spec.carried) {
-        ASSERT_TRUE(head.aux.count(output)) << spec.name << " returned no '" << output << "'";
-        second.extras[spec.index_of(input)] = Variable(head.aux.at(output));
+        ASSERT_TRUE(head.aux.count(output) || head.outputs.count(output))
+            << spec.name << " returned no '" << output << "'";
+        second.extras[spec.index_of(input)] = Variable(head.carried(output));
       }
       const Tensor tail = spec.fused(second).out.data();
       const Tensor expect = whole.out.data().narrow(2, split, full.T - split);
       EXPECT_LE(max_diff(tail, expect), 1e-10 * std::max(1.0, max_abs(expect)))
           << spec.name << options_str(opts) << ": split at " << split;
       for (const auto& [input, output] : spec.carried)
-        EXPECT_LE(max_diff(spec.fused(second).aux.at(output), whole.aux.at(output)), 1e-9)
+        EXPECT_LE(max_diff(spec.fused(second).carried(output), whole.carried(output)), 1e-9)
             << spec.name << ": carried '" << output << "' after the second piece differs from one call's";
     }
   }
@@ -281,7 +309,8 @@ INSTANTIATE_TEST_SUITE_P(Registry, AttentionVariant, ::testing::ValuesIn(specs()
 
 // The variants the issue names are all registered (a lost folder would only shrink the suite).
 TEST(AttentionVariants, EveryPublicFormIsRegistered) {
-  for (const char* name : {"softmax", "sigmoid", "sigmoid_neglog_visible", "sigmoid_neglogn", "affine", "infsa", "linear_infsa", "linear_infsa_prefix"})
+  for (const char* name : {"softmax", "sigmoid", "sigmoid_neglog_visible", "sigmoid_neglogn", "affine", "infsa", "linear_infsa",
+                           "linear_infsa_prefix", "kda", "kda_recurrent"})
     EXPECT_NO_THROW(attention_ops().get(name)) << name;
 }
 
