@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "layers/attention/cpu_tiles.h"
 #include "layers/attention/kda/kda_attention.h"
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
@@ -239,16 +240,463 @@ KdaAttentionOp::Grads KdaAttentionOp::backward_recurrent(CpuTag, const Tensor& q
   });
 }
 
-// Milestone 1: the chunkwise entry points run the recurrence (the chunkwise kernels replace them).
-KdaAttentionOp::Forward KdaAttentionOp::forward(CpuTag dev, const Tensor& q, const Tensor& k, const Tensor& v,
-                                                const Tensor& g, const Tensor& beta, const Tensor& s0, double scale) {
-  return forward_recurrent(dev, q, k, v, g, beta, s0, scale);
+// ---- chunkwise form ---------------------------------------------------------------------------------
+
+namespace {
+
+namespace ac = attn_cpu;
+
+constexpr int64_t kC = KdaAttentionOp::kChunk;  // chunk length
+constexpr int64_t kSub = 16;                     // sub-chunk of the pair matrices (reference rows)
+
+// y = exp(x) over n elements, n a whole number of vectors.
+template <typename F>
+inline void exp_rows(const F* x, F* y, int64_t n) {
+  constexpr int64_t W = ac::kLanes<F>;
+  for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(x + d)));
+}
+// y = exp(a - x) over n elements (a vector), n a whole number of vectors.
+template <typename F>
+inline void exp_diff(const F* a, const F* x, F* y, int64_t n) {
+  constexpr int64_t W = ac::kLanes<F>;
+  for (int64_t d = 0; d < n; d += W) ac::vstore(y + d, ac::exp_v(ac::vload(a + d) - ac::vload(x + d)));
 }
 
-KdaAttentionOp::Grads KdaAttentionOp::backward(CpuTag dev, const Tensor& q, const Tensor& k, const Tensor& v,
+// The quantities of one chunk of one (b, h), rows [t0, t0 + L). Every Dk-wide row is stored with a
+// leading dim Dkp (Dk rounded up to whole vectors) whose padding lanes hold 0 in q, k and the
+// log-decay, so vector loops and products run over whole vectors and the padding stays 0 (or
+// exp(0) = 1 times a 0 key) through every product.
+template <typename F>
+struct Chunk {
+  int64_t Dk, Dv, Dkp, L = 0;
+  F s;
+  std::vector<F> q, k, v, G, Gam, Ed, Kg, Qg, Kd, bKg, bV, W, U, gam, beta;
+  std::vector<F> Er, Qr, Kr, Eb, Kb, KbT;  // the sub-chunk reference factors of the pair matrices
+
+  Chunk(int64_t dk, int64_t dv, F scale)
+      : Dk(dk), Dv(dv), Dkp(ac::round_up_lanes<F>(dk)), s(scale) {
+    for (auto* x : {&q, &k, &G, &Gam, &Ed, &Kg, &Qg, &Kd, &bKg, &W, &Eb, &Kb})
+      x->assign(static_cast<size_t>(kC * Dkp), F(0));
+    for (auto* x : {&v, &bV, &U}) x->assign(static_cast<size_t>(kC * Dv), F(0));
+    for (auto* x : {&Er, &Qr, &Kr}) x->assign(static_cast<size_t>(kSub * Dkp), F(0));
+    KbT.assign(static_cast<size_t>(Dkp * kC), F(0));
+    gam.assign(static_cast<size_t>(Dkp), F(0));
+    beta.assign(static_cast<size_t>(kC), F(0));
+  }
+
+  // Reads the rows and forms G (chunk-local cumsum of g), Gamma = exp(G), Ed = exp(G_last - G),
+  // gamma = Gamma_last, Kg = K o Gamma, Qg = s Q o Gamma, Kd = K o Ed, beta Kg, beta V. Every
+  // exponent is G_i - G_j with i >= j: never exp(+G) over the chunk.
+  void load(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len) {
+    L = len;
+    for (int64_t r = 0; r < L; ++r) {
+      const F *qs = in.q.at(b, h, t0 + r), *ks = in.k.at(b, h, t0 + r), *vs = in.v.at(b, h, t0 + r),
+              *gs = in.g.at(b, h, t0 + r);
+      F *qr = &q[r * Dkp], *kr = &k[r * Dkp], *Gr = &G[r * Dkp];
+      const F* Gp = r > 0 ? &G[(r - 1) * Dkp] : nullptr;
+      for (int64_t d = 0; d < Dk; ++d) {
+        qr[d] = qs[d];
+        kr[d] = ks[d];
+        Gr[d] = Gp ? Gp[d] + gs[d] : gs[d];
+      }
+      std::copy(vs, vs + Dv, &v[r * Dv]);
+      beta[r] = in.beta[task * T + t0 + r];
+    }
+    exp_rows(G.data(), Gam.data(), L * Dkp);
+    const F* Gl = &G[(L - 1) * Dkp];
+    std::copy(Gam.data() + (L - 1) * Dkp, Gam.data() + L * Dkp, gam.begin());
+    for (int64_t r = 0; r < L; ++r) exp_diff(Gl, &G[r * Dkp], &Ed[r * Dkp], Dkp);
+    for (int64_t r = 0; r < L; ++r) {
+      const F br = beta[r];
+      for (int64_t d = 0; d < Dkp; ++d) {
+        const int64_t i = r * Dkp + d;
+        Kg[i] = k[i] * Gam[i];
+        Qg[i] = s * q[i] * Gam[i];
+        Kd[i] = k[i] * Ed[i];
+        bKg[i] = br * Kg[i];
+      }
+      for (int64_t d = 0; d < Dv; ++d) bV[r * Dv + d] = br * v[r * Dv + d];
+    }
+  }
+
+  // The sub-chunk [i0, i1) against the rows before it, referenced at row n = i0:
+  // Er_i = exp(G_i - G_n), Qr = Q o Er, Kr = K o Er (rows i0..i1), Eb_j = exp(G_n - G_j),
+  // Kb = K o Eb (rows j < n): then q_i o k_j o exp(G_i - G_j) = Qr_i o Kb_j, both factors <= 1.
+  void references(int64_t i0, int64_t i1) {
+    const F* Gn = &G[i0 * Dkp];
+    for (int64_t i = i0; i < i1; ++i) {
+      F *er = &Er[(i - i0) * Dkp], *qr = &Qr[(i - i0) * Dkp], *kr = &Kr[(i - i0) * Dkp];
+      exp_diff(&G[i * Dkp], Gn, er, Dkp);
+      for (int64_t d = 0; d < Dkp; ++d) {
+        qr[d] = q[i * Dkp + d] * er[d];
+        kr[d] = k[i * Dkp + d] * er[d];
+      }
+    }
+    for (int64_t j = 0; j < i0; ++j) {
+      exp_diff(Gn, &G[j * Dkp], &Eb[j * Dkp], Dkp);
+      for (int64_t d = 0; d < Dkp; ++d) Kb[j * Dkp + d] = k[j * Dkp + d] * Eb[j * Dkp + d];
+    }
+  }
+
+  // Akk_ij = sum_d k_i k_j exp(G_i - G_j) (i > j) and Aqk_ij = s sum_d q_i k_j exp(G_i - G_j) (i >= j),
+  // both [C, C] row-major, zero elsewhere. Diagonal 16-blocks pair by pair (exact), the blocks
+  // below them as products of the reference factors.
+  void pairs(F* Akk, F* Aqk) {
+    using V = typename ac::Vec<F>::V;
+    constexpr int64_t Wl = ac::kLanes<F>;
+    std::fill(Akk, Akk + kC * kC, F(0));
+    std::fill(Aqk, Aqk + kC * kC, F(0));
+    for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+      const int64_t i1 = std::min(L, i0 + kSub);
+      for (int64_t i = i0; i < i1; ++i) {
+        const F *Gi = &G[i * Dkp], *qi = &q[i * Dkp], *ki = &k[i * Dkp];
+        for (int64_t j = i0; j <= i; ++j) {
+          const F *Gj = &G[j * Dkp], *kj = &k[j * Dkp];
+          V kk{}, qk{};
+          for (int64_t d = 0; d < Dkp; d += Wl) {
+            const V kje = ac::vload(kj + d) * ac::exp_v(ac::vload(Gi + d) - ac::vload(Gj + d));
+            kk += ac::vload(ki + d) * kje;
+            qk += ac::vload(qi + d) * kje;
+          }
+          Aqk[i * kC + j] = s * ac::lane_sum<F>(qk);
+          if (j < i) Akk[i * kC + j] = ac::lane_sum<F>(kk);
+        }
+      }
+      if (i0 == 0) continue;
+      references(i0, i1);
+      ac::transpose_into(Kb.data(), i0, Dkp, Dkp, KbT.data(), kC);
+      ac::tile_mm<F>(i1 - i0, i0, Dkp, s, Qr.data(), Dkp, 1, KbT.data(), kC, false, Aqk + i0 * kC, kC);
+      ac::tile_mm<F>(i1 - i0, i0, Dkp, Kr.data(), Dkp, 1, KbT.data(), kC, false, Akk + i0 * kC, kC);
+    }
+  }
+
+  // Tinv = (I + StrictTril(Diag(beta) Akk))^{-1}, unit lower-triangular, by forward substitution:
+  // row i = e_i - sum_{m < i} beta_i Akk_im row m. Zero above the diagonal.
+  void inverse(const F* Akk, F* Tinv) const {
+    std::fill(Tinv, Tinv + kC * kC, F(0));
+    for (int64_t i = 0; i < L; ++i) {
+      F* ti = Tinv + i * kC;
+      ti[i] = 1;
+      for (int64_t m = 0; m < i; ++m) {
+        const F c = beta[i] * Akk[i * kC + m];
+        const F* tm = Tinv + m * kC;
+        for (int64_t j = 0; j <= m; ++j) ti[j] -= c * tm[j];
+      }
+    }
+  }
+
+  // W = Tinv (beta Kg), U = Tinv (beta V), each row block reading only the columns of Tinv up to
+  // its last row (the rest is the zero upper triangle).
+  void wy(const F* Tinv) {
+    for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+      const int64_t i1 = std::min(L, i0 + kSub);
+      ac::tile_mm<F>(i1 - i0, Dkp, i1, Tinv + i0 * kC, kC, 1, bKg.data(), Dkp, false, &W[i0 * Dkp], Dkp);
+      ac::tile_mm<F>(i1 - i0, Dv, i1, Tinv + i0 * kC, kC, 1, bV.data(), Dv, false, &U[i0 * Dv], Dv);
+    }
+  }
+
+  // Delta = U - W S (S [Dk, Dv] the state entering the chunk).
+  void delta(const F* S, F* D) const {
+    std::copy(U.begin(), U.begin() + L * Dv, D);
+    ac::tile_mm<F>(L, Dv, Dk, F(-1), W.data(), Dkp, 1, S, Dv, true, D, Dv);
+  }
+
+  // S <- Diag(gamma) S + Kd^T Delta.
+  void advance(F* S, const F* D) const {
+    for (int64_t i = 0; i < Dk; ++i)
+      for (int64_t j = 0; j < Dv; ++j) S[i * Dv + j] *= gam[i];
+    ac::tile_mm<F>(Dk, Dv, L, Kd.data(), 1, Dkp, D, Dv, true, S, Dv);
+  }
+};
+
+// (g) of the backward, the pair terms: with E_ij = exp(G_i - G_j), weight M_ij for i > j (Akk) and
+// dA_ij for i >= j (Aqk):
+//   dk_i += M_ij k_j o E, dk_j += M_ij k_i o E, dq_i += dA_ij k_j o E, dk_j += dA_ij q_i o E,
+//   dG_i += (M_ij k_i + dA_ij q_i) o k_j o E, dG_j -= the same.
+// Diagonal 16-blocks pair by pair; below them through the reference factors (Chunk::references):
+//   X1 = M_blk Kb, X2 = dA_blk Kb:  dk_i += Er_i o X1_i, dq_i += Er_i o X2_i, dG_i += Kr_i o X1_i + Qr_i o X2_i
+//   Y = M_blk^T Kr + dA_blk^T Qr:   dk_j += Eb_j o Y_j, dG_j -= Kb_j o Y_j.
+template <typename F>
+void pair_grads(Chunk<F>& ch, const F* M, const F* dA, F* dQ, F* dK, F* dG, F* X1, F* X2, F* Y) {
+  using V = typename ac::Vec<F>::V;
+  constexpr int64_t Wl = ac::kLanes<F>;
+  const int64_t Dkp = ch.Dkp, L = ch.L;
+  const F *q = ch.q.data(), *k = ch.k.data(), *G = ch.G.data();
+  for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+    const int64_t i1 = std::min(L, i0 + kSub), m = i1 - i0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const F *qi = q + i * Dkp, *ki = k + i * Dkp, *Gi = G + i * Dkp;
+      F *dQi = dQ + i * Dkp, *dKi = dK + i * Dkp, *dGi = dG + i * Dkp;
+      for (int64_t j = i0; j <= i; ++j) {
+        const F *kj = k + j * Dkp, *Gj = G + j * Dkp;
+        F *dKj = dK + j * Dkp, *dGj = dG + j * Dkp;
+        const V w1 = ac::splat<V>(j < i ? M[i * kC + j] : F(0)), w2 = ac::splat<V>(dA[i * kC + j]);
+        for (int64_t d = 0; d < Dkp; d += Wl) {
+          const V E = ac::exp_v(ac::vload(Gi + d) - ac::vload(Gj + d));
+          const V kjv = ac::vload(kj + d), kjE = kjv * E;
+          ac::vstore(dKi + d, ac::vload(dKi + d) + w1 * kjE);
+          ac::vstore(dQi + d, ac::vload(dQi + d) + w2 * kjE);
+          const V t = (w1 * ac::vload(ki + d) + w2 * ac::vload(qi + d)) * E;
+          ac::vstore(dKj + d, ac::vload(dKj + d) + t);
+          if (j < i) {
+            const V u = t * kjv;
+            ac::vstore(dGi + d, ac::vload(dGi + d) + u);
+            ac::vstore(dGj + d, ac::vload(dGj + d) - u);
+          }
+        }
+      }
+    }
+    if (i0 == 0) continue;
+    ch.references(i0, i1);
+    ac::tile_mm<F>(m, Dkp, i0, M + i0 * kC, kC, 1, ch.Kb.data(), Dkp, false, X1, Dkp);
+    ac::tile_mm<F>(m, Dkp, i0, dA + i0 * kC, kC, 1, ch.Kb.data(), Dkp, false, X2, Dkp);
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t d = 0; d < Dkp; ++d) {
+        const int64_t r = (i - i0) * Dkp + d, x = i * Dkp + d;
+        dK[x] += ch.Er[r] * X1[r];
+        dQ[x] += ch.Er[r] * X2[r];
+        dG[x] += ch.Kr[r] * X1[r] + ch.Qr[r] * X2[r];
+      }
+    ac::tile_mm<F>(i0, Dkp, m, M + i0 * kC, 1, kC, ch.Kr.data(), Dkp, false, Y, Dkp);
+    ac::tile_mm<F>(i0, Dkp, m, dA + i0 * kC, 1, kC, ch.Qr.data(), Dkp, true, Y, Dkp);
+    for (int64_t x = 0; x < i0 * Dkp; ++x) {
+      dK[x] += ch.Eb[x] * Y[x];
+      dG[x] -= ch.Kb[x] * Y[x];
+    }
+  }
+}
+
+template <typename F>
+KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& g_,
+                                      const Tensor& beta_, const Tensor& s0_, double scale) {
+  const Dims d(q_, v_);
+  const In<F> in(q_, k_, v_, g_, beta_, s0_);
+  KdaAttentionOp::Forward f;
+  f.out = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, q_.dtype());
+  f.state = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, q_.dtype());
+  F* out = f.out.data<F>();
+  F* state = f.state.data<F>();
+  const int64_t SS = d.Dk * d.Dv, N = (d.T + kC - 1) / kC;
+  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+    Chunk<F> ch(d.Dk, d.Dv, static_cast<F>(scale));
+    std::vector<F> Akk(kC * kC), Aqk(kC * kC), Tinv(kC * kC), D(static_cast<size_t>(kC * d.Dv));
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / d.H, h = task % d.H;
+      F* S = state + task * SS;
+      if (in.s0)
+        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S);
+      else
+        std::fill(S, S + SS, F(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t r0 = n * kC, L = std::min(kC, d.T - r0);
+        ch.load(in, b, h, task, d.T, r0, L);
+        ch.pairs(Akk.data(), Aqk.data());
+        ch.inverse(Akk.data(), Tinv.data());
+        ch.wy(Tinv.data());
+        ch.delta(S, D.data());
+        // O = Qg S + Aqk Delta (Aqk lower-triangular: each row block stops at its last column).
+        F* O = out + (task * d.T + r0) * d.Dv;
+        ac::tile_mm<F>(L, d.Dv, d.Dk, ch.Qg.data(), ch.Dkp, 1, S, d.Dv, false, O, d.Dv);
+        for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+          const int64_t i1 = std::min(L, i0 + kSub);
+          ac::tile_mm<F>(i1 - i0, d.Dv, i1, Aqk.data() + i0 * kC, kC, 1, D.data(), d.Dv, true, O + i0 * d.Dv, d.Dv);
+        }
+        ch.advance(S, D.data());
+      }
+    }
+  });
+  return f;
+}
+
+// Backward (spec A7). Pass 1 reruns the forward over the chunks keeping, per chunk, the entering
+// state h_n, Akk, Aqk, Tinv and Delta (T / 64 x (3 C^2 + Dk Dv + C Dv) per (b, h): linear in T);
+// pass 2 walks the chunks in reverse carrying dS (the gradient of the state leaving the chunk),
+// recomputing the row quantities and W, U from the kept Tinv.
+template <typename F>
+KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& g_,
+                                     const Tensor& beta_, const Tensor& s0_, const Tensor& dout_,
+                                     const Tensor& dstate_, double scale) {
+  const Dims d(q_, v_);
+  const In<F> in(q_, k_, v_, g_, beta_, s0_);
+  const Rows<F> dout(dout_);
+  const F* dstate = dstate_.defined() ? dstate_.data<F>() : nullptr;
+  const DType dt = q_.dtype();
+  KdaAttentionOp::Grads gr;
+  gr.dq = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dk = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dv = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, dt);
+  gr.dg = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dbeta = Tensor::empty(Shape{d.B, d.H, d.T}, dt);
+  gr.ds0 = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, dt);
+  F *dq = gr.dq.data<F>(), *dk = gr.dk.data<F>(), *dv = gr.dv.data<F>(), *dg = gr.dg.data<F>();
+  F *dbeta = gr.dbeta.data<F>(), *ds0 = gr.ds0.data<F>();
+  const F s = static_cast<F>(scale);
+  const int64_t Dk = d.Dk, Dv = d.Dv, T = d.T, SS = Dk * Dv, N = (T + kC - 1) / kC, CC = kC * kC;
+  cpu::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+    Chunk<F> ch(Dk, Dv, s);
+    const int64_t Dkp = ch.Dkp;
+    auto buf = [](int64_t n) { return std::vector<F>(static_cast<size_t>(n), F(0)); };
+    std::vector<F> Hs = buf(N * SS), Akk = buf(N * CC), Aqk = buf(N * CC), Tinv = buf(N * CC), Ds = buf(N * kC * Dv);
+    std::vector<F> dO = buf(kC * Dv), dD = buf(kC * Dv), dAq = buf(CC), M = buf(CC), dW = buf(kC * Dkp);
+    std::vector<F> YU = buf(kC * Dv), YW = buf(kC * Dkp), dQ = buf(kC * Dkp), dK = buf(kC * Dkp), dG = buf(kC * Dkp);
+    std::vector<F> dV = buf(kC * Dv), dB = buf(kC), ST = buf(Dv * Dkp), dSnT = buf(Dv * Dkp), DT = buf(Dv * kC);
+    std::vector<F> UT = buf(Dv * kC), WT = buf(Dkp * kC), dSn = buf(SS), dSnew = buf(SS), P = buf(kC * Dkp);
+    std::vector<F> X1 = buf(kSub * Dkp), X2 = buf(kSub * Dkp), Y = buf(kC * Dkp), acc = buf(Dkp);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / d.H, h = task % d.H;
+      // Pass 1: forward over the chunks, keeping what the reverse pass needs.
+      F* S = Hs.data();
+      if (in.s0)
+        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S);
+      else
+        std::fill(S, S + SS, F(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t r0 = n * kC, L = std::min(kC, T - r0);
+        ch.load(in, b, h, task, T, r0, L);
+        ch.pairs(&Akk[n * CC], &Aqk[n * CC]);
+        ch.inverse(&Akk[n * CC], &Tinv[n * CC]);
+        ch.wy(&Tinv[n * CC]);
+        ch.delta(&Hs[n * SS], &Ds[n * kC * Dv]);
+        if (n + 1 < N) {
+          std::copy(&Hs[n * SS], &Hs[(n + 1) * SS], &Hs[(n + 1) * SS]);
+          ch.advance(&Hs[(n + 1) * SS], &Ds[n * kC * Dv]);
+        }
+      }
+      // Pass 2: reverse over the chunks.
+      if (dstate)
+        std::copy(dstate + task * SS, dstate + (task + 1) * SS, dSn.begin());
+      else
+        std::fill(dSn.begin(), dSn.end(), F(0));
+      for (int64_t n = N - 1; n >= 0; --n) {
+        const int64_t r0 = n * kC, L = std::min(kC, T - r0);
+        ch.load(in, b, h, task, T, r0, L);
+        const F *Sn = &Hs[n * SS], *Ak = &Akk[n * CC], *Aq = &Aqk[n * CC], *Ti = &Tinv[n * CC];
+        const F* D = &Ds[n * kC * Dv];
+        ch.wy(Ti);
+        for (int64_t r = 0; r < L; ++r) {
+          const F* o = dout.at(b, h, r0 + r);
+          std::copy(o, o + Dv, &dO[r * Dv]);
+        }
+        // (a) dDelta = Aqk^T dO + Kd dS_next (Aqk^T upper-triangular: row block i0 reads rows >= i0).
+        for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+          const int64_t i1 = std::min(L, i0 + kSub);
+          ac::tile_mm<F>(i1 - i0, Dv, L - i0, Aq + i0 * kC + i0, 1, kC, &dO[i0 * Dv], Dv, false, &dD[i0 * Dv], Dv);
+        }
+        ac::tile_mm<F>(L, Dv, Dk, ch.Kd.data(), Dkp, 1, dSn.data(), Dv, true, dD.data(), Dv);
+        // (b) dA = s Tril(dO Delta^T) (read only on and below the diagonal).
+        ac::transpose_into(D, L, Dv, Dv, DT.data(), kC);
+        for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+          const int64_t i1 = std::min(L, i0 + kSub);
+          ac::tile_mm<F>(i1 - i0, i1, Dv, s, &dO[i0 * Dv], Dv, 1, DT.data(), kC, false, &dAq[i0 * kC], kC);
+        }
+        // (c) dS for the chunk before: Qg^T dO + Diag(gamma) dS_next - W^T dDelta.
+        ac::tile_mm<F>(Dk, Dv, L, ch.Qg.data(), 1, Dkp, dO.data(), Dv, false, dSnew.data(), Dv);
+        for (int64_t i = 0; i < Dk; ++i)
+          for (int64_t j = 0; j < Dv; ++j) dSnew[i * Dv + j] += ch.gam[i] * dSn[i * Dv + j];
+        ac::tile_mm<F>(Dk, Dv, L, F(-1), ch.W.data(), 1, Dkp, dD.data(), Dv, true, dSnew.data(), Dv);
+        // (d) dW = -dDelta S^T (dU = dDelta).
+        ac::transpose_into(Sn, Dk, Dv, Dv, ST.data(), Dkp);
+        ac::tile_mm<F>(L, Dkp, Dv, F(-1), dD.data(), Dv, 1, ST.data(), Dkp, false, dW.data(), Dkp);
+        // (e) YU = Tinv^T dU, YW = Tinv^T dW; dV = beta YU; dbeta = <YU, V> + <YW, Kg>;
+        //     R = beta YW: dK = R o Gamma, dG = R o Kg.
+        for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+          const int64_t i1 = std::min(L, i0 + kSub);
+          ac::tile_mm<F>(i1 - i0, Dv, L - i0, Ti + i0 * kC + i0, 1, kC, &dD[i0 * Dv], Dv, false, &YU[i0 * Dv], Dv);
+          ac::tile_mm<F>(i1 - i0, Dkp, L - i0, Ti + i0 * kC + i0, 1, kC, &dW[i0 * Dkp], Dkp, false, &YW[i0 * Dkp],
+                         Dkp);
+        }
+        for (int64_t r = 0; r < L; ++r) {
+          const F br = ch.beta[r];
+          F db = 0;
+          for (int64_t j = 0; j < Dv; ++j) {
+            dV[r * Dv + j] = br * YU[r * Dv + j];
+            db += YU[r * Dv + j] * ch.v[r * Dv + j];
+          }
+          for (int64_t i = r * Dkp; i < (r + 1) * Dkp; ++i) {
+            db += YW[i] * ch.Kg[i];
+            const F R = br * YW[i];
+            dK[i] = R * ch.Gam[i];
+            dG[i] = R * ch.Kg[i];
+            dQ[i] = 0;
+          }
+          dB[r] = db;
+        }
+        // (f) dL = StrictTril(-Tinv^T dTinv Tinv^T) = -(YU U^T + YW W^T) below the diagonal
+        //     (as dTinv = dU (beta V)^T + dW (beta Kg)^T and Tinv (beta V) = U, Tinv (beta Kg) = W);
+        //     dbeta_i += sum_j dL_ij Akk_ij; M = Diag(beta) dL weighs the Akk pair terms.
+        ac::transpose_into(ch.U.data(), L, Dv, Dv, UT.data(), kC);
+        ac::transpose_into(ch.W.data(), L, Dkp, Dkp, WT.data(), kC);
+        for (int64_t i0 = 0; i0 < L; i0 += kSub) {
+          const int64_t i1 = std::min(L, i0 + kSub);
+          ac::tile_mm<F>(i1 - i0, i1, Dv, F(-1), &YU[i0 * Dv], Dv, 1, UT.data(), kC, false, &M[i0 * kC], kC);
+          ac::tile_mm<F>(i1 - i0, i1, Dkp, F(-1), &YW[i0 * Dkp], Dkp, 1, WT.data(), kC, true, &M[i0 * kC], kC);
+        }
+        for (int64_t i = 1; i < L; ++i) {
+          F db = 0;
+          for (int64_t j = 0; j < i; ++j) {
+            db += M[i * kC + j] * Ak[i * kC + j];
+            M[i * kC + j] *= ch.beta[i];
+          }
+          dB[i] += db;
+        }
+        pair_grads(ch, M.data(), dAq.data(), dQ.data(), dK.data(), dG.data(), X1.data(), X2.data(), Y.data());
+        // (h) the inter-chunk read O += Qg S: P = dO S^T; dQ += s P o Gamma, dG += P o Qg.
+        ac::tile_mm<F>(L, Dkp, Dv, dO.data(), Dv, 1, ST.data(), Dkp, false, P.data(), Dkp);
+        for (int64_t i = 0; i < L * Dkp; ++i) {
+          dQ[i] += s * P[i] * ch.Gam[i];
+          dG[i] += P[i] * ch.Qg[i];
+        }
+        //     the state write S_next = Diag(gamma) S + Kd^T Delta: Pk = Delta dS_next^T;
+        //     dK += Pk o Ed, dG_r -= Pk_r o Kd_r, dG_last += sum_r Pk_r o Kd_r + gamma o rowsum(dS_next o S).
+        ac::transpose_into(dSn.data(), Dk, Dv, Dv, dSnT.data(), Dkp);
+        ac::tile_mm<F>(L, Dkp, Dv, D, Dv, 1, dSnT.data(), Dkp, false, P.data(), Dkp);
+        std::fill(acc.begin(), acc.end(), F(0));
+        for (int64_t r = 0; r < L; ++r)
+          for (int64_t c = 0; c < Dkp; ++c) {
+            const int64_t i = r * Dkp + c;
+            dK[i] += P[i] * ch.Ed[i];
+            const F w = P[i] * ch.Kd[i];
+            dG[i] -= w;
+            acc[c] += w;
+          }
+        for (int64_t i = 0; i < Dk; ++i) {
+          F rs = 0;
+          for (int64_t j = 0; j < Dv; ++j) rs += dSn[i * Dv + j] * Sn[i * Dv + j];
+          dG[(L - 1) * Dkp + i] += acc[i] + ch.gam[i] * rs;
+        }
+        // (i) dg = reverse chunk-local cumsum of dG; write the chunk's rows.
+        for (int64_t r = L - 2; r >= 0; --r)
+          for (int64_t c = 0; c < Dk; ++c) dG[r * Dkp + c] += dG[(r + 1) * Dkp + c];
+        for (int64_t r = 0; r < L; ++r) {
+          const int64_t row = task * T + r0 + r;
+          std::copy(&dQ[r * Dkp], &dQ[r * Dkp] + Dk, dq + row * Dk);
+          std::copy(&dK[r * Dkp], &dK[r * Dkp] + Dk, dk + row * Dk);
+          std::copy(&dG[r * Dkp], &dG[r * Dkp] + Dk, dg + row * Dk);
+          std::copy(&dV[r * Dv], &dV[r * Dv] + Dv, dv + row * Dv);
+          dbeta[row] = dB[r];
+        }
+        std::swap(dSn, dSnew);
+      }
+      std::copy(dSn.begin(), dSn.end(), ds0 + task * SS);
+    }
+  });
+  return gr;
+}
+
+}  // namespace
+
+KdaAttentionOp::Forward KdaAttentionOp::forward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const Tensor& g, const Tensor& beta, const Tensor& s0, double scale) {
+  return dispatch_float(q.dtype(), "kda_attention",
+                        [&](auto tag) { return chunk_forward<decltype(tag)>(q, k, v, g, beta, s0, scale); });
+}
+
+KdaAttentionOp::Grads KdaAttentionOp::backward(CpuTag, const Tensor& q, const Tensor& k, const Tensor& v,
                                                const Tensor& g, const Tensor& beta, const Tensor& s0,
                                                const Tensor& dout, const Tensor& dstate, double scale) {
-  return backward_recurrent(dev, q, k, v, g, beta, s0, dout, dstate, scale);
+  return dispatch_float(q.dtype(), "kda_attention", [&](auto tag) {
+    return chunk_backward<decltype(tag)>(q, k, v, g, beta, s0, dout, dstate, scale);
+  });
 }
 
 }  // namespace attnlab
