@@ -1,10 +1,10 @@
 // lla_attention_reference: the maths of lla_attention.h written out with autograd primitives
 // (matmul, mul, sub, div, exp, sum, narrow, concat, reshape), each with its own gradcheck, so its
 // gradient is autograd's, not a hand derivation. Every row's Sigma_i is formed ([B, H, T, Dk, Dk])
-// and the systems Sigma_i rho_i = mu_i are solved together by Gauss-Jordan elimination without
-// pivoting (Sigma_i is SPD, so every pivot is positive), one elimination step per column as a few
-// elementwise ops over all rows at once: slow (T Dk^3 per call, Dk steps in the graph) and
-// obviously right.
+// and the systems Sigma_i rho_i = mu_i are solved together by recursive block elimination (Schur
+// complements; Sigma_i is SPD, so every block pivot is too) written with narrow, matmul, sub,
+// div and concat over all rows at once: T Dk^3 work and the [T, S] weights, slow and obviously
+// right.
 //
 // The row shift m_i is a constant computed from the data (the visible scores' max): the output
 // does not depend on it, so no gradient needs to flow through it. Masked entries are exactly 0:
@@ -22,6 +22,25 @@ namespace attnlab {
 
 namespace {
 
+// X = M^-1 R for symmetric positive definite M [..., n, n] and R [..., n, r], by block
+// elimination: with M = [[A, Bm], [Bm^T, C]] (A the leading n1 = n / 2 rows and columns),
+//   Z = A^-1 [Bm | R1],  S = C - Bm^T A^-1 Bm (the Schur complement, SPD),
+//   X2 = S^-1 (R2 - Bm^T A^-1 R1),  X1 = A^-1 R1 - A^-1 Bm X2,
+// recursing down to 1 x 1 blocks (a division). Batched matmuls over every row at once.
+Variable spd_solve(const Variable& m, const Variable& r) {
+  const int64_t d = m.shape().ndim(), n = m.size(d - 1), nr = r.size(d - 1);
+  if (n == 1) return div(r, m);
+  const int64_t n1 = n / 2, n2 = n - n1;
+  const Variable top = narrow(m, d - 2, 0, n1), bottom = narrow(m, d - 2, n1, n2);
+  const Variable a = narrow(top, d - 1, 0, n1), bm = narrow(top, d - 1, n1, n2), c = narrow(bottom, d - 1, n1, n2);
+  const Variable z = spd_solve(a, concat({bm, narrow(r, d - 2, 0, n1)}, d - 1));  // [..., n1, n2 + nr]
+  const Variable zb = narrow(z, d - 1, 0, n2), zr = narrow(z, d - 1, n2, nr);
+  const Variable schur = sub(c, matmul(bm, zb, true, false));
+  const Variable x2 = spd_solve(schur, sub(narrow(r, d - 2, n1, n2), matmul(bm, zr, true, false)));
+  const Variable x1 = sub(zr, matmul(zb, x2));
+  return concat({x1, x2}, d - 2);
+}
+
 // The value of x with a zero gradient (a defined one, so that lam still receives 0, as from the
 // fused op, rather than no gradient at all).
 Variable stop_gradient(const Variable& x) { return add(x.detach(), mul_scalar(x, 0.0)); }
@@ -37,8 +56,7 @@ Variable lla_attention_reference(const Variable& q, const Variable& k, const Var
   const double c = attention_scale(scale, Dk);
   const DType dt = q.dtype();
 
-  // Constants: the visibility mask [T, S], the identity [Dk, Dk], and per pivot p the column
-  // [Dk, 1] that is 1 everywhere but row p (Gauss-Jordan clears column p in every other row).
+  // Constants: the visibility mask [T, S] and the identity [Dk, Dk].
   Tensor keys = Tensor::zeros(Shape{T, S}, dt), eye = Tensor::zeros(Shape{Dk, Dk}, dt);
   dispatch_float(dt, "lla_attention_reference", [&](auto tag) {
     using F = decltype(tag);
@@ -79,18 +97,7 @@ Variable lla_attention_reference(const Variable& q, const Variable& k, const Var
   const Variable sigma = add(add(sub(sub(sig_t, mul(mc, qr)), mul(qc, mr)), mul(omega5, mul(qc, qr))),
                              mul(ridge, Variable(eye)));
 
-  // Gauss-Jordan on [Sigma | mu]: after step p column p is zero outside row p.
-  Variable a = concat({sigma, reshape(mu, Shape{B, H, T, Dk, 1})}, 4);  // [B, H, T, Dk, Dk + 1]
-  for (int64_t p = 0; p < Dk; ++p) {
-    Tensor others = Tensor::ones(Shape{Dk, 1}, dt);
-    dispatch_float(dt, "lla_attention_reference", [&](auto tag) { others.data<decltype(tag)>()[p] = 0; });
-    const Variable row = narrow(a, 3, p, 1);    // [..., 1, Dk + 1]
-    const Variable pivot = narrow(row, 4, p, 1);  // [..., 1, 1]
-    const Variable col = narrow(a, 4, p, 1);    // [..., Dk, 1]
-    a = sub(a, mul(mul(div(col, pivot), Variable(others)), row));
-  }
-  const Variable diag = sum(mul(narrow(a, 4, 0, Dk), Variable(eye)), {4}, true);  // [..., Dk, 1]
-  const Variable rho = reshape(div(narrow(a, 4, Dk, 1), diag), Shape{B, H, T, Dk});
+  const Variable rho = reshape(spd_solve(sigma, reshape(mu, Shape{B, H, T, Dk, 1})), Shape{B, H, T, Dk});
 
   const Variable delta = sub(omega, sum(mul(mu, rho), {3}, true));  // omega - mu.rho  [B, H, T, 1]
   // rho_i.(k_j - q_i) for every pair, then c_ij = w_ij (1 - rho_i.x_ij) / delta_i.
