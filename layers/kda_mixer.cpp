@@ -34,8 +34,7 @@ class KdaMixer::ShortConv : public Module {
     fill_uniform(w, gen, -bound, bound);
     weight_ = register_parameter("weight", w);
   }
-  // x [B, T, channels] -> SiLU(causal conv of x) [B, T, channels].
-  Variable forward(const Variable& x) const { return silu(causal_conv1d(x, weight_, Variable())); }
+  const Variable& weight() const { return weight_; }
 
  private:
   Variable weight_;
@@ -99,49 +98,58 @@ KdaMixer::Streams KdaMixer::streams(const Variable& x, const Tensor& history, Te
   const int64_t C = config_.d_model, H = config_.heads, D = head_dim(), W = conv_size();
   AL_CHECK_SHAPE(x.ndim() == 3 && x.size(2) == C, "KdaMixer: x must be [B, T, ", C, "]; got x=", x.str());
   const int64_t B = x.size(0), T = x.size(1);
-  const Linear* proj[3] = {q_proj_.get(), k_proj_.get(), v_proj_.get()};
-  const ShortConv* conv[3] = {q_conv_.get(), k_conv_.get(), v_conv_.get()};
-  Variable s[3];
-  std::vector<Variable> tails;
-  for (int i = 0; i < 3; ++i) {
-    Variable p = proj[i]->forward(x);  // [B, T, C], pre-conv
-    if (W <= 1 || (!history.defined() && !next_history)) {
-      s[i] = W > 0 ? conv[i]->forward(p) : silu(p);
-      continue;
+  // Two GEMMs, their weights stacked from the named parameters for this call (a small copy; the
+  // backward splits the weight gradient back): q | k | v before the conv [3C], and the low-rank
+  // inputs of the decay [D] and of the output gate [D] with beta's logit [H].
+  const MatmulPrecision mp = config_.matmul_precision;
+  const Variable pre =
+      linear(x, concat({q_proj_->weight(), k_proj_->weight(), v_proj_->weight()}, 0), Variable(), mp);  // [B, T, 3C]
+  const Variable low = linear(x, concat({f_a_->weight(), g_a_->weight(), b_proj_->weight()}, 0), Variable(), mp);
+  Variable qkv;  // SiLU(conv(pre)) [B, T, 3C]
+  if (W == 0) {
+    qkv = silu(pre);
+  } else {
+    // The three depthwise convs as one over 3C channels.
+    const Variable cw = concat({q_conv_->weight(), k_conv_->weight(), v_conv_->weight()}, 0);  // [3C, W]
+    if (W > 1 && (history.defined() || next_history)) {
+      // Decoding: the conv reads the W - 1 inputs before x; prepend them and keep the outputs of x.
+      const Variable before(history.defined() ? history : Tensor::zeros(Shape{B, W - 1, 3 * C}, x.dtype(), x.device()));
+      const Variable full = concat({before, pre}, 1);  // [B, W - 1 + T, 3C]
+      if (next_history) *next_history = narrow(full, 1, T, W - 1).data().contiguous();
+      qkv = contiguous(narrow(silu(causal_conv1d(full, cw, Variable())), 1, W - 1, T));
+    } else {
+      qkv = silu(causal_conv1d(pre, cw, Variable()));
     }
-    // Decoding: the conv reads the W - 1 inputs before x; prepend them and keep the outputs of x.
-    const Variable before(history.defined() ? history.narrow(2, i * C, C)
-                                            : Tensor::zeros(Shape{B, W - 1, C}, x.dtype(), x.device()));
-    const Variable full = concat({before, p}, 1);  // [B, W - 1 + T, C]
-    s[i] = narrow(conv[i]->forward(full), 1, W - 1, T);
-    tails.push_back(narrow(full, 1, T, W - 1));
   }
-  if (next_history && W > 1) *next_history = concat(tails, 2).data().contiguous();
-  auto heads = [&](const Variable& y) { return reshape(y, Shape{B, T, H, D}); };
-  auto head_major = [&](const Variable& y) { return permute(y, {0, 2, 1, 3}); };  // [B, H, T, D]
+  // Heads as views of the [B, T, 3C] buffer (one gradient buffer back, no scatter per part).
+  const std::vector<Variable> parts = split_heads(qkv, 3, H);  // 3 x [B, H, T, D]
   Streams r;
-  r.q = head_major(l2_normalize(heads(s[0]), kL2Eps));
-  r.k = head_major(l2_normalize(heads(s[1]), kL2Eps));
-  r.v = head_major(heads(s[2]));
-  // g = -exp(A_log[h]) softplus(f + dt_bias), per head h over its D channels.
-  const Variable u = add(f_b_->forward(f_a_->forward(x)), dt_bias_);
-  const Variable rate = reshape(exp(a_log_), Shape{H, 1});
-  r.g = head_major(neg(mul(heads(softplus(u)), rate)));
-  r.beta = permute(sigmoid(b_proj_->forward(x)), {0, 2, 1});  // [B, H, T]
+  r.q = l2_normalize(parts[0], kL2Eps);
+  r.k = l2_normalize(parts[1], kL2Eps);
+  r.v = parts[2];
+  // g = -exp(A_log[h]) softplus(f + dt_bias) per head h over its D channels; dt_bias rides on
+  // f_b_proj's product as its bias, the per-head rate is expanded to the C channels (tiny).
+  const Variable u = linear(narrow(low, 2, 0, D), f_b_->weight(), dt_bias_, mp);  // [B, T, C]
+  const Variable rate = reshape(mul(reshape(neg(exp(a_log_)), Shape{H, 1}),
+                                    Variable(Tensor::ones(Shape{1, D}, x.dtype(), x.device()))),
+                                Shape{C});
+  r.g = split_heads(mul(softplus(u), rate), 1, H)[0];
+  r.gate_low = narrow(low, 2, D, D);
+  r.beta = permute(sigmoid(narrow(low, 2, 2 * D, H)), {0, 2, 1});  // [B, H, T]
   return r;
 }
 
-Variable KdaMixer::output(const Variable& o, const Variable& x) const {
+Variable KdaMixer::output(const Variable& o, const Variable& gate_low) const {
   const int64_t C = config_.d_model, H = config_.heads, D = head_dim();
-  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t B = o.size(0), T = o.size(2);
   const Variable n = o_norm_->forward(permute(o, {0, 2, 1, 3}));  // [B, T, H, D], per head
-  const Variable z = reshape(g_b_->forward(g_a_->forward(x)), Shape{B, T, H, D});
+  const Variable z = reshape(g_b_->forward(gate_low), Shape{B, T, H, D});
   return c_proj_->forward(reshape(mul(n, sigmoid(z)), Shape{B, T, C}));
 }
 
 Variable KdaMixer::forward(const Variable& x) const {
   const Streams s = streams(x);
-  return output(kda_attention(s.q, s.k, s.v, s.g, s.beta).out, x);
+  return output(kda_attention(s.q, s.k, s.v, s.g, s.beta).out, s.gate_low);
 }
 
 Variable KdaMixer::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
@@ -163,7 +171,7 @@ Variable KdaMixer::forward_cached(const Variable& x, KvSlot& slot, int64_t lengt
   const KdaResult r = kda_attention(s.q, s.k, s.v, s.g, s.beta, carried ? Variable(slot.state) : Variable());
   slot.state = r.state.data().contiguous();
   slot.conv = next_conv;
-  return output(r.out, x);
+  return output(r.out, s.gate_low);
 }
 
 AttentionDiagnostics KdaMixer::diagnose(const Variable& x) const {

@@ -61,6 +61,7 @@ class KdaMixer : public TokenMixer {
   // The core op's inputs for x [B, T, C]: q, k (L2-normalised), v, g [B, H, T, D], beta [B, H, T].
   struct Streams {
     Variable q, k, v, g, beta;
+    Variable gate_low;  // g_a_proj(x) [B, T, D], the output gate's low-rank input
   };
   // `history` [B, W - 1, 3C]: the pre-conv inputs before x (undefined: zeros, a sequence start);
   // `next_history`, when non-null, receives the last W - 1 pre-conv inputs through x.
@@ -68,8 +69,8 @@ class KdaMixer : public TokenMixer {
 
  private:
   class ShortConv;
-  // o [B, H, T, D] -> c_proj(gated per-head RMSNorm of o) [B, T, C].
-  Variable output(const Variable& o, const Variable& x) const;
+  // o [B, H, T, D] -> c_proj(per-head RMSNorm of o gated by sigmoid(g_b_proj(gate_low))) [B, T, C].
+  Variable output(const Variable& o, const Variable& gate_low) const;
 
   AttentionBlockConfig config_;
   std::shared_ptr<Linear> q_proj_, k_proj_, v_proj_, f_a_, f_b_, b_proj_, g_a_, g_b_, c_proj_;
