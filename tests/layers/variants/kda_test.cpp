@@ -114,6 +114,21 @@ TEST(Kda, ChunkwiseMatchesRecurrentFloat64) {
   }
 }
 
+// The op is exact for any log-decay, not only g <= 0 (growth factors alpha > 1 inside a chunk):
+// chunkwise == recurrent with g of both signs, and with g = 0 on some channels only.
+TEST(Kda, ChunkwiseMatchesRecurrentForAnyLogDecay) {
+  Inputs in = random_inputs(1, 2, 150, 16, 8, 150, true, -0.3, 0.2);
+  const Upstream u = upstream(in, 14);
+  std::vector<Tensor> a = run(Form::chunkwise, in, u.dout, u.dstate), b = run(Form::recurrent, in, u.dout, u.dstate);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_LE(max_diff(a[i], b[i]), 1e-10 * std::max(1.0, max_abs(b[i]))) << "mixed-sign g " << kNames[i];
+  double* g = in.g.data<double>();
+  for (int64_t i = 0; i < in.g.numel(); i += 3) g[i] = 0.0;  // every third channel never decays
+  a = run(Form::chunkwise, in, u.dout, u.dstate), b = run(Form::recurrent, in, u.dout, u.dstate);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_LE(max_diff(a[i], b[i]), 1e-10 * std::max(1.0, max_abs(b[i]))) << "partly zero g " << kNames[i];
+}
+
 // The recurrent form against the composed reference (the generic suite does this at its shapes;
 // here across two checkpoint segments, so the replay from a checkpoint is exercised).
 TEST(Kda, RecurrentMatchesReferenceAcrossCheckpoints) {
