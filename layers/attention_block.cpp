@@ -8,6 +8,7 @@
 #include "layers/attention/affine/affine_attention.h"
 #include "layers/attention/infsa/infsa_attention.h"
 #include "layers/attention/linear_infsa/linear_infsa_attention.h"
+#include "layers/attention/lla/lla_attention.h"
 #include "layers/attention/sigmoid/sigmoid_attention.h"
 #include "layers/attention/softmax/softmax_attention.h"
 #include "layers/positions.h"
@@ -34,7 +35,7 @@ std::vector<double> host_values(const Tensor& t) { return t.to(Device::cpu()).to
 }  // namespace
 
 const std::vector<std::string>& attention_variants() {
-  static const std::vector<std::string> names{"softmax", "sigmoid", "affine", "infsa", "linear_infsa"};
+  static const std::vector<std::string> names{"softmax", "sigmoid", "affine", "infsa", "linear_infsa", "lla", "kda"};
   return names;
 }
 
@@ -48,6 +49,10 @@ void AttentionOptions::validate(const std::string& attention) const {
   check_choice("attention option", "linear_infsa.form", linear_infsa_form, {"linear", "prefix"});
   AL_CHECK_CONFIG(infsa_gamma > 0.0 && infsa_gamma < 1.0,
                   "attention option infsa.gamma (the initial discount) must be in (0, 1); got ", infsa_gamma);
+  AL_CHECK_CONFIG(kda_conv >= 0 && kda_conv <= 64,
+                  "attention option kda.conv (the short conv's kernel, 0 = none) must be in [0, 64]; got ", kda_conv);
+  AL_CHECK_CONFIG(lla_lambda > 0.0 && std::isfinite(lla_lambda), "attention option lla.lambda (the ridge) must be > 0; got ",
+                  lla_lambda);
 }
 
 CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Generator& gen, DType dtype)
@@ -58,6 +63,8 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
   AL_CHECK_CONFIG(!config.rope || head_dim() % 2 == 0, "CausalSelfAttention: rotary positions need an even head dim; got ",
                   head_dim(), " (d_model=", config.d_model, ", heads=", config.heads, ")");
   config.options.validate(config.attention);
+  AL_CHECK_CONFIG(config.attention != "kda",
+                  "CausalSelfAttention: kda is its own token mixer (KdaMixer, layers/kda_mixer.h), not an attention variant");
   const int64_t C = config.d_model, H = config.heads, D = head_dim();
   const MatmulPrecision mp = config.matmul_precision;
   c_attn_ = register_module("c_attn", std::make_shared<Linear>(C, 3 * C, config.bias, gen, dtype, mp));
@@ -74,6 +81,8 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
     alpha_mean_ = register_buffer("alpha_mean", Tensor::zeros(Shape{H}, dtype));
   }
   if (a == "infsa" || a == "linear_infsa") theta_ = register_parameter("theta", Tensor::zeros(Shape{H}, dtype));
+  if (a == "lla" && config.options.lla_learn_lambda)
+    log_lambda_ = register_parameter("log_lambda", Tensor::zeros(Shape{1}, dtype));
   init_variant_parameters();
 }
 
@@ -90,6 +99,7 @@ void CausalSelfAttention::init_variant_parameters() {
     m.mutable_data().zero_();
   }
   if (theta_.defined()) theta_.mutable_data().fill_(logit(config_.options.infsa_gamma));
+  if (log_lambda_.defined()) log_lambda_.mutable_data().fill_(std::log(config_.options.lla_lambda));
   for (const auto& n : {q_norm_, k_norm_})
     if (n) {
       Variable w = n->weight();
@@ -155,7 +165,13 @@ Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const
     }
     return r.out;
   }
+  if (a == "lla") return lla_attention(q, k, v, lla_lambda(q), mask, 0.0, o.lla_flashlla_grad);
   return softmax_attention(q, k, v, mask);
+}
+
+Variable CausalSelfAttention::lla_lambda(const Variable& q) const {
+  if (log_lambda_.defined()) return exp(log_lambda_);
+  return Variable(Tensor::full(Shape{1}, config_.options.lla_lambda, q.dtype(), q.device()));
 }
 
 Variable CausalSelfAttention::output(const Variable& y) const {
@@ -191,6 +207,7 @@ Variable CausalSelfAttention::forward_cached(const Variable& x, KvSlot& slot, in
 AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   NoGradGuard no_grad;
   AttentionDiagnostics d;
+  d.kind = config_.attention;
   const Qkv p = project(x, 0);
   // Every variant is linear in v for fixed weights, so attending over v whose column 0 is e_0 (1 at
   // position 0, 0 elsewhere) and column 1 all ones returns each query's weight on the first
@@ -231,6 +248,15 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
     d.alpha_min = lo;
     d.alpha_max = hi;
     d.alpha_running = host_values(alpha_mean_.data());
+  }
+  if (config_.attention == "lla") {
+    const Tensor lam = lla_lambda(p.q).data();
+    d.lla_lambda = host_values(lam)[0];
+    const LlaConditioning c = lla_conditioning(p.q.data(), p.k.data(), lam, AttentionMask{.causal = true, .prefix = 0}, 0.0);
+    d.lla_delta_ratio_min = c.delta_ratio_min;
+    d.lla_delta_ratio_mean = c.delta_ratio_mean;
+    d.lla_cond_mean = c.cond_mean;
+    d.lla_cond_max = c.cond_max;
   }
   return d;
 }

@@ -14,8 +14,13 @@
 //                 (EMA of alpha, rho; read before the step, updated after it in training)
 //   infsa         theta [H] (gamma = sigmoid(theta), init gamma = options.infsa_gamma)
 //   linear_infsa  theta [H] likewise (options.linear_infsa_form: linear = spec 3.8 (B), prefix = (A))
+//   lla           log_lambda [1] when options.lla_learn_lambda (lam = exp(log_lambda), init
+//                 log(options.lla_lambda)); else the ridge is the constant options.lla_lambda
+//                 (../shared/specs/attention_kda_lla.md, Part B)
 // and with options.qk_norm, q_norm.weight [D] and k_norm.weight [D] (RMSNorm of q and k per head,
 // FlashSigmoid's stabiliser; usable with any variant).
+// (`kda` is not a variant of this block: it is its own token mixer, KdaMixer in layers/kda_mixer.h,
+// registered under the same h.<i>.attn prefix.)
 //
 // With a KV cache (generation), the new positions' k and v are written into the layer's
 // preallocated slot after the cached ones and the queries attend over all of them; no graph is
@@ -50,6 +55,10 @@ struct AttentionOptions {
   double affine_rho = 0.9;                 // EMA factor of alpha_mean
   double infsa_gamma = 0.95;               // initial gamma = sigmoid(theta), infsa and linear_infsa
   std::string linear_infsa_form = "linear";  // linear (spec 3.8 B, linear in T) | prefix (3.8 A, exact, quadratic)
+  int64_t kda_conv = 4;                    // KDA's short causal conv kernel on q, k, v (0: no conv)
+  double lla_lambda = 10.0;                // LLA's ridge lam (> 0); the initial value when learned
+  bool lla_learn_lambda = false;           // LLA: a learned log_lambda [1] per layer
+  bool lla_flashlla_grad = false;          // LLA: FlashLLA's published backward (ridge as a constant)
   void validate(const std::string& attention) const;  // ConfigError naming the bad field
 };
 
@@ -70,13 +79,18 @@ struct AttentionBlockConfig {
 // One layer's cache: k and v [B, H, S_max, D]; rows [0, length) hold the cached positions.
 // Variants whose rows depend on earlier rows carry that state too (empty until first used):
 // r [B, H] (infsa's prefix energy), p [B, H, D] and n [B, H] (linear_infsa's running query).
+// KDA layers (KdaMixer) keep no k, v rows at all, only O(1) state per sequence: the delta-rule
+// state [B, H, Dk, Dv] and conv [B, kernel - 1, 3C], the last pre-conv inputs of q | k | v.
 struct KvSlot {
   Tensor k = {}, v = {};
   Tensor r = {}, p = {}, n = {};
+  Tensor state = {}, conv = {};
 };
 
 // What one layer's attention looks like on a batch (training runs log it at eval steps).
 struct AttentionDiagnostics {
+  std::string kind;            // the layer's variant: softmax, ..., lla, kda
+  bool has_sink = true;        // false for kda (no attention weights to probe)
   double sink = 0.0;           // mean weight of a query on the first position (over B, H, T)
   // The same weight as a share of the query's total weight (sum over its keys), averaged over
   // queries whose total is not ~0: equal to `sink` for softmax, comparable across variants
@@ -85,18 +99,40 @@ struct AttentionDiagnostics {
   std::vector<double> gamma;   // per head (infsa, linear_infsa)
   double alpha_mean = 0.0, alpha_std = 0.0, alpha_min = 0.0, alpha_max = 0.0;  // affine
   std::vector<double> alpha_running;  // affine: the alpha_mean buffer per head
+  double kda_decay_mean = 0.0;  // kda: mean of the per-step decay exp(g) over (B, T, H, Dk)
+  double kda_beta_mean = 0.0;   // kda: mean write strength beta over (B, T, H)
+  // lla: the ridge, and its solves' conditioning on the batch (lla_conditioning): delta / omega
+  // (min, mean over query rows; small = extrapolating queries) and cond(Sigma / omega) (mean, max).
+  double lla_lambda = 0.0;
+  double lla_delta_ratio_min = 0.0, lla_delta_ratio_mean = 0.0, lla_cond_mean = 0.0, lla_cond_max = 0.0;
 };
 
-class CausalSelfAttention : public Module {
+// What a block's token mixer (h.<i>.attn) does, whichever it is: CausalSelfAttention (the
+// attention variants) or KdaMixer (layers/kda_mixer.h).
+class TokenMixer : public Module {
+ public:
+  // x [B, T, C] at positions [0, T) -> [B, T, C].
+  virtual Variable forward(const Variable& x) const = 0;
+  // x [B, T, C] at positions [length, length + T), with the layer's cache slot; no graph.
+  virtual Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const = 0;
+  // Sets the mixer's own parameters to their initial values after the model's generic init.
+  virtual void init_variant_parameters() = 0;
+  // Diagnostics of this layer for the block input x [B, T, C] (no graph, no buffer update).
+  virtual AttentionDiagnostics diagnose(const Variable& x) const = 0;
+  // Whether decoding needs the cache's k and v rows (false: the mixer carries O(1) state).
+  virtual bool uses_kv_rows() const { return true; }
+};
+
+class CausalSelfAttention : public TokenMixer {
  public:
   CausalSelfAttention(const AttentionBlockConfig& config, Generator& gen, DType dtype = DType::f32);
 
   // x [B, T, C] at positions [0, T) -> [B, T, C].
-  Variable forward(const Variable& x) const;
+  Variable forward(const Variable& x) const override;
   // x [B, T, C] at positions [length, length + T): writes its k, v into slot rows
   // [length, length + T) and attends over rows [0, length + T). Does not advance any length
   // (the model does, once every layer has run). ShapeError when the slot is too short.
-  Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const;
+  Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const override;
 
   const Linear& c_attn() const { return *c_attn_; }
   const Linear& c_proj() const { return *c_proj_; }
@@ -106,9 +142,9 @@ class CausalSelfAttention : public Module {
 
   // Sets the variant's parameters to their initial values (the model's generic init covers
   // only c_attn and c_proj); the model calls it after its own init.
-  void init_variant_parameters();
+  void init_variant_parameters() override;
   // Diagnostics of this layer for the block input x [B, T, C] (no graph, no buffer update).
-  AttentionDiagnostics diagnose(const Variable& x) const;
+  AttentionDiagnostics diagnose(const Variable& x) const override;
 
  private:
   struct Qkv {
@@ -122,6 +158,8 @@ class CausalSelfAttention : public Module {
   // `alpha` (affine only, may be null) receives the step's alpha [B, H, T] for diagnostics.
   Variable attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x, KvSlot* slot,
                   int64_t length, Tensor* alpha = nullptr) const;
+  // lla's ridge lam [1] in q's dtype and device: exp(log_lambda) when learned, else the constant.
+  Variable lla_lambda(const Variable& q) const;
   // y [B, H, T, D] -> c_proj(y as [B, T, C]).
   Variable output(const Variable& y) const;
 
@@ -130,6 +168,7 @@ class CausalSelfAttention : public Module {
   std::shared_ptr<Linear> alpha_;              // affine
   std::shared_ptr<RmsNorm> q_norm_, k_norm_;   // qk_norm
   Variable sigmoid_bias_, theta_, alpha_mean_;  // per head; alpha_mean_ is a buffer
+  Variable log_lambda_;                         // lla with learn_lambda, [1]
 };
 
 }  // namespace attnlab

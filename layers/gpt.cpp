@@ -5,6 +5,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/op_helpers.h"
 #include "autograd/ops.h"
+#include "layers/kda_mixer.h"
 
 namespace attnlab {
 
@@ -48,6 +49,10 @@ void GptConfig::validate() const {
   check_choice("GptConfig", "positions", positions, {"learned", "rope"});
   check_choice("GptConfig", "attention", attention, attention_variants());
   attention_options.validate(attention);
+  const std::vector<std::string> pattern = parse_layer_pattern(layer_pattern);
+  for (const std::string& name : pattern) check_choice("GptConfig", "layer_pattern entry", name, attention_variants());
+  AL_CHECK_CONFIG(static_cast<int64_t>(pattern.size()) <= layers, "GptConfig: layer_pattern = '", layer_pattern,
+                  "' names ", pattern.size(), " layers but the model has layers = ", layers);
   if (positions == "rope") {
     AL_CHECK_CONFIG(head_dim() % 2 == 0, "GptConfig: positions = rope needs an even head dim; got d_model / heads = ",
                     d_model, " / ", heads, " = ", head_dim());
@@ -58,6 +63,29 @@ void GptConfig::validate() const {
   AL_CHECK_CONFIG(dropout >= 0.0 && dropout < 1.0, "GptConfig: dropout must be in [0, 1); got ", dropout);
 }
 
+std::vector<std::string> parse_layer_pattern(const std::string& pattern) {
+  std::vector<std::string> names;
+  if (pattern.find_first_not_of(" \t") == std::string::npos) return names;
+  size_t at = 0;
+  while (true) {
+    const size_t comma = pattern.find(',', at);
+    const std::string item = pattern.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    AL_CHECK_CONFIG(b != std::string::npos, "GptConfig: layer_pattern = '", pattern,
+                    "' has an empty entry (expected a comma list of attention names, e.g. kda,kda,kda,softmax)");
+    names.push_back(item.substr(b, e - b + 1));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return names;
+}
+
+std::string GptConfig::layer_attention(int64_t i) const {
+  const std::vector<std::string> pattern = parse_layer_pattern(layer_pattern);
+  if (pattern.empty()) return attention;
+  return pattern[static_cast<size_t>(i % static_cast<int64_t>(pattern.size()))];
+}
+
 int64_t GptConfig::padded_vocab() const {
   const int64_t pad = vocab_pad > 0 ? vocab_pad : 1;
   return (vocab_size + pad - 1) / pad * pad;
@@ -65,20 +93,23 @@ int64_t GptConfig::padded_vocab() const {
 
 // ---- block ----------------------------------------------------------------------------------
 
-GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype) : dropout_(c.dropout) {
+GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype, int64_t layer) : dropout_(c.dropout) {
   AttentionBlockConfig ac;
   ac.d_model = c.d_model;
   ac.heads = c.heads;
   ac.bias = c.bias;
   ac.rope = c.positions == "rope";
   ac.rope_base = c.rope_base;
-  ac.attention = c.attention;
+  ac.attention = c.layer_attention(layer);
   ac.options = c.attention_options;
   ac.context = c.context;
   ac.matmul_precision = c.matmul_precision;
   // Registration order is the peer's (and so the checkpoint's): ln_1, attn, ln_2, mlp.
   ln_1_ = register_module("ln_1", make_norm(c.norm, c.d_model, c.bias, dtype));
-  attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(ac, gen, dtype));
+  if (ac.attention == "kda")
+    attn_ = register_module("attn", std::make_shared<KdaMixer>(ac, gen, dtype));
+  else
+    attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(ac, gen, dtype));
   ln_2_ = register_module("ln_2", make_norm(c.norm, c.d_model, c.bias, dtype));
   mlp_ = register_module("mlp", make_mlp(c.mlp, c.d_model, c.hidden(), c.bias, gen, dtype, c.matmul_precision));
 }
@@ -128,7 +159,7 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   if (config.positions == "learned")
     wpe_ = register_module("wpe", std::make_shared<LearnedPositions>(config.context, C, scratch, dtype));
   auto h = register_module("h", std::make_shared<ModuleList>());
-  for (int64_t i = 0; i < config.layers; ++i) blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype)));
+  for (int64_t i = 0; i < config.layers; ++i) blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype, i)));
   ln_f_ = register_module("ln_f", make_norm(config.norm, C, config.bias, dtype));
   if (!config.tie_embeddings)
     lm_head_ = register_module("lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype,
@@ -209,10 +240,15 @@ Variable Gpt::forward(const Variable& ids, Generator* gen) const {
 Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
   NoGradGuard no_grad;
   const int64_t H = config_.heads, D = config_.head_dim();
-  AL_CHECK_SHAPE(cache.num_layers() == config_.layers && cache.capacity() == config_.context &&
-                     cache.layer(0).k.size(1) == H && cache.layer(0).k.size(3) == D &&
-                     cache.layer(0).k.dtype() == dtype_,
-                 "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
+  // Layers with k, v rows have them [B, H, context, D] in the model's dtype; KDA layers have none.
+  bool fits = cache.num_layers() == config_.layers && cache.capacity() == config_.context;
+  for (int64_t i = 0; fits && i < config_.layers; ++i) {
+    const Tensor& k = cache.layer(i).k;
+    fits = blocks_[static_cast<size_t>(i)]->attn().uses_kv_rows()
+               ? k.defined() && k.size(1) == H && k.size(3) == D && k.dtype() == dtype_
+               : !k.defined();
+  }
+  AL_CHECK_SHAPE(fits, "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
                  " layers, k [B, ", H, ", ", config_.context, ", ", D, "] ", dtype_, ")");
   AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
                  ", t] (the cache's batch); got ids=", ids.str());
@@ -256,9 +292,11 @@ KvCache Gpt::make_cache(int64_t batch) const {
   cache.capacity_ = config_.context;
   const Shape shape{batch, config_.heads, config_.context, config_.head_dim()};
   for (int64_t i = 0; i < config_.layers; ++i) {
-    KvSlot slot;
-    slot.k = Tensor::zeros(shape, dtype_, device());
-    slot.v = Tensor::zeros(shape, dtype_, device());
+    KvSlot slot;  // KDA layers fill their O(1) state on first use
+    if (blocks_[static_cast<size_t>(i)]->attn().uses_kv_rows()) {
+      slot.k = Tensor::zeros(shape, dtype_, device());
+      slot.v = Tensor::zeros(shape, dtype_, device());
+    }
     cache.layers_.push_back(std::move(slot));
   }
   return cache;
@@ -267,7 +305,8 @@ KvCache Gpt::make_cache(int64_t batch) const {
 bool is_no_decay_parameter(const std::string& name) {
   return ends_with(name, ".bias") || name.find("ln_") != std::string::npos ||
          name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight") ||
-         ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias") || is_routing_parameter(name);
+         ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias") || ends_with(name, ".log_lambda") ||
+         ends_with(name, ".A_log") || ends_with(name, ".dt_bias") || is_routing_parameter(name);
 }
 
 }  // namespace attnlab

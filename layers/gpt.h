@@ -50,7 +50,11 @@ struct GptConfig {
   std::string norm = "layernorm";      // layernorm | rmsnorm
   std::string mlp = "gelu";            // gelu | swiglu
   std::string positions = "learned";   // learned | rope
-  std::string attention = "softmax";   // softmax | sigmoid | affine | infsa | linear_infsa
+  std::string attention = "softmax";   // softmax | sigmoid | affine | infsa | linear_infsa | lla | kda
+  // Per-layer token mixers: a comma list of attention names tiled cyclically over the layers
+  // ("kda,kda,kda,softmax": layers 0-2 kda, 3 softmax, 4-6 kda, ...); empty = every layer uses
+  // `attention`. At most `layers` names.
+  std::string layer_pattern;
   AttentionOptions attention_options;  // the variants' own choices (attention_block.h)
   bool bias = true;                    // biases on linears and layer norms
   bool tie_embeddings = true;
@@ -65,10 +69,17 @@ struct GptConfig {
   int64_t padded_vocab() const;
   int64_t head_dim() const { return heads > 0 ? d_model / heads : 0; }
   int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : 4 * d_model; }
+  // The attention name of layer i: layer_pattern's (cyclically), else `attention`.
+  std::string layer_attention(int64_t i) const;
 };
 
+// The names of a layer pattern "a,b,c" (spaces around names ignored; "" gives none). ConfigError
+// for an empty name ("a,,b", a trailing comma); names are not checked here (GptConfig::validate does).
+std::vector<std::string> parse_layer_pattern(const std::string& pattern);
+
 // Per-layer k and v for incremental decoding: for each layer, k and v [B, H, context, D]
-// preallocated, of which rows [0, length()) hold the positions seen so far.
+// preallocated, of which rows [0, length()) hold the positions seen so far. KDA layers get no
+// rows: their slot carries the recurrent state and the conv's last inputs (O(1) per sequence).
 class KvCache {
  public:
   KvCache() = default;
@@ -86,10 +97,11 @@ class KvCache {
   int64_t batch_ = 0, length_ = 0, capacity_ = 0;
 };
 
-// One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+// One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). attn is the token
+// mixer of config.layer_attention(layer): CausalSelfAttention, or KdaMixer for kda.
 class GptBlock : public Module {
  public:
-  GptBlock(const GptConfig& config, Generator& gen, DType dtype = DType::f32);
+  GptBlock(const GptConfig& config, Generator& gen, DType dtype = DType::f32, int64_t layer = 0);
   // `gen` non-null: dropout on both branch outputs (the caller decides when that applies).
   Variable forward(const Variable& x, Generator* gen = nullptr) const;
   Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const;
@@ -103,12 +115,12 @@ class GptBlock : public Module {
                        AttentionDiagnostics* diagnostics = nullptr) const;
   Variable mlp_branch(const Variable& x, Generator* gen) const;
 
-  const CausalSelfAttention& attn() const { return *attn_; }
+  const TokenMixer& attn() const { return *attn_; }
   void init_attention_parameters() { attn_->init_variant_parameters(); }
 
  private:
   std::shared_ptr<Norm> ln_1_, ln_2_;
-  std::shared_ptr<CausalSelfAttention> attn_;
+  std::shared_ptr<TokenMixer> attn_;
   std::shared_ptr<Mlp> mlp_;
   double dropout_;
 };
@@ -160,11 +172,13 @@ class Gpt : public Module {
 //   h.<i>.ln_2.weight/.bias, h.<i>.mlp.c_fc.weight [4C, C] /.bias, h.<i>.mlp.c_proj.weight /.bias,
 //   ln_f.weight/.bias; lm_head.weight only when tie_embeddings is false.
 //   SwiGLU: h.<i>.mlp.c_fc.weight [2*hidden, C] (gate and up stacked), c_proj [C, hidden].
+//   KDA layers: h.<i>.attn.* as layers/kda_mixer.h lists (q_proj, ..., A_log, dt_bias, o_norm, c_proj).
 // (PyTorch's own state_dict of the tied peer also lists lm_head.weight, the same tensor as
 // wte.weight: load ours with strict=False, or copy wte.weight into it.)
 // Parameters that must not get weight decay: names ending in ".bias", norm weights (ln_*, *norm*),
-// wte, wpe, the attention variants' per-head scalars (theta, sigmoid_bias), and the residual
-// routing parameters (res.*: spec 1.6 suggests no decay on them).
+// wte, wpe, the attention variants' per-head scalars (theta, sigmoid_bias, lla's log_lambda),
+// KDA's decay parameters (A_log, dt_bias), and the residual routing parameters (res.*: spec 1.6
+// suggests no decay on them).
 bool is_no_decay_parameter(const std::string& name);
 
 }  // namespace attnlab

@@ -14,11 +14,14 @@ std::string gpt_config_json(const GptConfig& m) {
   const json options = {{"qk_norm", a.qk_norm},         {"sigmoid_bias", a.sigmoid_bias},
                         {"affine_phi", a.affine_phi},   {"affine_bias_norm", a.affine_bias_norm},
                         {"affine_rho", a.affine_rho},   {"infsa_gamma", a.infsa_gamma},
-                        {"linear_infsa_form", a.linear_infsa_form}};
+                        {"linear_infsa_form", a.linear_infsa_form},
+                        {"kda_conv", a.kda_conv},       {"lla_lambda", a.lla_lambda},
+                        {"lla_learn_lambda", a.lla_learn_lambda}, {"lla_flashlla_grad", a.lla_flashlla_grad}};
   const json j = {{"attention_options", options}, {"vocab_size", m.vocab_size}, {"vocab_pad", m.vocab_pad},   {"context", m.context},
                   {"layers", m.layers},         {"d_model", m.d_model},       {"heads", m.heads},
                   {"mlp_hidden", m.mlp_hidden}, {"norm", m.norm},             {"mlp", m.mlp},
-                  {"positions", m.positions},   {"attention", m.attention},   {"bias", m.bias},
+                  {"positions", m.positions},   {"attention", m.attention},   {"layer_pattern", m.layer_pattern},
+                  {"bias", m.bias},
                   {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base},
                   {"matmul_precision", std::string(matmul_precision_name(m.matmul_precision))}};
   // Only routed models carry the key, so a standard model's config reads as it always did.
@@ -65,7 +68,14 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
       a.affine_rho = o.at("affine_rho");
       a.infsa_gamma = o.at("infsa_gamma");
       a.linear_infsa_form = o.at("linear_infsa_form");
+      // Checkpoints from before kda and lla keep their defaults.
+      if (o.contains("kda_conv")) a.kda_conv = o.at("kda_conv");
+      if (o.contains("lla_lambda")) a.lla_lambda = o.at("lla_lambda");
+      if (o.contains("lla_learn_lambda")) a.lla_learn_lambda = o.at("lla_learn_lambda");
+      if (o.contains("lla_flashlla_grad")) a.lla_flashlla_grad = o.at("lla_flashlla_grad");
     }
+    // ... and before layer patterns (every layer the same).
+    if (j.contains("layer_pattern")) m.layer_pattern = j.at("layer_pattern");
     if (j.contains("residual")) {
       const json& o = j.at("residual");
       m.residual.mode = o.at("mode");

@@ -159,6 +159,11 @@ RunConfig read_config(Recipe& r) {
   ao.affine_rho = r.get_double("model.affine.rho", ao.affine_rho);
   ao.infsa_gamma = r.get_double("model.infsa.gamma", ao.infsa_gamma);
   ao.linear_infsa_form = r.get_string("model.linear_infsa.form", ao.linear_infsa_form);
+  ao.kda_conv = r.get_int("model.kda.conv", ao.kda_conv);
+  ao.lla_lambda = r.get_double("model.lla.lambda", ao.lla_lambda);
+  ao.lla_learn_lambda = r.get_bool("model.lla.learn_lambda", ao.lla_learn_lambda);
+  ao.lla_flashlla_grad = r.get_bool("model.lla.flashlla_grad", ao.lla_flashlla_grad);
+  m.layer_pattern = r.get_string("model.layer_pattern", m.layer_pattern);
   m.bias = r.get_bool("model.bias", m.bias);
   m.tie_embeddings = r.get_bool("model.tie_embeddings", m.tie_embeddings);
   m.dropout = r.get_double("model.dropout", 0.0);
@@ -277,17 +282,33 @@ double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t s
   return total / static_cast<double>(std::max<int64_t>(n, 1));
 }
 
-// Per layer at an eval step: the attention-sink mass (mean weight on the first position, and that
-// weight as a share of each query's total weight) and the
+// Per layer at an eval step: its kind, the attention-sink mass (mean weight on the first position,
+// and that weight as a share of each query's total weight; not for kda) and the
 // variant's own numbers (InfSA's learned gamma per head; affine's alpha statistics and running
-// mean), on the first validation batch.
+// mean; KDA's mean decay and beta; LLA's ridge and the conditioning of its solves), on the first
+// validation batch.
 json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t seq_len) {
   json layers = json::array();
   for (const Batch& b : sequential_batches(tokens, batch, seq_len, 1)) {
     const std::vector<AttentionDiagnostics> ds = model.attention_diagnostics(Variable(b.x.to(model.device())));
     for (size_t i = 0; i < ds.size(); ++i) {
       const AttentionDiagnostics& d = ds[i];
-      json l = {{"layer", i}, {"sink", d.sink}, {"sink_share", d.sink_share}};
+      json l = {{"layer", i}, {"kind", d.kind}};
+      if (d.has_sink) {
+        l["sink"] = d.sink;
+        l["sink_share"] = d.sink_share;
+      }
+      if (d.kind == "kda") {
+        l["decay_mean"] = d.kda_decay_mean;
+        l["beta_mean"] = d.kda_beta_mean;
+      }
+      if (d.kind == "lla") {
+        l["lambda"] = d.lla_lambda;
+        l["delta_ratio_min"] = d.lla_delta_ratio_min;
+        l["delta_ratio_mean"] = d.lla_delta_ratio_mean;
+        l["cond_mean"] = d.lla_cond_mean;
+        l["cond_max"] = d.lla_cond_max;
+      }
       if (!d.gamma.empty()) l["gamma"] = d.gamma;
       if (!d.alpha_running.empty()) {
         l["alpha_mean"] = d.alpha_mean;
@@ -300,6 +321,38 @@ json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t 
     }
   }
   return layers;
+}
+
+// The console's eval note: the validation loss, the mean sink over the layers that have one, and
+// for KDA and LLA layers their mean decay and beta, or ridge and worst conditioning.
+std::string eval_summary(double val_loss, const json& layers) {
+  double sink = 0, decay = 0, beta = 0, lam = 0, cond = 0;
+  int64_t sinks = 0, kdas = 0, llas = 0;
+  for (const json& l : layers) {
+    if (l.contains("sink")) {
+      sink += l["sink"].get<double>();
+      ++sinks;
+    }
+    if (l.contains("decay_mean")) {
+      decay += l["decay_mean"].get<double>();
+      beta += l["beta_mean"].get<double>();
+      ++kdas;
+    }
+    if (l.contains("lambda")) {
+      lam += l["lambda"].get<double>();
+      cond = std::max(cond, l["cond_max"].get<double>());
+      ++llas;
+    }
+  }
+  char v[160];
+  int n = std::snprintf(v, sizeof v, "  val %.4f", val_loss);
+  if (sinks) n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  sink %.3f", sink / static_cast<double>(sinks));
+  if (kdas)
+    n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  decay %.3f  beta %.3f", decay / static_cast<double>(kdas),
+                       beta / static_cast<double>(kdas));
+  if (llas)
+    std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  lam %.3g  cond %.3g", lam / static_cast<double>(llas), cond);
+  return v;
 }
 
 std::string sample_text(const Gpt& model, const Tokenizer& tok, const std::string& prompt, const SampleOptions& o) {
@@ -450,7 +503,8 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       << "  data: " << c.corpus << ", " << c.tokenizer << " tokenizer (vocab " << c.model.vocab_size << "), "
       << data.train.numel() << " train / " << data.val.numel() << " validation tokens\n"
       << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
-      << " heads, context " << c.model.context << ", " << c.model.attention << " attention"
+      << " heads, context " << c.model.context << ", "
+      << (c.model.layer_pattern.empty() ? c.model.attention : "layer pattern " + c.model.layer_pattern) << " attention"
       << (c.model.residual.routed() ? ", " + c.model.residual.mode + " residual (" + c.model.residual.granularity + ")" : "")
       << ": "
       << model.num_parameters() << " parameters\n"
@@ -540,12 +594,8 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
         result.final_val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
         m["val_loss"] = result.final_val_loss;
         m["attention"] = attention_diagnostics_json(model, data.val, c.batch, c.seq_len);
-        double sink = 0;
-        for (const json& l : m["attention"]) sink += l["sink"].get<double>();
-        sink /= static_cast<double>(std::max<size_t>(m["attention"].size(), 1));
+        out << eval_summary(result.final_val_loss, m["attention"]);
         char v[64];
-        std::snprintf(v, sizeof v, "  val %.4f  sink %.3f", result.final_val_loss, sink);
-        out << v;
         if (model.router()) {
           // Per routing op (layers/residual/routing.h): mean max weight, entropy, gate.
           for (const Batch& vb : sequential_batches(data.val, c.batch, c.seq_len, 1)) {

@@ -401,8 +401,10 @@ TEST(LinearBf16Layers, MlpAndAttentionPassItToEveryLinear) {
     gc.vocab_size = 11, gc.context = 8, gc.layers = 1, gc.d_model = 8, gc.heads = 2;
     gc.matmul_precision = p;
     const GptBlock block(gc, gen);
-    EXPECT_EQ(block.attn().c_attn().precision(), p);
-    EXPECT_EQ(block.attn().c_proj().precision(), p);
+    const auto* block_attn = dynamic_cast<const CausalSelfAttention*>(&block.attn());
+    ASSERT_NE(block_attn, nullptr) << "a softmax model's block mixes tokens with CausalSelfAttention";
+    EXPECT_EQ(block_attn->c_attn().precision(), p);
+    EXPECT_EQ(block_attn->c_proj().precision(), p);
   }
   EXPECT_EQ(GptConfig().matmul_precision, MatmulPrecision::f32) << "f32 stays the default";
 }

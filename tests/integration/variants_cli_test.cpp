@@ -91,6 +91,54 @@ TEST_F(VariantsCli, OptionsAreRecipeKeysAndBadOnesExitWithCode2) {
   EXPECT_FALSE(fs::exists(dir_ / "bad" / "metrics.jsonl"));
 }
 
+// kda, lla and a kda/softmax hybrid from recipe lines: the loss falls, each layer's diagnostics
+// name its kind (KDA: decay and beta, no sink; LLA: the ridge and its conditioning), sampling
+// runs the KDA layers' carried state; a bad layer pattern exits with code 2 naming the key.
+TEST_F(VariantsCli, KdaLlaAndLayerPatternsTrainFromRecipeLines) {
+  struct Case {
+    std::string name, args;
+    std::vector<std::string> kinds;
+  };
+  for (const Case& c : {Case{"kda", "--model.attention=kda", {"kda", "kda"}},
+                        Case{"lla", "--model.attention=lla --model.lla.learn_lambda=true", {"lla", "lla"}},
+                        Case{"hybrid", "--model.layer_pattern=kda,softmax", {"kda", "softmax"}}}) {
+    const Result r = run(train("--run.name=" + c.name + " " + c.args));
+    ASSERT_EQ(r.code, 0) << c.name << "\n" << r.out << r.err;
+    const std::vector<json> m = metrics(dir_ / c.name);
+    ASSERT_GE(m.size(), 4u) << c.name;
+    EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>() - 0.5) << c.name << "\n" << r.out;
+    const json& eval = m.back();
+    ASSERT_TRUE(eval.contains("attention")) << eval.dump();
+    ASSERT_EQ(eval["attention"].size(), c.kinds.size());
+    for (size_t i = 0; i < c.kinds.size(); ++i) {
+      const json& l = eval["attention"][i];
+      EXPECT_EQ(l["kind"], c.kinds[i]) << l.dump();
+      EXPECT_EQ(l.contains("sink"), c.kinds[i] != "kda") << l.dump();
+      if (c.kinds[i] == "kda") {
+        EXPECT_GT(l["decay_mean"].get<double>(), 0.0) << l.dump();
+        EXPECT_LT(l["decay_mean"].get<double>(), 1.0) << l.dump();
+        EXPECT_GT(l["beta_mean"].get<double>(), 0.0) << l.dump();
+      }
+      if (c.kinds[i] == "lla") {
+        EXPECT_GT(l["lambda"].get<double>(), 0.0) << l.dump();
+        EXPECT_GT(l["delta_ratio_min"].get<double>(), 0.0) << l.dump();
+        EXPECT_GE(l["cond_max"].get<double>(), 1.0) << l.dump();
+      }
+    }
+    EXPECT_NE(r.out.find(c.kinds[0] == "kda" ? "decay" : "lam"), std::string::npos) << r.out;
+    const Result s = run("sample " + (dir_ / c.name).string() + " --prompt=Emma --tokens=40 --top_k=5");
+    ASSERT_EQ(s.code, 0) << c.name << ": " << s.err;
+    EXPECT_EQ(s.out.rfind("Emma", 0), 0u) << s.out;
+  }
+  std::ifstream recipe(dir_ / "hybrid" / "recipe.ini");
+  const std::string text((std::istreambuf_iterator<char>(recipe)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("layer_pattern = kda,softmax"), std::string::npos) << text;
+  const Result bad = run(train("--run.name=bad --model.layer_pattern=kda,kda,softmax"));  // 3 names, 2 layers
+  EXPECT_EQ(bad.code, 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("layer_pattern"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(dir_ / "bad" / "metrics.jsonl"));
+}
+
 // `attnlab op` on a case file equals the fused op run in this process, for every spec (with an
 // upstream gradient d<name> in the file for each differentiable extra output, such as kda's state).
 TEST_F(VariantsCli, OpCommandMatchesTheFusedOp) {

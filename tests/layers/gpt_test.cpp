@@ -613,7 +613,7 @@ TEST(GptConfig, ValidationNamesTheFieldAndTheValidValues) {
   EXPECT_TRUE(has(message([](GptConfig& c) { c.norm = "batchnorm"; }), {"norm", "batchnorm", "layernorm, rmsnorm"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.mlp = "relu"; }), {"mlp", "relu", "gelu, swiglu"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.positions = "alibi"; }), {"positions", "learned, rope"}));
-  EXPECT_TRUE(has(message([](GptConfig& c) { c.attention = "kda"; }), {"attention", "kda", "softmax"}));
+  EXPECT_TRUE(has(message([](GptConfig& c) { c.attention = "mamba"; }), {"attention", "mamba", "softmax"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.dropout = 1.0; }), {"dropout", "[0, 1)"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.dropout = -0.1; }), {"dropout"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.layers = 0; }), {"layers must be > 0"}));
