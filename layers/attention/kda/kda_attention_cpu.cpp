@@ -95,6 +95,34 @@ struct In {
       : q(q_), k(k_), v(v_), g(g_), beta(beta_.data<F>()), s0(s0_.defined() ? s0_.data<F>() : nullptr) {}
 };
 
+// The outputs of a forward, and the gradients of a backward, allocated (both forms share them).
+KdaAttentionOp::Forward empty_forward(const Dims& d, DType dt) {
+  KdaAttentionOp::Forward f;
+  f.out = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, dt);
+  f.state = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, dt);
+  return f;
+}
+KdaAttentionOp::Grads empty_grads(const Dims& d, DType dt) {
+  KdaAttentionOp::Grads gr;
+  gr.dq = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dk = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dv = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, dt);
+  gr.dg = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
+  gr.dbeta = Tensor::empty(Shape{d.B, d.H, d.T}, dt);
+  gr.ds0 = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, dt);
+  return gr;
+}
+
+// dst [SS] <- task's [SS] block of src ([B*H, SS] contiguous), or zeros when src is null (an
+// undefined s0 or dstate).
+template <typename F>
+inline void load_or_zero(const F* src, int64_t task, int64_t SS, F* dst) {
+  if (src)
+    std::copy(src + task * SS, src + (task + 1) * SS, dst);
+  else
+    std::fill(dst, dst + SS, F(0));
+}
+
 // One token of the recurrence on S [Dk, Dv]: decay, error against the decayed state, write.
 // St (if non-null) receives the decayed state and e the error.
 template <typename F>
@@ -121,9 +149,7 @@ KdaAttentionOp::Forward recurrent_forward(const Tensor& q_, const Tensor& k_, co
                                           const Tensor& beta_, const Tensor& s0_, double scale) {
   const Dims d(q_, v_);
   const In<F> in(q_, k_, v_, g_, beta_, s0_);
-  KdaAttentionOp::Forward f;
-  f.out = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, q_.dtype());
-  f.state = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, q_.dtype());
+  KdaAttentionOp::Forward f = empty_forward(d, q_.dtype());
   F* out = f.out.data<F>();
   F* state = f.state.data<F>();
   const F c = static_cast<F>(scale);
@@ -133,10 +159,7 @@ KdaAttentionOp::Forward recurrent_forward(const Tensor& q_, const Tensor& k_, co
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / d.H, h = task % d.H;
       F* S = state + task * SS;
-      if (in.s0)
-        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S);
-      else
-        std::fill(S, S + SS, F(0));
+      load_or_zero(in.s0, task, SS, S);
       for (int64_t t = 0; t < d.T; ++t) {
         recurrent_step<F>(S, nullptr, e.data(), in.k.at(b, h, t), in.v.at(b, h, t), in.g.at(b, h, t),
                           in.beta[task * d.T + t], d.Dk, d.Dv);
@@ -162,14 +185,7 @@ KdaAttentionOp::Grads recurrent_backward(const Tensor& q_, const Tensor& k_, con
   const In<F> in(q_, k_, v_, g_, beta_, s0_);
   const Rows<F> dout(dout_);
   const F* dstate = dstate_.defined() ? dstate_.data<F>() : nullptr;
-  const DType dt = q_.dtype();
-  KdaAttentionOp::Grads gr;
-  gr.dq = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dk = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dv = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, dt);
-  gr.dg = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dbeta = Tensor::empty(Shape{d.B, d.H, d.T}, dt);
-  gr.ds0 = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, dt);
+  KdaAttentionOp::Grads gr = empty_grads(d, q_.dtype());
   F *dq = gr.dq.data<F>(), *dk = gr.dk.data<F>(), *dv = gr.dv.data<F>(), *dg = gr.dg.data<F>();
   F *dbeta = gr.dbeta.data<F>(), *ds0 = gr.ds0.data<F>();
   const F c = static_cast<F>(scale);
@@ -182,10 +198,7 @@ KdaAttentionOp::Grads recurrent_backward(const Tensor& q_, const Tensor& k_, con
       const int64_t b = task / d.H, h = task % d.H;
       const F* beta = in.beta + task * d.T;
       // Pass 1: the state entering each segment.
-      if (in.s0)
-        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S.begin());
-      else
-        std::fill(S.begin(), S.end(), F(0));
+      load_or_zero(in.s0, task, SS, S.data());
       for (int64_t s = 0; s < nseg; ++s) {
         std::copy(S.begin(), S.end(), ck.begin() + s * SS);
         if (s + 1 == nseg) break;
@@ -195,10 +208,7 @@ KdaAttentionOp::Grads recurrent_backward(const Tensor& q_, const Tensor& k_, con
       }
       // Pass 2: segments in reverse; replay each forward, then sweep it backwards.
       F* G = ds0 + task * SS;  // the running dL/dS_t, finally dL/dS_{-1}
-      if (dstate)
-        std::copy(dstate + task * SS, dstate + (task + 1) * SS, G);
-      else
-        std::fill(G, G + SS, F(0));
+      load_or_zero(dstate, task, SS, G);
       for (int64_t s = nseg - 1; s >= 0; --s) {
         const int64_t ta = s * kSeg, tb = std::min(d.T, ta + kSeg);
         std::copy(ck.begin() + s * SS, ck.begin() + (s + 1) * SS, S.begin());
@@ -485,6 +495,16 @@ struct Chunk {
     }
   }
 
+  // The forward's work on chunk [t0, t0 + len) entering with state S: the rows, the pair
+  // matrices, Tinv and Delta (the forward and pass 1 of the backward both start a chunk so).
+  void solve(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len, F* Akk,
+             F* Aqk, F* Tinv, const F* S, F* D) {
+    load(in, b, h, task, T, t0, len);
+    pairs(Akk, Aqk);
+    inverse(Akk, Tinv);
+    delta(Tinv, S, D);
+  }
+
   // S <- Diag(gamma) S + Kd^T Delta.
   void advance(F* S, const F* D) const {
     for (int64_t i = 0; i < Dk; ++i) scale_inplace(Dv, gam[i], S + i * Dv);
@@ -563,9 +583,7 @@ KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const 
                                       const Tensor& beta_, const Tensor& s0_, double scale) {
   const Dims d(q_, v_);
   const In<F> in(q_, k_, v_, g_, beta_, s0_);
-  KdaAttentionOp::Forward f;
-  f.out = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, q_.dtype());
-  f.state = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, q_.dtype());
+  KdaAttentionOp::Forward f = empty_forward(d, q_.dtype());
   F* out = f.out.data<F>();
   F* state = f.state.data<F>();
   const int64_t SS = d.Dk * d.Dv, N = (d.T + kC - 1) / kC;
@@ -575,16 +593,10 @@ KdaAttentionOp::Forward chunk_forward(const Tensor& q_, const Tensor& k_, const 
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / d.H, h = task % d.H;
       F* S = state + task * SS;
-      if (in.s0)
-        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S);
-      else
-        std::fill(S, S + SS, F(0));
+      load_or_zero(in.s0, task, SS, S);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t r0 = n * kC, L = std::min(kC, d.T - r0);
-        ch.load(in, b, h, task, d.T, r0, L);
-        ch.pairs(Akk.data(), Aqk.data());
-        ch.inverse(Akk.data(), Tinv.data());
-        ch.delta(Tinv.data(), S, D.data());
+        ch.solve(in, b, h, task, d.T, r0, L, Akk.data(), Aqk.data(), Tinv.data(), S, D.data());
         // O = Qg S + Aqk Delta (Aqk lower-triangular: each row block stops at its last column).
         F* O = out + (task * d.T + r0) * d.Dv;
         ac::tile_mm<F>(L, d.Dv, d.Dk, ch.Qg.data(), ch.Dkp, 1, S, d.Dv, false, O, d.Dv);
@@ -611,14 +623,7 @@ KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const T
   const In<F> in(q_, k_, v_, g_, beta_, s0_);
   const Rows<F> dout(dout_);
   const F* dstate = dstate_.defined() ? dstate_.data<F>() : nullptr;
-  const DType dt = q_.dtype();
-  KdaAttentionOp::Grads gr;
-  gr.dq = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dk = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dv = Tensor::empty(Shape{d.B, d.H, d.T, d.Dv}, dt);
-  gr.dg = Tensor::empty(Shape{d.B, d.H, d.T, d.Dk}, dt);
-  gr.dbeta = Tensor::empty(Shape{d.B, d.H, d.T}, dt);
-  gr.ds0 = Tensor::empty(Shape{d.B, d.H, d.Dk, d.Dv}, dt);
+  KdaAttentionOp::Grads gr = empty_grads(d, q_.dtype());
   F *dq = gr.dq.data<F>(), *dk = gr.dk.data<F>(), *dv = gr.dv.data<F>(), *dg = gr.dg.data<F>();
   F *dbeta = gr.dbeta.data<F>(), *ds0 = gr.ds0.data<F>();
   const F s = static_cast<F>(scale);
@@ -639,26 +644,17 @@ KdaAttentionOp::Grads chunk_backward(const Tensor& q_, const Tensor& k_, const T
       const int64_t b = task / d.H, h = task % d.H;
       // Pass 1: forward over the chunks, keeping what the reverse pass needs.
       F* S = Hs.data();
-      if (in.s0)
-        std::copy(in.s0 + task * SS, in.s0 + (task + 1) * SS, S);
-      else
-        std::fill(S, S + SS, F(0));
+      load_or_zero(in.s0, task, SS, S);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t r0 = n * kC, L = std::min(kC, T - r0);
-        ch.load(in, b, h, task, T, r0, L);
-        ch.pairs(&Akk[n * CC], &Aqk[n * CC]);
-        ch.inverse(&Akk[n * CC], &Tinv[n * CC]);
-        ch.delta(&Tinv[n * CC], &Hs[n * SS], &Ds[n * kC * Dv]);
+        ch.solve(in, b, h, task, T, r0, L, &Akk[n * CC], &Aqk[n * CC], &Tinv[n * CC], &Hs[n * SS], &Ds[n * kC * Dv]);
         if (n + 1 < N) {
           std::copy(&Hs[n * SS], &Hs[(n + 1) * SS], &Hs[(n + 1) * SS]);
           ch.advance(&Hs[(n + 1) * SS], &Ds[n * kC * Dv]);
         }
       }
       // Pass 2: reverse over the chunks.
-      if (dstate)
-        std::copy(dstate + task * SS, dstate + (task + 1) * SS, dSn.begin());
-      else
-        std::fill(dSn.begin(), dSn.end(), F(0));
+      load_or_zero(dstate, task, SS, dSn.data());
       for (int64_t n = N - 1; n >= 0; --n) {
         const int64_t r0 = n * kC, L = std::min(kC, T - r0);
         ch.load(in, b, h, task, T, r0, L);
