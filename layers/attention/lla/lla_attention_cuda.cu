@@ -248,6 +248,52 @@ __device__ inline float row_max(const float* qs, const float* kb, int64_t kld, i
   return m;
 }
 
+// Sigma and mu of a query row, built the same way by the forward and the backward row kernels: in
+// the 16 x 16 layout thread (ta, tb) keeps, in registers, the entries (ta + 16 r, tb + 16 c), r >= c,
+// of sum_j w_j x_j x_j^T in S and the entries ta + 16 r of mu = sum_j w_j x_j (x_j = k_j - q); qa,
+// qb hold the entries of q it centres by. Per-thread only: no barriers inside.
+template <int RA>
+__device__ inline void sigma_begin(const float* qs, int ta, int tb, float (&qa)[RA], float (&qb)[RA], float (&mu)[RA],
+                                   float (&S)[RA][RA]) {
+  AL_UNROLL
+  for (int r = 0; r < RA; ++r) {
+    qa[r] = qs[ta + 16 * r];
+    qb[r] = qs[tb + 16 * r];
+    mu[r] = 0.0f;
+    AL_UNROLL
+    for (int c = 0; c < RA; ++c) S[r][c] = 0.0f;
+  }
+}
+// Adds key kr (a shared tile row) with weight w to mu and S; with kT also cc x to t (the backward's
+// t = sum_j C_j x_j, the other sum of the same centred key).
+template <int RA, bool kT>
+__device__ inline void sigma_add(const float* kr, float w, float cc, int ta, int tb, const float (&qa)[RA],
+                                 const float (&qb)[RA], float (&mu)[RA], float (&t)[RA], float (&S)[RA][RA]) {
+  float xb[RA];
+  AL_UNROLL
+  for (int c = 0; c < RA; ++c) xb[c] = kr[tb + 16 * c] - qb[c];
+  AL_UNROLL
+  for (int r = 0; r < RA; ++r) {
+    const float x = kr[ta + 16 * r] - qa[r];
+    const float wx = w * x;
+    mu[r] += wx;
+    if constexpr (kT) t[r] += cc * x;
+    AL_UNROLL
+    for (int c = 0; c <= r; ++c) S[r][c] += wx * xb[c];
+  }
+}
+// Sigma + ridge I into the packed lower triangle L (rows < Dk), each thread its own entries; the
+// caller's __syncthreads publishes them.
+template <int RA>
+__device__ inline void sigma_store(double* L, const float (&S)[RA][RA], int ta, int tb, int Dk, double ridge) {
+  AL_UNROLL
+  for (int r = 0; r < RA; ++r) AL_UNROLL
+  for (int c = 0; c <= r; ++c) {
+    const int ia = ta + 16 * r, ib = tb + 16 * c;
+    if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
+  }
+}
+
 // ---- forward: a block per query row --------------------------------------------------------------
 
 struct LlaFwdArgs {
@@ -306,14 +352,7 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
 
   // Pass 2: omega, mu, Sigma (centred at q).
   float qa[RA], qb[RA], mu[RA], S[RA][RA];
-  AL_UNROLL
-  for (int r = 0; r < RA; ++r) {
-    qa[r] = qs[ta + 16 * r];
-    qb[r] = qs[tb + 16 * r];
-    mu[r] = 0.0f;
-    AL_UNROLL
-    for (int c = 0; c < RA; ++c) S[r][c] = 0.0f;
-  }
+  sigma_begin<RA>(qs, ta, tb, qa, qb, mu, S);
   float om = 0.0f;
   for (int j0 = 0; j0 < n; j0 += kBc) {
     const int jn = imin(kBc, n - j0);
@@ -329,17 +368,7 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
     __syncthreads();
     for (int jj = 0; jj < jn; ++jj) {
       const float w = ws[jj];
-      const float* kr = ks + jj * ldk;
-      float xb[RA];
-      AL_UNROLL
-      for (int c = 0; c < RA; ++c) xb[c] = kr[tb + 16 * c] - qb[c];
-      AL_UNROLL
-      for (int r = 0; r < RA; ++r) {
-        const float wx = w * (kr[ta + 16 * r] - qa[r]);
-        mu[r] += wx;
-        AL_UNROLL
-        for (int c = 0; c <= r; ++c) S[r][c] += wx * xb[c];
-      }
+      sigma_add<RA, false>(ks + jj * ldk, w, 0.0f, ta, tb, qa, qb, mu, mu, S);
       om += w;
     }
   }
@@ -347,12 +376,7 @@ __global__ void lla_attention_fwd_kernel(LlaFwdArgs a) {
   if (tb == 0) AL_UNROLL
   for (int r = 0; r < RA; ++r) mud[ta + 16 * r] = mu[r];                         // zeros past Dk
   const double ridge = static_cast<double>(a.lam[0]) * static_cast<double>(om);  // om: the same bits in every thread
-  AL_UNROLL
-  for (int r = 0; r < RA; ++r) AL_UNROLL
-  for (int c = 0; c <= r; ++c) {
-    const int ia = ta + 16 * r, ib = tb + 16 * c;
-    if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
-  }
+  sigma_store<RA>(L, S, ta, tb, Dk, ridge);
   __syncthreads();
 
   // rho = Sigma^-1 mu and delta = omega - mu.rho, by warp 0.
@@ -490,14 +514,9 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
 
   // Pass A: Sigma, mu, tau, t.
   float qa[RA], qb[RA], mu[RA], tt[RA], S[RA][RA];
+  sigma_begin<RA>(qs, ta, tb, qa, qb, mu, S);
   AL_UNROLL
-  for (int r = 0; r < RA; ++r) {
-    qa[r] = qs[ta + 16 * r];
-    qb[r] = qs[tb + 16 * r];
-    mu[r] = tt[r] = 0.0f;
-    AL_UNROLL
-    for (int c = 0; c < RA; ++c) S[r][c] = 0.0f;
-  }
+  for (int r = 0; r < RA; ++r) tt[r] = 0.0f;
   float tau = 0.0f;
   for (int j0 = 0; j0 < n; j0 += kBc) {
     const int jn = imin(kBc, n - j0);
@@ -517,20 +536,8 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
     }
     __syncthreads();
     for (int jj = 0; jj < jn; ++jj) {
-      const float w = ws[jj], cc = cs[jj];
-      const float* kr = ks + jj * ldk;
-      float xb[RA];
-      AL_UNROLL
-      for (int c = 0; c < RA; ++c) xb[c] = kr[tb + 16 * c] - qb[c];
-      AL_UNROLL
-      for (int r = 0; r < RA; ++r) {
-        const float x = kr[ta + 16 * r] - qa[r];
-        const float wx = w * x;
-        mu[r] += wx;
-        tt[r] += cc * x;
-        AL_UNROLL
-        for (int c = 0; c <= r; ++c) S[r][c] += wx * xb[c];
-      }
+      const float cc = cs[jj];
+      sigma_add<RA, true>(ks + jj * ldk, ws[jj], cc, ta, tb, qa, qb, mu, tt, S);
       tau += cc;
     }
   }
@@ -540,13 +547,7 @@ __global__ void lla_attention_bwd_rows_kernel(LlaBwdRowArgs a) {
     td[ta + 16 * r] = tt[r];
   }
   const double lam = static_cast<double>(a.lam[0]);
-  const double ridge = lam * static_cast<double>(om);
-  AL_UNROLL
-  for (int r = 0; r < RA; ++r) AL_UNROLL
-  for (int c = 0; c <= r; ++c) {
-    const int ia = ta + 16 * r, ib = tb + 16 * c;
-    if (ib <= ia && ia < Dk) L[tri(ia, ib)] = static_cast<double>(S[r][c]) + (ia == ib ? ridge : 0.0);
-  }
+  sigma_store<RA>(L, S, ta, tb, Dk, lam * static_cast<double>(om));
   __syncthreads();
 
   // u = b rho - Sigma^-1 t, dmu, domega, dlam_i, sum_j dx_ij: warp 0.
