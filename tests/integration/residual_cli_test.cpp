@@ -13,6 +13,7 @@
 
 #include "layers/residual/attnres/attnres.h"
 #include "lib/safetensors.h"
+#include "tests/support/cli_run_dir.h"
 #include "tests/support/run_attnlab.h"
 
 namespace fs = std::filesystem;
@@ -24,27 +25,11 @@ namespace {
 using Result = test::CommandResult;
 Result run(const std::string& args) { return test::run_attnlab(args); }
 
-std::vector<json> metrics(const fs::path& run_dir) {
-  std::vector<json> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(json::parse(line));
-  return out;
-}
+using test::read_metrics;
 
-class ResidualCli : public ::testing::Test {
+class ResidualCli : public test::CliRunDir {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("attnlab_residual_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string train(const std::string& extra) const {
-    return std::string("train ") + ATTNLAB_SOURCE_DIR + "/recipes/tiny_debug.ini --run.dir=" + dir_.string() +
-           " --data.corpus_dir=" + ATTNLAB_SOURCE_DIR + "/corpora " + extra;
-  }
-  fs::path dir_;
+  ResidualCli() : CliRunDir("attnlab_residual_cli_") {}
 };
 
 TEST_F(ResidualCli, EachModeTrainsAndLogsRoutingDiagnostics) {
@@ -57,7 +42,7 @@ TEST_F(ResidualCli, EachModeTrainsAndLogsRoutingDiagnostics) {
                                " --model.residual.granularity=" + gran +
                                " --model.residual.block_size=1 --train.steps=20 --train.eval_every=10 --train.log_every=5"));
     ASSERT_EQ(r.code, 0) << mode << "\n" << r.out << r.err;
-    const std::vector<json> m = metrics(dir_ / name);
+    const std::vector<json> m = read_metrics(dir_ / name);
     ASSERT_GE(m.size(), 4u) << mode;
     EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>() - 0.5)
         << mode << " " << gran << "\n" << r.out;
@@ -98,11 +83,11 @@ TEST_F(ResidualCli, ConvertedModelStartsWithTheSourceModelsLoss) {
   const Result block = run(train("--run.name=convb --model.residual=delta_attnres "
                                  "--model.residual.granularity=block" + from));
   ASSERT_EQ(block.code, 0) << block.out << block.err;
-  const double want = metrics(dir_ / "same").front()["train_loss"].get<double>();
-  EXPECT_EQ(metrics(dir_ / "conv").front()["train_loss"].get<double>(), want);
-  EXPECT_EQ(metrics(dir_ / "convb").front()["train_loss"].get<double>(), want);
+  const double want = read_metrics(dir_ / "same").front()["train_loss"].get<double>();
+  EXPECT_EQ(read_metrics(dir_ / "conv").front()["train_loss"].get<double>(), want);
+  EXPECT_EQ(read_metrics(dir_ / "convb").front()["train_loss"].get<double>(), want);
   // ... and the base run's loss at its last step is of the same size (it was trained).
-  EXPECT_LT(want, metrics(dir_ / "base").front()["train_loss"].get<double>());
+  EXPECT_LT(want, read_metrics(dir_ / "base").front()["train_loss"].get<double>());
   EXPECT_NE(conv.out.find("new routing parameters"), std::string::npos) << conv.out;
   // A converted checkpoint resumes and loads like any other.
   const Result s = run("sample " + (dir_ / "conv").string() + " --prompt=Emma --tokens=5");

@@ -12,6 +12,7 @@
 
 #include "layers/all_ops.h"
 #include "lib/safetensors.h"
+#include "tests/support/cli_run_dir.h"
 #include "tests/support/run_attnlab.h"
 
 namespace fs = std::filesystem;
@@ -23,27 +24,11 @@ namespace {
 using Result = test::CommandResult;
 Result run(const std::string& args) { return test::run_attnlab(args); }
 
-std::vector<json> metrics(const fs::path& run_dir) {
-  std::vector<json> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(json::parse(line));
-  return out;
-}
+using test::read_metrics;
 
-class VariantsCli : public ::testing::Test {
+class VariantsCli : public test::CliRunDir {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("attnlab_variants_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string train(const std::string& extra) const {
-    return std::string("train ") + ATTNLAB_SOURCE_DIR + "/recipes/tiny_debug.ini --run.dir=" + dir_.string() +
-           " --data.corpus_dir=" + ATTNLAB_SOURCE_DIR + "/corpora " + extra;
-  }
-  fs::path dir_;
+  VariantsCli() : CliRunDir("attnlab_variants_cli_") {}
 };
 
 TEST_F(VariantsCli, EachVariantTrainsFromOneRecipeLine) {
@@ -51,7 +36,7 @@ TEST_F(VariantsCli, EachVariantTrainsFromOneRecipeLine) {
     const std::string name = "v_" + attention;
     const Result r = run(train("--run.name=" + name + " --model.attention=" + attention));
     ASSERT_EQ(r.code, 0) << attention << "\n" << r.out << r.err;
-    const std::vector<json> m = metrics(dir_ / name);
+    const std::vector<json> m = read_metrics(dir_ / name);
     ASSERT_GE(m.size(), 4u) << attention;
     EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>() - 0.5)
         << attention << "\n" << r.out;
@@ -104,7 +89,7 @@ TEST_F(VariantsCli, KdaLlaAndLayerPatternsTrainFromRecipeLines) {
                         Case{"hybrid", "--model.layer_pattern=kda,softmax", {"kda", "softmax"}}}) {
     const Result r = run(train("--run.name=" + c.name + " " + c.args));
     ASSERT_EQ(r.code, 0) << c.name << "\n" << r.out << r.err;
-    const std::vector<json> m = metrics(dir_ / c.name);
+    const std::vector<json> m = read_metrics(dir_ / c.name);
     ASSERT_GE(m.size(), 4u) << c.name;
     EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>() - 0.5) << c.name << "\n" << r.out;
     const json& eval = m.back();

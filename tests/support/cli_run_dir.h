@@ -1,0 +1,47 @@
+// A scratch run directory for the command-line tests that train tiny_debug.ini: a fresh temporary
+// folder per test (named after a prefix and the test), removed afterwards, the `attnlab train`
+// arguments that write into it, and a run's metrics.jsonl rows. Needs ATTNLAB_SOURCE_DIR (and
+// run_attnlab.h's ATTNLAB_BIN) from the test target.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace attnlab::test {
+
+// The rows of <run_dir>/metrics.jsonl, in order.
+inline std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+class CliRunDir : public ::testing::Test {
+ protected:
+  explicit CliRunDir(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  // `train` arguments for tiny_debug.ini writing its runs under dir_, plus extra.
+  std::string train(const std::string& extra) const {
+    return std::string("train ") + ATTNLAB_SOURCE_DIR + "/recipes/tiny_debug.ini --run.dir=" + dir_.string() +
+           " --data.corpus_dir=" + ATTNLAB_SOURCE_DIR + "/corpora " + extra;
+  }
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
+};
+
+}  // namespace attnlab::test
