@@ -22,6 +22,7 @@
 #include "layers/gpt.h"
 #include "lib/error.h"
 #include "optim/adamw.h"
+#include "tests/support/gpt_configs.h"
 
 namespace attnlab {
 namespace {
@@ -550,13 +551,7 @@ class GptGradcheck : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(GptGradcheck, Float64) {
   const Variant v = GetParam();
-  GptConfig c;
-  c.vocab_size = 5;
-  c.context = 4;
-  c.layers = 2;
-  c.d_model = 4;
-  c.heads = 2;
-  c.mlp_hidden = 6;
+  GptConfig c = test::micro_gpt();
   c.positions = v.positions;
   c.norm = v.norm;
   c.mlp = v.mlp;

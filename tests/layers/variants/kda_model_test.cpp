@@ -17,6 +17,7 @@
 #include "layers/gpt.h"
 #include "layers/kda_mixer.h"
 #include "lib/error.h"
+#include "tests/support/gpt_configs.h"
 #include "tests/support/tensor_compare.h"
 
 namespace attnlab {
@@ -34,16 +35,7 @@ Tensor uniform(const Shape& shape, Generator& gen, double lo, double hi) {
 }
 
 GptConfig tiny(const std::string& attention, const std::string& pattern = "") {
-  GptConfig c;
-  c.vocab_size = 11;
-  c.vocab_pad = 8;
-  c.context = 24;
-  c.layers = 2;
-  c.d_model = 16;
-  c.heads = 2;
-  c.positions = "rope";
-  c.norm = "rmsnorm";
-  c.attention = attention;
+  GptConfig c = test::tiny_variant_gpt(attention);
   c.layer_pattern = pattern;
   return c;
 }
@@ -361,13 +353,7 @@ INSTANTIATE_TEST_SUITE_P(Mixers, GptMixerCase,
 
 // A tiny hybrid (kda, softmax) in f64: every parameter's gradient against central differences.
 TEST(GptHybrid, GradcheckFloat64) {
-  GptConfig c;
-  c.vocab_size = 5;
-  c.context = 4;
-  c.layers = 2;
-  c.d_model = 4;
-  c.heads = 2;
-  c.mlp_hidden = 6;
+  GptConfig c = test::micro_gpt();
   c.layer_pattern = "kda,softmax";
   Generator gen(9);
   Gpt model(c, gen, DType::f64);

@@ -12,6 +12,7 @@
 #include "autograd/ops.h"
 #include "layers/gpt.h"
 #include "lib/error.h"
+#include "tests/support/gpt_configs.h"
 
 namespace attnlab {
 namespace {
@@ -22,16 +23,7 @@ struct VariantCase {
 };
 
 GptConfig tiny(const VariantCase& v) {
-  GptConfig c;
-  c.vocab_size = 11;
-  c.vocab_pad = 8;
-  c.context = 24;
-  c.layers = 2;
-  c.d_model = 16;
-  c.heads = 2;
-  c.positions = "rope";
-  c.norm = "rmsnorm";
-  c.attention = v.attention;
+  GptConfig c = test::tiny_variant_gpt(v.attention);
   AttentionOptions& o = c.attention_options;
   if (v.option == "neglogn") o.sigmoid_bias = "neglogn";
   if (v.option == "neglog_visible") o.sigmoid_bias = "neglog_visible";
