@@ -14,16 +14,12 @@
 #include "layers/residual/attnres/attnres.h"
 #include "lib/safetensors.h"
 #include "tests/support/cli_run_dir.h"
-#include "tests/support/run_attnlab.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace attnlab {
 namespace {
-
-using Result = test::CommandResult;
-Result run(const std::string& args) { return test::run_attnlab(args); }
 
 using test::read_metrics;
 

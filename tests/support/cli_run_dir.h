@@ -1,7 +1,7 @@
 // A scratch run directory for the command-line tests that train tiny_debug.ini: a fresh temporary
 // folder per test (named after a prefix and the test), removed afterwards, the `attnlab train`
-// arguments that write into it, and a run's metrics.jsonl rows. Needs ATTNLAB_SOURCE_DIR (and
-// run_attnlab.h's ATTNLAB_BIN) from the test target.
+// arguments that write into it, running the binary, and a run's metrics.jsonl rows. Needs
+// ATTNLAB_SOURCE_DIR and (run_attnlab.h) ATTNLAB_BIN from the test target.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "tests/support/run_attnlab.h"
 
 namespace attnlab::test {
 
@@ -25,7 +27,9 @@ inline std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run
 
 class CliRunDir : public ::testing::Test {
  protected:
+  using Result = CommandResult;
   explicit CliRunDir(std::string prefix) : prefix_(std::move(prefix)) {}
+  static Result run(const std::string& args) { return run_attnlab(args); }
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() /
            (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
