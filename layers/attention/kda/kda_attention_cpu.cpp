@@ -497,8 +497,8 @@ struct Chunk {
 
   // The forward's work on chunk [t0, t0 + len) entering with state S: the rows, the pair
   // matrices, Tinv and Delta (the forward and pass 1 of the backward both start a chunk so).
-  void solve(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len, F* Akk,
-             F* Aqk, F* Tinv, const F* S, F* D) {
+  void solve(const In<F>& in, int64_t b, int64_t h, int64_t task, int64_t T, int64_t t0, int64_t len, F* Akk, F* Aqk,
+             F* Tinv, const F* S, F* D) {
     load(in, b, h, task, T, t0, len);
     pairs(Akk, Aqk);
     inverse(Akk, Tinv);
