@@ -12,7 +12,8 @@
 // row is marked so (its peak memory is scaled the same way); above --ref-max-T it is not run at
 // all. --pairs a:b prints, per T, how many times longer op a's fused call takes than op b's (e.g.
 // kda_recurrent:kda, the token-by-token form against the chunkwise one). Peak memory is the growth of the
-// process's peak resident set during one call (Linux: /proc/self/clear_refs resets the peak),
+// process's peak resident set during one call (Linux: /proc/self/clear_refs resets the peak;
+// large buffers are mmapped and returned on free, so earlier calls do not hide the growth),
 // block cache emptied first.
 // Threads: OpenMP's default (all cores); the header says how many.
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <malloc.h>
 #include <map>
 #include <sstream>
 #include <string>
@@ -99,6 +101,10 @@ double peak_mb_of(const std::function<AttnOpResult(const AttnOpArgs&)>& fn, cons
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A fixed mmap threshold: glibc otherwise raises it after the first large free, later large
+  // buffers come from a heap that is never trimmed, and every call after the first big one reads
+  // as ~0 MB of peak growth.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   std::string ops_arg, t_arg = "256,1024,4096";
   std::string pairs_arg;
   int64_t B = 4, H = 8, D = 64, ref_full_max_t = 1024, ref_max_t = -1;
