@@ -28,4 +28,8 @@ double attention_scale(double scale, int64_t head_dim) {
   return scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
+Tensor unit_last_dim(const Tensor& t) {
+  return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous();
+}
+
 }  // namespace attnlab

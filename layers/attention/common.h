@@ -34,6 +34,10 @@ struct AttentionMask {
 // device; throws ShapeError/DTypeError naming `op` with every shape.
 void check_attention_inputs(std::string_view op, const Tensor& q, const Tensor& k, const Tensor& v);
 
+// `t` itself when it is not 4-D-with-a-strided-last-dim, else a packed copy: the fused kernels read
+// [B, H, T, D] views through their strides but need a unit-stride D.
+Tensor unit_last_dim(const Tensor& t);
+
 // The scale actually used: `scale` if positive, else 1 / sqrt(Dk).
 double attention_scale(double scale, int64_t head_dim);
 

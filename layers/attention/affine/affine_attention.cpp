@@ -17,8 +17,6 @@ namespace attnlab {
 namespace {
 constexpr std::string_view kName = "affine_attention";
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 Tensor packed(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 }  // namespace
 
@@ -54,7 +52,7 @@ AffineAttentionResult affine_attention(const Variable& q, const Variable& k, con
   AffineAttentionOp::check(q.data(), k.data(), v.data(), x.data(), w_a.data(), has_c ? c_a.data() : Tensor(), abar,
                            mask);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   const Tensor xc = x.data().contiguous(), wc = w_a.data().contiguous();
   const Tensor cc = has_c ? packed(c_a.data()) : Tensor(), ac = abar.contiguous();
   AffineAttentionOp::Forward f = op::on_device(kName, qc, [&](auto dev) {
@@ -72,7 +70,7 @@ AffineAttentionResult affine_attention(const Variable& q, const Variable& k, con
         need.x = needs[3];
         need.w_a = needs[4];
         need.c_a = has_c && needs[5];
-        const Tensor dc = unit_last(dout);
+        const Tensor dc = unit_last_dim(dout);
         AffineAttentionOp::Grads g = op::on_device(kName, dc, [&](auto dev) {
           return AffineAttentionOp::backward(dev, qc, kc, vc, xc, wc, saved, dc, mask, options, c, need);
         });

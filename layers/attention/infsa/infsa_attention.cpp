@@ -12,8 +12,6 @@ namespace attnlab {
 namespace {
 constexpr std::string_view kName = "infsa_attention";
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 }  // namespace
 
 void InfsaAttentionOp::check(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& theta,
@@ -42,7 +40,7 @@ InfsaResult infsa_attention(const Variable& q, const Variable& k, const Variable
   AL_CHECK(theta.defined(), kName, ": theta (one gate logit per head, [H]) is an undefined Variable; got q=", q.data());
   InfsaAttentionOp::check(q.data(), k.data(), v.data(), theta.data(), mask, r0);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   const Tensor th = theta.data().contiguous();
   const Tensor r0c = r0.defined() ? r0.contiguous() : Tensor();
   InfsaAttentionOp::Forward f = op::on_device(
@@ -50,7 +48,7 @@ InfsaResult infsa_attention(const Variable& q, const Variable& k, const Variable
   Variable out = make_output(
       kName, {q, k, v, theta}, f.out,
       [qc, kc, vc, th, out = f.out, F = f.F, mask, c](const Tensor& dout, const GradMask& needs) {
-        const Tensor dc = unit_last(dout);
+        const Tensor dc = unit_last_dim(dout);
         InfsaAttentionOp::Grads g = op::on_device(
             kName, dc, [&](auto dev) { return InfsaAttentionOp::backward(dev, qc, kc, vc, th, out, F, dc, mask, c); });
         return std::vector<Tensor>{needs[0] ? g.dq : Tensor(), needs[1] ? g.dk : Tensor(),

@@ -16,8 +16,6 @@ namespace {
 constexpr std::string_view kName = "kda_attention";
 constexpr std::string_view kRecurrentName = "kda_recurrent_attention";
 
-// The kernels read q, k, v, g, dout through their strides with a unit-stride last dim.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 Tensor packed(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
 // Every check of both forms, naming `op`. `cuda_limits`: the chunkwise form's CUDA kernels take
@@ -70,7 +68,7 @@ KdaResult run_op(std::string_view op, bool cuda_limits, const Variable& q, const
   check_inputs(op, q.data(), k.data(), v.data(), g.data(), beta.data(), s0.defined() ? s0.data() : Tensor(),
                cuda_limits);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data()), gc = unit_last(g.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data()), gc = unit_last_dim(g.data());
   const Tensor bc = beta.data().contiguous(), s0c = s0.defined() ? s0.data().contiguous() : Tensor();
   KdaAttentionOp::Forward f = fwd(qc, kc, vc, gc, bc, s0c, c);
   std::vector<Variable> inputs{q, k, v, g, beta};
@@ -78,7 +76,7 @@ KdaResult run_op(std::string_view op, bool cuda_limits, const Variable& q, const
   std::vector<Variable> outs = make_outputs(
       op, inputs, {f.out, f.state},
       [qc, kc, vc, gc, bc, s0c, c, bwd](const std::vector<Tensor>& douts, const GradMask& needs) {
-        const Tensor dout = unit_last(douts[0]), dstate = packed(douts[1]);
+        const Tensor dout = unit_last_dim(douts[0]), dstate = packed(douts[1]);
         KdaAttentionOp::Grads gr = bwd(qc, kc, vc, gc, bc, s0c, dout, dstate, c);
         std::vector<Tensor> r{needs[0] ? gr.dq : Tensor(), needs[1] ? gr.dk : Tensor(), needs[2] ? gr.dv : Tensor(),
                               needs[3] ? gr.dg : Tensor(), needs[4] ? gr.dbeta : Tensor()};

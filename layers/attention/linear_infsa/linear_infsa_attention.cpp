@@ -12,8 +12,6 @@ namespace {
 constexpr std::string_view kName = "linear_infsa_attention";
 constexpr std::string_view kPrefixName = "linear_infsa_prefix_attention";
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 Tensor packed(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
 // The checks of both forms, naming `op`.
@@ -56,13 +54,13 @@ LinearInfsaResult run_op(std::string_view op, const Variable& q, const Variable&
   op::check_defined(op, "theta", theta);
   check_inputs(op, q.data(), k.data(), v.data(), theta.data(), mask, p0, n0);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   const Tensor th = theta.data().contiguous(), p0c = packed(p0), n0c = packed(n0);
   LinearInfsaAttentionOp::Forward f = fwd(qc, kc, vc, th, p0c, n0c, c);
   Variable out = make_output(
       op, {q, k, v, theta}, f.out,
       [qc, kc, vc, th, p0c, n0c, out = f.out, den = f.den, c, bwd](const Tensor& dout, const GradMask& needs) {
-        LinearInfsaAttentionOp::Grads g = bwd(qc, kc, vc, th, p0c, n0c, out, den, unit_last(dout), c);
+        LinearInfsaAttentionOp::Grads g = bwd(qc, kc, vc, th, p0c, n0c, out, den, unit_last_dim(dout), c);
         return std::vector<Tensor>{needs[0] ? g.dq : Tensor(), needs[1] ? g.dk : Tensor(), needs[2] ? g.dv : Tensor(),
                                    needs[3] ? g.dtheta : Tensor()};
       });

@@ -16,8 +16,6 @@ namespace attnlab {
 namespace {
 constexpr std::string_view kName = "lla_attention";
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 }  // namespace
 
 void LlaAttentionOp::check(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lam,
@@ -46,7 +44,7 @@ Variable lla_attention(const Variable& q, const Variable& k, const Variable& v, 
   AL_CHECK(lam.defined(), kName, ": lam (the ridge, [1]) is an undefined Variable; got q=", q.data());
   LlaAttentionOp::check(q.data(), k.data(), v.data(), lam.data(), mask);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   const Tensor lc = lam.data().contiguous();
   LlaAttentionOp::Forward f =
       op::on_device(kName, qc, [&](auto dev) { return LlaAttentionOp::forward(dev, qc, kc, vc, lc, mask, c); });
@@ -54,7 +52,7 @@ Variable lla_attention(const Variable& q, const Variable& k, const Variable& v, 
   auto saved = std::make_shared<const LlaAttentionOp::Forward>(std::move(f));
   return make_output(kName, {q, k, v, lam}, out,
                      [qc, kc, vc, lc, saved, mask, c, flashlla_grad](const Tensor& dout, const GradMask& needs) {
-                       const Tensor dc = unit_last(dout);
+                       const Tensor dc = unit_last_dim(dout);
                        LlaAttentionOp::Grads g = op::on_device(kName, dc, [&](auto dev) {
                          return LlaAttentionOp::backward(dev, qc, kc, vc, lc, *saved, dc, mask, c, flashlla_grad);
                        });

@@ -12,8 +12,6 @@ namespace attnlab {
 
 namespace {
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 
 }  // namespace
 
@@ -54,7 +52,7 @@ Variable sigmoid_attention(const Variable& q, const Variable& k, const Variable&
   op::check_defined(op, "v", v);
   SigmoidAttentionOp::check(q.data(), k.data(), v.data(), mode, bias.defined() ? bias.data() : Tensor(), mask);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   const bool per_head = mode == SigmoidBias::per_head;
   const Tensor bc = per_head ? bias.data().contiguous() : Tensor();
   const Tensor out =
@@ -62,7 +60,7 @@ Variable sigmoid_attention(const Variable& q, const Variable& k, const Variable&
   std::vector<Variable> inputs{q, k, v};
   if (per_head) inputs.push_back(bias);
   return make_output(op, inputs, out, [qc, kc, vc, bc, mode, mask, c, op](const Tensor& dout, const GradMask& needs) {
-    const Tensor dc = unit_last(dout);
+    const Tensor dc = unit_last_dim(dout);
     const bool need_db = needs.size() > 3 && needs[3];
     SigmoidAttentionOp::Grads g = op::on_device(op, dc, [&](auto dev) {
       return SigmoidAttentionOp::backward(dev, qc, kc, vc, mode, bc, dc, mask, c, need_db);

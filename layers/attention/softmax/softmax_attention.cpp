@@ -10,8 +10,6 @@ namespace attnlab {
 namespace {
 constexpr std::string_view kName = "softmax_attention";
 
-// The kernels read any strides but the last: a tensor whose last dim is not unit-stride is packed.
-Tensor unit_last(const Tensor& t) { return t.ndim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) ? t : t.contiguous(); }
 }  // namespace
 
 void SoftmaxAttentionOp::check(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
@@ -27,12 +25,12 @@ Variable softmax_attention(const Variable& q, const Variable& k, const Variable&
   op::check_defined(kName, "v", v);
   SoftmaxAttentionOp::check(q.data(), k.data(), v.data(), mask);
   const double c = attention_scale(scale, q.size(3));
-  const Tensor qc = unit_last(q.data()), kc = unit_last(k.data()), vc = unit_last(v.data());
+  const Tensor qc = unit_last_dim(q.data()), kc = unit_last_dim(k.data()), vc = unit_last_dim(v.data());
   SoftmaxAttentionOp::Forward f =
       op::on_device(kName, qc, [&](auto dev) { return SoftmaxAttentionOp::forward(dev, qc, kc, vc, mask, c); });
   return make_output(kName, {q, k, v}, f.out,
                      [qc, kc, vc, out = f.out, lse = f.lse, mask, c](const Tensor& dout, const GradMask& needs) {
-                       const Tensor dc = unit_last(dout);
+                       const Tensor dc = unit_last_dim(dout);
                        SoftmaxAttentionOp::Grads g = op::on_device(kName, dc, [&](auto dev) {
                          return SoftmaxAttentionOp::backward(dev, qc, kc, vc, out, lse, dc, mask, c);
                        });
