@@ -34,6 +34,10 @@ struct TrainResult {
 
 TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out);
 
+// Reads and checks every key of a train recipe as run_train would, touching no file and building
+// no data: ConfigError for the first bad key or value (`attnlab ablate` checks every cell first).
+void check_train_recipe(Recipe& recipe);
+
 // `attnlab compare-devices`: the recipe's model trained for `steps` steps twice from the same
 // initial weights and batches, on the CPU and on run.device (e.g. cuda), printing per step the
 // two losses and the largest gradient difference (relative to the parameter's largest gradient),
