@@ -85,8 +85,10 @@ struct Agg {
   }
 };
 
-// Log y for positive data spanning a wide range (a loss falling from ln(vocab) to ~1).
-bool wants_log(const std::vector<svg::Series>& series) {
+// Log y for a loss or an error (not an accuracy) when positive and spanning a wide range: a loss
+// falling from ln(vocab) to ~1 is otherwise a cliff and a flat line.
+bool wants_log(const std::string& key, const std::vector<svg::Series>& series) {
+  if (key.find("loss") == std::string::npos && key.find("mse") == std::string::npos) return false;
   double lo = INFINITY, hi = -INFINITY;
   for (const svg::Series& s : series)
     for (double v : s.y)
@@ -108,7 +110,7 @@ std::string step_chart(const RunSet& set, const std::string& key, const std::str
         if (const auto step = number(m, "step"), v = number(m, key); step && v) a.add(*step, *v);
     c.series.push_back(a.series(group_name(set, set.groups[g]), g));
   }
-  c.log_y = wants_log(c.series);
+  c.log_y = wants_log(key, c.series);
   if (c.log_y) c.y_label += " (log scale)";
   return svg::render_line_chart(c);
 }
@@ -243,12 +245,28 @@ std::string swatch(size_t g) {
   return s + "/></svg>";
 }
 
-std::string stat_cell(const ResultGroup& g, const std::string& key, bool with_spread = true) {
+// A parameter count as 1.20M / 35.4k.
+std::string format_count(double v) {
+  char b[32];
+  if (v >= 1e9)
+    std::snprintf(b, sizeof b, "%.2fB", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(b, sizeof b, "%.2fM", v / 1e6);
+  else if (v >= 1e4)
+    std::snprintf(b, sizeof b, "%.1fk", v / 1e3);
+  else
+    std::snprintf(b, sizeof b, "%.0f", v);
+  return b;
+}
+
+// "mean ± std" of a group's statistic (a parameter count alone: seeds do not change it).
+std::string stat_cell(const ResultGroup& g, const std::string& key) {
   const auto it = g.stats.find(key);
   if (it == g.stats.end() || it->second.n == 0) return "<td class=\"na\">\u2013</td>";
   const Stat& s = it->second;
+  if (key == "parameters") return "<td>" + format_count(s.mean) + "</td>";
   std::string t = format_number(s.mean);
-  if (with_spread && s.n > 1) t += " \u00b1 " + format_number(s.std, 2);
+  if (s.n > 1) t += " \u00b1 " + format_number(s.std, 2);
   return "<td>" + t + "</td>";
 }
 
@@ -317,7 +335,7 @@ void results_table(std::ostringstream& o, const RunSet& set) {
     for (size_t i = 0; i < keys.size(); ++i)
       o << "<td class=\"l\">" << (i == 0 ? swatch(g) : "") << escape(setting(grp.settings, keys[i])) << "</td>";
     o << stat_cell(grp, "metric_value") << "<td>" << n << "/" << grp.runs.size() << "</td>";
-    for (const auto& [k, title] : cols) o << stat_cell(grp, k, k != "parameters");
+    for (const auto& [k, title] : cols) o << stat_cell(grp, k);
     o << "</tr>\n";
   }
   o << "</tbody></table></div>\n";

@@ -54,7 +54,7 @@ bool usable(double v, bool log) { return std::isfinite(v) && (!log || v > 0); }
 // A tick label for a value on a linear axis with tick spacing `step`: enough decimals to tell
 // neighbouring ticks apart, none more.
 std::string tick_label(double v, double step, bool log) {
-  if (log || step <= 0 || std::abs(v) >= 1e6 || step < 1e-5) return format_number(v, 3);
+  if (log || step <= 0 || std::abs(v) >= 1e6 || step < 1e-5) return format_number(v, log ? 6 : 3);
   const int decimals = std::max(0, static_cast<int>(std::ceil(-std::log10(step) - 1e-9)));
   char b[48];
   std::snprintf(b, sizeof b, "%.*f", decimals, std::abs(v) < step * 1e-9 ? 0.0 : v);
@@ -98,15 +98,26 @@ struct LegendPlacement {
 };
 
 LegendPlacement place_legend(const std::vector<LegendEntry>& entries, double width) {
+  // Equal columns (the widest entry's width) read best; when not even two such columns fit, the
+  // entries flow left to right instead, wrapping at `width`.
   LegendPlacement p;
+  double col = 0;
+  std::vector<double> widths;
+  for (const LegendEntry& e : entries) {
+    widths.push_back(30 + text_width(truncate(e.label, kLegendChars)) + 18);
+    col = std::max(col, widths.back());
+  }
+  const size_t cols = static_cast<size_t>(width / std::max(col, 1.0));
+  if (cols >= 2) {
+    for (size_t i = 0; i < entries.size(); ++i)
+      p.at.push_back({static_cast<double>(i % cols) * col, static_cast<int>(i / cols)});
+    p.rows = static_cast<int>((entries.size() + cols - 1) / cols);
+    return p;
+  }
   double x = 0;
   int row = 0;
-  for (const LegendEntry& e : entries) {
-    const double w = 30 + text_width(truncate(e.label, kLegendChars)) + 18;
-    if (x > 0 && x + w > width) {
-      x = 0;
-      ++row;
-    }
+  for (double w : widths) {
+    if (x > 0 && x + w > width) x = 0, ++row;
     p.at.push_back({x, row});
     x += w;
   }
@@ -238,7 +249,7 @@ std::vector<double> log_ticks(double lo, double hi, int target) {
         if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) t.push_back(v);
       }
     best = t;
-    if (static_cast<int>(t.size()) >= std::max(3, target / 2)) break;
+    if (static_cast<int>(t.size()) >= std::max(4, target / 2 + 1)) break;
   }
   if (best.size() < 2) {
     // Less than a decade with no round value in it: plain ticks, which a log axis places fine.
@@ -344,7 +355,9 @@ std::string render_line_chart(const LineChart& c) {
     const double w = text_width(xlabels[i]);
     if (x - w / 2 < last_label_end + 6) continue;
     last_label_end = x + w / 2;
-    o << "<text x=\"" << px(x) << "\" y=\"" << px(L.bottom + 16) << "\" text-anchor=\"middle\">" << escape(xlabels[i])
+    // The last label may hang past the plot; keep it inside the picture.
+    const double lx = std::min(x, c.width - 2 - w / 2);
+    o << "<text x=\"" << px(lx) << "\" y=\"" << px(L.bottom + 16) << "\" text-anchor=\"middle\">" << escape(xlabels[i])
       << "</text>";
   }
   o << "<rect x=\"" << px(L.left) << "\" y=\"" << px(L.top) << "\" width=\"" << px(L.right - L.left) << "\" height=\""
