@@ -34,6 +34,8 @@ class Recipe {
   // The recipe as it ran: every key read, with the value used, as INI text.
   std::string resolved() const;
   const std::string& source() const { return source_; }
+  // Every key given (file and overrides) with its text value.
+  const std::map<std::string, std::string>& values() const { return values_; }
 
  private:
   const std::string* find(const std::string& key);

@@ -27,6 +27,9 @@ namespace attnlab {
 //   the task name), device, threads.
 inline constexpr const char* kResultFile = "result.json";
 inline constexpr const char* kAblationFile = "ablation.json";
+// Left in a cell's directory by `attnlab ablate` when its run exited with an error (the exit
+// status and the log's last lines); removed when the cell is run again.
+inline constexpr const char* kFailedFile = "failed.txt";
 
 // Mean and spread of one quantity over the finished runs of a group.
 struct Stat {
@@ -36,12 +39,12 @@ struct Stat {
 };
 
 struct RunRecord {
-  std::string name;                             // the cell's (or run's) directory name
-  std::string dir;                              // its path
-  std::map<std::string, std::string> settings;  // ablated key -> value (empty for a plain run)
-  std::string status;                           // "done", "failed", "running" or "pending"
+  std::string name;                                  // the cell's (or run's) directory name
+  std::string dir;                                   // its path
+  std::map<std::string, std::string> settings;       // ablated key -> value (empty for a plain run)
+  std::string status;                                // "done", "failed", "running" or "pending"
   nlohmann::json result = nlohmann::json::object();  // result.json, {} until finished
-  std::vector<nlohmann::json> metrics;          // metrics.jsonl, in order
+  std::vector<nlohmann::json> metrics;               // metrics.jsonl, in order
 };
 
 // Runs whose settings differ only in run.seed.
@@ -56,9 +59,11 @@ struct ResultGroup {
 };
 
 struct RunSet {
-  std::string title;  // the ablation's name, or the runs' names joined
-  std::string dir;    // the ablation directory ("" for a set of plain runs)
-  std::vector<std::string> keys;  // the ablated keys in recipe order (run.seed included when ablated)
+  std::string title;                // the ablation's name, or the runs' names joined
+  std::string dir;                  // the ablation directory ("" for a set of plain runs)
+  std::string recipe;               // the recipe the ablation was run from ("" for plain runs)
+  std::string design;               // "grid" or "axes" ("" for plain runs)
+  std::vector<std::string> keys;    // the ablated keys in recipe order (run.seed included when ablated)
   std::string metric = "val_loss";  // what the tables rank by
   bool higher_is_better = false;
   std::vector<RunRecord> runs;
@@ -79,5 +84,12 @@ void group_runs(RunSet& set);
 void write_results_csv(const RunSet& set, const std::string& path);
 void write_results_md(const RunSet& set, const std::string& path);
 std::string results_markdown(const RunSet& set);
+std::string results_csv(const RunSet& set);
+
+// A number as the tables show it: 4 significant digits, whole numbers of 10^4 and more without
+// an exponent, "-" for NaN.
+std::string format_number(double v);
+// The groups' indices, best first by mean metric_value; groups with no finished run last.
+std::vector<size_t> groups_best_first(const RunSet& set);
 
 }  // namespace attnlab
