@@ -7,6 +7,7 @@
 //   attnlab op --list                                       the attention ops and their inputs
 //   attnlab gradcheck [OP ...]                              float64 gradcheck of registered ops
 //   attnlab ops                                             list the registered ops
+//   attnlab report RUN_OR_ABLATION... [--out PATH]          the HTML report of runs or an ablation
 //
 // Exit codes: 0 success; 2 a user error (bad recipe key or value, missing or malformed file,
 // unknown name) with one line on stderr; 1 any other failure.
@@ -23,6 +24,7 @@
 #include "layers/all_ops.h"
 #include "lib/error.h"
 #include "train/op_command.h"
+#include "train/report.h"
 #include "train/trainer.h"
 
 namespace {
@@ -46,6 +48,10 @@ constexpr const char* kUsage =
     "                      read by name; writes out and the gradients (`op --list`: names, inputs)\n"
     "  gradcheck [OP ...]  float64 central-difference gradcheck of the named (default: all) ops\n"
     "  ops                 list the registered differentiable ops\n"
+    "  report RUN_OR_ABLATION... [--out PATH]\n"
+    "                      a self-contained HTML report (curves, results table, diagnostics): one\n"
+    "                      ablation directory rebuilds its report.html, results.csv and results.md;\n"
+    "                      several runs or ablations are compared in PATH (default ./report.html)\n"
     "  help                this text\n";
 
 struct UsageError : attnlab::ConfigError {
@@ -186,6 +192,27 @@ int cmd_op(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_report(const std::vector<std::string>& args) {
+  constexpr const char* usage = "usage: attnlab report RUN_OR_ABLATION... [--out PATH]";
+  std::vector<std::string> paths;
+  std::string out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--out" || a.rfind("--out=", 0) == 0) {
+      if (a == "--out" && i + 1 < args.size()) out = args[++i];
+      else if (a != "--out") out = a.substr(6);
+      if (out.empty()) throw UsageError(std::string("report: --out needs a path; ") + usage);
+    } else if (a.rfind("--", 0) == 0) {
+      throw UsageError("report: unknown flag '" + a + "'; " + usage);
+    } else {
+      paths.push_back(a);
+    }
+  }
+  if (paths.empty()) throw UsageError(std::string("report: no run or ablation directory given; ") + usage);
+  attnlab::run_report(paths, out, std::cout);
+  return 0;
+}
+
 int cmd_ops() {
   for (const attnlab::OpInfo& o : attnlab::all_ops().ops()) std::cout << o.name << "\n";
   return 0;
@@ -209,11 +236,12 @@ int main(int argc, char** argv) {
     if (cmd == "gradcheck") return cmd_gradcheck(args);
     if (cmd == "ops") return cmd_ops();
     if (cmd == "op") return cmd_op(args);
+    if (cmd == "report") return cmd_report(args);
     if (cmd == "help" || cmd == "--help" || cmd == "-h") {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, op, gradcheck, ops, help");
+    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, op, gradcheck, ops, report, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <set>
 #include <sstream>
 
+#include "lib/error.h"
 #include "lib/file_io.h"
 #include "train/svg_plot.h"
 
@@ -40,23 +42,6 @@ std::string group_name(const RunSet& set, const ResultGroup& g) {
   std::string s;
   for (size_t i : g.runs) s += (s.empty() ? "" : ", ") + set.runs[i].name;
   return s.empty() ? "(empty group)" : s;
-}
-
-// The groups best first by their metric; groups without one keep their order at the end.
-std::vector<size_t> ranked(const RunSet& set) {
-  std::vector<size_t> order(set.groups.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  auto metric = [&](size_t g) -> std::optional<double> {
-    const auto it = set.groups[g].stats.find("metric_value");
-    if (it == set.groups[g].stats.end() || it->second.n == 0 || !std::isfinite(it->second.mean)) return std::nullopt;
-    return it->second.mean;
-  };
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const auto ma = metric(a), mb = metric(b);
-    if (!ma || !mb) return ma.has_value() && !mb.has_value();
-    return set.higher_is_better ? *ma > *mb : *ma < *mb;
-  });
-  return order;
 }
 
 // Values of one quantity across a group's runs at each x, reduced to mean, min and max.
@@ -326,7 +311,7 @@ void results_table(std::ostringstream& o, const RunSet& set) {
   for (const auto& [k, title] : cols) o << "<th>" << escape(title) << "</th>";
   o << "</tr></thead><tbody>\n";
   int rank = 0;
-  for (size_t g : ranked(set)) {
+  for (size_t g : groups_best_first(set)) {
     const ResultGroup& grp = set.groups[g];
     const auto it = grp.stats.find("metric_value");
     const int64_t n = it == grp.stats.end() ? 0 : it->second.n;
@@ -499,7 +484,12 @@ std::string render_report(const RunSet& set) {
        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>"
     << escape(title) << " \u2013 attnlab report</title>\n<style>" << kStyle << "</style>\n</head>\n<body>\n";
   o << "<h1>" << escape(title) << "</h1>\n";
-  if (!set.dir.empty()) o << "<p class=\"meta\">Ablation directory: <code>" << escape(set.dir) << "</code></p>\n";
+  if (!set.dir.empty()) {
+    o << "<p class=\"meta\">Ablation directory: <code>" << escape(set.dir) << "</code>";
+    if (!set.recipe.empty()) o << " \u00b7 recipe <code>" << escape(set.recipe) << "</code>";
+    if (!set.design.empty()) o << " \u00b7 design: " << escape(set.design);
+    o << "</p>\n";
+  }
   o << "<p class=\"meta\">Compared: <b>" << (keys.empty() ? "separate runs" : escape(keys)) << "</b> \u00b7 "
     << set.runs.size() << " runs (" << escape(statuses.empty() ? "none" : statuses) << ") in " << set.groups.size()
     << " groups \u00b7 Metric: <b>" << escape(metric_label(set)) << "</b> \u00b7 Generated " << when << "</p>\n";
@@ -548,5 +538,29 @@ std::string render_report(const RunSet& set) {
 }
 
 void write_report(const RunSet& set, const std::string& path) { write_file_atomic(path, render_report(set)); }
+
+void run_report(const std::vector<std::string>& paths, const std::string& out, std::ostream& log) {
+  namespace fs = std::filesystem;
+  AL_CHECK_CONFIG(!paths.empty(),
+                  "report: no run or ablation directory given; usage: attnlab report RUN... [--out PATH]");
+  for (const std::string& p : paths)
+    AL_CHECK_IO(fs::is_directory(p), "report: ", p, " is not a directory (expected a run directory with ",
+                "metrics.jsonl or result.json, or an ablation directory with ", kAblationFile, ")");
+  if (paths.size() == 1 && fs::exists(fs::path(paths[0]) / kAblationFile)) {
+    // One ablation: rebuild everything it shows from its cells, beside them.
+    const fs::path dir(paths[0]);
+    const RunSet set = load_ablation(dir.string());
+    write_results_csv(set, (dir / "results.csv").string());
+    write_results_md(set, (dir / "results.md").string());
+    const std::string path = out.empty() ? (dir / "report.html").string() : out;
+    write_report(set, path);
+    log << path << "\n";
+    return;
+  }
+  const RunSet set = load_runs(paths);
+  const std::string path = out.empty() ? "report.html" : out;
+  write_report(set, path);
+  log << path << "\n";
+}
 
 }  // namespace attnlab

@@ -1,15 +1,20 @@
 // The HTML report (train/report.h) rendered from RunSets built here, and the SVG chart writer
 // (train/svg_plot.h): what the page contains and leaves out, the points each band and line carry,
-// the ranking, escaping, non-finite values skipped, and where a data point lands in pixels.
+// the ranking, escaping, non-finite values skipped, and where a data point lands in pixels; and
+// `attnlab report` through the binary on directories written here.
 #include "train/report.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "tests/support/run_attnlab.h"
 #include "train/svg_plot.h"
 
 namespace attnlab {
@@ -281,6 +286,112 @@ TEST(SvgPlot, EscapeAndNumbers) {
   EXPECT_EQ(svg::format_number(0.123456), "0.1235");
   EXPECT_EQ(svg::format_number(NAN), "nan");
   EXPECT_EQ(svg::format_number(0), "0");
+}
+
+// ---- `attnlab report` through the binary ----------------------------------------------------
+
+namespace fs = std::filesystem;
+
+class ReportCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("attnlab_report_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  static void write(const fs::path& path, const std::string& text) {
+    fs::create_directories(path.parent_path());
+    std::ofstream(path) << text;
+  }
+  static std::string read(const fs::path& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  // A run directory as `attnlab train` leaves it: metrics.jsonl and, when finished, result.json.
+  static void write_run(const fs::path& dir, double offset, bool finished) {
+    std::string lines;
+    for (const json& m : metrics(offset)) lines += m.dump() + "\n";
+    write(dir / "metrics.jsonl", lines);
+    if (finished)
+      write(dir / kResultFile, json{{"metric", "accuracy"},
+                                    {"metric_value", 0.8 - offset},
+                                    {"higher_is_better", true},
+                                    {"final_val_loss", 0.5 + offset},
+                                    {"final_train_loss", 1.0 + offset},
+                                    {"steps", 4},
+                                    {"metric_by_length", {{"64", 0.9 - offset}, {"128", 0.7 - offset}}}}
+                                   .dump());
+  }
+  // Two attention values x two seeds; one cell still running.
+  fs::path make_ablation() {
+    const fs::path abl = dir_ / "abl";
+    json cells = json::array();
+    for (const std::string att : {"softmax", "kda"})
+      for (const std::string seed : {"1", "2"}) {
+        const std::string name = "attention-" + att + "_seed-" + seed;
+        cells.push_back({{"name", name}, {"settings", {{"model.attention", att}, {"run.seed", seed}}}});
+        write_run(abl / name, att == "kda" ? 0.1 : 0.0 + (seed == "2" ? 0.05 : 0.0), name != "attention-kda_seed-2");
+      }
+    write(abl / kAblationFile, json{{"name", "abl"},
+                                    {"recipe", "recipes/x.ini"},
+                                    {"keys", {"model.attention", "run.seed"}},
+                                    {"design", "grid"},
+                                    {"cells", cells}}
+                                   .dump());
+    return abl;
+  }
+  fs::path dir_;
+};
+
+TEST_F(ReportCli, AblationDirectoryRebuildsItsReportAndTables) {
+  const fs::path abl = make_ablation();
+  const auto r = test::run_attnlab("report " + abl.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, (abl / "report.html").string() + "\n");
+  const std::string html = read(abl / "report.html");
+  EXPECT_NE(html.find("attention=softmax"), std::string::npos);
+  EXPECT_NE(html.find("st-running\">running<"), std::string::npos);
+  EXPECT_EQ(count(html, "<script"), 0u);
+  // train loss, val loss, val_accuracy, by length, sink, routing.
+  EXPECT_EQ(charts(html).size(), 6u);
+  EXPECT_TRUE(fs::exists(abl / "results.csv"));
+  EXPECT_TRUE(fs::exists(abl / "results.md"));
+}
+
+TEST_F(ReportCli, SeveralRunsGoToOut) {
+  write_run(dir_ / "a", 0.0, true);
+  write_run(dir_ / "b", 0.2, false);
+  const fs::path out = dir_ / "cmp.html";
+  const auto r =
+      test::run_attnlab("report " + (dir_ / "a").string() + " " + (dir_ / "b").string() + " --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, out.string() + "\n");
+  const std::string html = read(out);
+  EXPECT_EQ(count(html, "<tr class=\"run-row\""), 2u);
+  EXPECT_FALSE(fs::exists(dir_ / "a" / "report.html"));
+}
+
+TEST_F(ReportCli, BadInputIsAUserError) {
+  const std::string missing = (dir_ / "no-such-run").string();
+  auto r = test::run_attnlab("report " + missing);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find(missing), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(kAblationFile), std::string::npos) << r.err;
+
+  fs::create_directories(dir_ / "empty");  // a directory with nothing of a run in it
+  r = test::run_attnlab("report " + (dir_ / "empty").string() + " --out " + (dir_ / "bad.html").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "bad.html"));
+
+  EXPECT_EQ(test::run_attnlab("report").code, 2);
+  EXPECT_EQ(test::run_attnlab("report " + dir_.string() + " --bogus").code, 2);
+  EXPECT_EQ(test::run_attnlab("report " + dir_.string() + " --out").code, 2);
 }
 
 }  // namespace
