@@ -250,7 +250,7 @@ std::string stat_cell(const ResultGroup& g, const std::string& key) {
   if (it == g.stats.end() || it->second.n == 0) return "<td class=\"na\">\u2013</td>";
   const Stat& s = it->second;
   if (key == "parameters") return "<td>" + format_count(s.mean) + "</td>";
-  std::string t = format_number(s.mean);
+  std::string t = attnlab::format_number(s.mean);  // as results.md shows it
   if (s.n > 1) t += " \u00b1 " + format_number(s.std, 2);
   return "<td>" + t + "</td>";
 }
@@ -326,24 +326,50 @@ void results_table(std::ostringstream& o, const RunSet& set) {
   o << "</tbody></table></div>\n";
 }
 
-std::string status_cell(const std::string& status) {
+// The last non-empty line of a failed cell's failed.txt (written by `attnlab ablate`), if any.
+std::string failure_note(const RunRecord& run) {
+  std::string text;
+  try {
+    const std::filesystem::path f = std::filesystem::path(run.dir) / kFailedFile;
+    if (run.dir.empty() || !std::filesystem::exists(f)) return "";
+    text = read_file(f.string());
+  } catch (const std::exception&) {
+    return "";  // only a note: a run whose note cannot be read is still listed
+  }
+  std::string last, line;
+  std::istringstream in(text);
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos) last = line;
+  if (last.size() <= 160) return last;
+  size_t cut = 157;
+  while (cut > 0 && (static_cast<unsigned char>(last[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+  return last.substr(0, cut) + "...";
+}
+
+std::string status_cell(const RunRecord& run) {
+  const std::string& status = run.status;
   std::string cls = "st-other";
   if (status == "done") cls = "st-done";
   if (status == "failed") cls = "st-failed";
   if (status == "running") cls = "st-running";
   if (status == "pending") cls = "st-pending";
-  return "<td class=\"l\"><span class=\"st " + cls + "\">" + escape(status.empty() ? "unknown" : status) +
-         "</span></td>";
+  std::string cell =
+      "<td class=\"l\"><span class=\"st " + cls + "\">" + escape(status.empty() ? "unknown" : status) + "</span>";
+  if (status == "failed")
+    if (const std::string why = failure_note(run); !why.empty()) cell += "<div class=\"why\">" + escape(why) + "</div>";
+  return cell + "</td>";
 }
 
-std::string value_cell(std::optional<double> v, int sig = 4) {
-  return v ? "<td>" + format_number(*v, sig) + "</td>" : "<td class=\"na\">\u2013</td>";
+std::string value_cell(std::optional<double> v) {
+  return v ? "<td>" + attnlab::format_number(*v) + "</td>" : "<td class=\"na\">\u2013</td>";
 }
 
 void runs_table(std::ostringstream& o, const RunSet& set, const std::vector<size_t>& group_of) {
   o << "<div class=\"table-wrap\"><table class=\"runs\"><thead><tr><th class=\"l\">run</th><th class=\"l\">settings"
-       "</th><th class=\"l\">status</th><th>step</th><th>train loss</th><th>val loss</th><th>"
-    << escape(set.metric) << "</th><th>tokens/s</th><th>peak RSS MB</th><th>time</th></tr></thead><tbody>\n";
+       "</th><th class=\"l\">status</th><th>step</th><th>train loss</th><th>val loss</th>";
+  const bool metric_column = set.metric != "val_loss";  // else it is the val loss column
+  if (metric_column) o << "<th>" << escape(set.metric) << "</th>";
+  o << "<th>tokens/s</th><th>peak RSS MB</th><th>time</th></tr></thead><tbody>\n";
   for (size_t r = 0; r < set.runs.size(); ++r) {
     const RunRecord& run = set.runs[r];
     std::string settings;
@@ -356,11 +382,11 @@ void runs_table(std::ostringstream& o, const RunSet& set, const std::vector<size
       return row ? number(*row, row_key) : std::nullopt;
     };
     o << "<tr class=\"run-row\"><td class=\"l\">" << (group_of[r] < set.groups.size() ? swatch(group_of[r]) : "")
-      << escape(run.name) << "</td><td class=\"l\">" << escape(settings) << "</td>" << status_cell(run.status)
-      << value_cell(pick("steps", &last, "step"), 9) << value_cell(pick("final_train_loss", &last, "train_loss"))
-      << value_cell(pick("final_val_loss", eval, "val_loss"))
-      << value_cell(pick("metric_value", eval, set.metric == "val_loss" ? "val_loss" : ("val_" + set.metric).c_str()))
-      << value_cell(pick("tokens_per_s", &last, "tokens_per_s")) << value_cell(number(run.result, "peak_rss_mb"));
+      << escape(run.name) << "</td><td class=\"l\">" << escape(settings) << "</td>" << status_cell(run)
+      << value_cell(pick("steps", &last, "step")) << value_cell(pick("final_train_loss", &last, "train_loss"))
+      << value_cell(pick("final_val_loss", eval, "val_loss"));
+    if (metric_column) o << value_cell(pick("metric_value", eval, ("val_" + set.metric).c_str()));
+    o << value_cell(pick("tokens_per_s", &last, "tokens_per_s")) << value_cell(number(run.result, "peak_rss_mb"));
     const auto secs = number(run.result, "seconds");
     char t[32] = "\u2013";
     if (secs) std::snprintf(t, sizeof t, *secs >= 120 ? "%.1f min" : "%.1f s", *secs >= 120 ? *secs / 60 : *secs);
@@ -454,6 +480,7 @@ svg.sw{vertical-align:middle;margin-right:6px}
 .chart-box{background:#fff;border:1px solid #ddd;padding:6px;min-width:0}
 svg.chart{width:100%;height:auto;display:block}
 .note{color:#666;font-size:13px}
+.why{color:#8a1c1c;font-size:12px;margin-top:3px;font-family:monospace;white-space:pre-wrap}
 )";
 
 }  // namespace

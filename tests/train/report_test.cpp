@@ -327,7 +327,7 @@ class ReportCli : public ::testing::Test {
                                     {"metric_by_length", {{"64", 0.9 - offset}, {"128", 0.7 - offset}}}}
                                    .dump());
   }
-  // Two attention values x two seeds; one cell still running.
+  // Two attention values x two seeds; one cell unfinished.
   fs::path make_ablation() {
     const fs::path abl = dir_ / "abl";
     json cells = json::array();
@@ -350,12 +350,13 @@ class ReportCli : public ::testing::Test {
 
 TEST_F(ReportCli, AblationDirectoryRebuildsItsReportAndTables) {
   const fs::path abl = make_ablation();
+  write(abl / "attention-kda_seed-2" / kFailedFile, "exit status 1\nerror: <boom>\n\n");
   const auto r = test::run_attnlab("report " + abl.string());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, (abl / "report.html").string() + "\n");
   const std::string html = read(abl / "report.html");
   EXPECT_NE(html.find("attention=softmax"), std::string::npos);
-  EXPECT_NE(html.find("st-running\">running<"), std::string::npos);
+  EXPECT_NE(html.find("st-failed\">failed</span><div class=\"why\">error: &lt;boom&gt;</div>"), std::string::npos);
   EXPECT_EQ(count(html, "<script"), 0u);
   // train loss, val loss, val_accuracy, by length, sink, routing.
   EXPECT_EQ(charts(html).size(), 6u);
