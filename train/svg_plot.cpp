@@ -13,12 +13,15 @@ namespace attnlab::svg {
 
 namespace {
 
-constexpr double kCharWidth = 6.8;  // 12px sans-serif, generous
+constexpr double kCharWidth = 6.8;        // 12px sans-serif, generous
+constexpr double kLegendCharWidth = 6.0;  // 11px legend text
 constexpr double kTitleHeight = 30;
 constexpr double kRightMargin = 18;
 constexpr double kLegendRow = 20;
 constexpr size_t kLegendChars = 56;  // longer legend labels are cut (full text in a tooltip)
 constexpr size_t kCategoryChars = 24;
+
+constexpr const char* kFonts = "Arial, Helvetica, 'Liberation Sans', sans-serif";
 
 // Code points in a UTF-8 string (continuation bytes not counted).
 size_t text_length(std::string_view s) {
@@ -98,30 +101,23 @@ struct LegendPlacement {
 };
 
 LegendPlacement place_legend(const std::vector<LegendEntry>& entries, double width) {
-  // Equal columns (the widest entry's width) read best; when not even two such columns fit, the
-  // entries flow left to right instead, wrapping at `width`.
+  // Columns (entry i in column i % cols, each column as wide as its widest entry), as many as fit
+  // up to 4: aligned entries read better than a ragged flow. One column when not even two fit.
   LegendPlacement p;
-  double col = 0;
   std::vector<double> widths;
-  for (const LegendEntry& e : entries) {
-    widths.push_back(30 + text_width(truncate(e.label, kLegendChars)) + 18);
-    col = std::max(col, widths.back());
+  for (const LegendEntry& e : entries)
+    widths.push_back(32 + static_cast<double>(text_length(truncate(e.label, kLegendChars))) * kLegendCharWidth + 14);
+  size_t cols = std::min<size_t>(4, entries.size());
+  std::vector<double> col_x;
+  for (; cols >= 1; --cols) {
+    std::vector<double> col_w(cols, 0);
+    for (size_t i = 0; i < widths.size(); ++i) col_w[i % cols] = std::max(col_w[i % cols], widths[i]);
+    col_x.assign(1, 0);
+    for (size_t c = 0; c + 1 < cols; ++c) col_x.push_back(col_x.back() + col_w[c]);
+    if (cols == 1 || col_x.back() + col_w.back() <= width) break;
   }
-  const size_t cols = static_cast<size_t>(width / std::max(col, 1.0));
-  if (cols >= 2) {
-    for (size_t i = 0; i < entries.size(); ++i)
-      p.at.push_back({static_cast<double>(i % cols) * col, static_cast<int>(i / cols)});
-    p.rows = static_cast<int>((entries.size() + cols - 1) / cols);
-    return p;
-  }
-  double x = 0;
-  int row = 0;
-  for (double w : widths) {
-    if (x > 0 && x + w > width) x = 0, ++row;
-    p.at.push_back({x, row});
-    x += w;
-  }
-  p.rows = entries.empty() ? 0 : row + 1;
+  for (size_t i = 0; i < entries.size(); ++i) p.at.push_back({col_x[i % cols], static_cast<int>(i / cols)});
+  p.rows = cols == 0 ? 0 : static_cast<int>((entries.size() + cols - 1) / cols);
   return p;
 }
 
@@ -145,14 +141,15 @@ void draw_legend(std::ostringstream& o, const std::vector<LegendEntry>& entries,
       if (!dash.empty()) o << " stroke-dasharray=\"" << dash << "\"";
       o << "/>";
     }
-    o << "<text x=\"" << px(x + 32) << "\" y=\"" << px(y + 4) << "\">" << escape(truncate(e.label, kLegendChars))
-      << "</text></g>";
+    o << "<text x=\"" << px(x + 32) << "\" y=\"" << px(y + 4) << "\" font-size=\"11\">"
+      << escape(truncate(e.label, kLegendChars)) << "</text></g>";
   }
 }
 
 void open_svg(std::ostringstream& o, int width, int height, const std::string& title) {
   o << "<svg class=\"chart\" viewBox=\"0 0 " << width << " " << height << "\" width=\"" << width << "\" height=\""
-    << height << "\" role=\"img\" aria-label=\"" << escape(title) << "\" font-family=\"sans-serif\" font-size=\"12\">"
+    << height << "\" role=\"img\" aria-label=\"" << escape(title) << "\" font-family=\"" << kFonts
+    << "\" font-size=\"12\">"
     << "<rect x=\"0\" y=\"0\" width=\"" << width << "\" height=\"" << height << "\" fill=\"#fff\"/>";
   if (!title.empty())
     o << "<text class=\"chart-title\" x=\"" << px(width / 2.0) << "\" y=\"19\" text-anchor=\"middle\" "
@@ -298,7 +295,8 @@ LineLayout line_layout(const LineChart& c) {
     L.y_ticks = log_ticks(ylo, yhi, 6);
   } else {
     const double pad = 0.04 * (yhi - ylo);
-    if (!c.y_min) ylo -= pad;
+    // Data that is never negative (accuracy, sink mass) keeps its axis from going below 0.
+    if (!c.y_min) ylo = ylo >= 0 ? std::max(0.0, ylo - pad) : ylo - pad;
     if (!c.y_max) yhi += pad;
     L.y_ticks = linear_ticks(ylo, yhi, 6);
     if (L.y_ticks.size() >= 2) {
