@@ -121,6 +121,20 @@ LegendPlacement place_legend(const std::vector<LegendEntry>& entries, double wid
   return p;
 }
 
+// A bar's paint: solid for the first 10 palette entries, then light with an outline, then outlined
+// only, so that bars of series 10+ apart share a colour but not a look (lines use dashes instead).
+std::string bar_paint(size_t i) {
+  const std::string c = palette_color(i);
+  switch ((i / 10) % 3) {
+    case 0:
+      return "fill=\"" + c + "\"";
+    case 1:
+      return "fill=\"" + c + "\" fill-opacity=\"0.35\" stroke=\"" + c + "\" stroke-width=\"1.2\"";
+    default:
+      return "fill=\"#fff\" stroke=\"" + c + "\" stroke-width=\"1.5\"";
+  }
+}
+
 void draw_legend(std::ostringstream& o, const std::vector<LegendEntry>& entries, const LegendPlacement& p, double x0,
                  double y0) {
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -129,8 +143,8 @@ void draw_legend(std::ostringstream& o, const std::vector<LegendEntry>& entries,
     const std::string c = palette_color(e.color);
     o << "<g class=\"legend-entry\"><title>" << escape(e.label) << "</title>";
     if (e.bar) {
-      o << "<rect x=\"" << px(x + 7) << "\" y=\"" << px(y - 6) << "\" width=\"12\" height=\"12\" fill=\"" << c
-        << "\"/>";
+      o << "<rect x=\"" << px(x + 7) << "\" y=\"" << px(y - 6) << "\" width=\"12\" height=\"12\" " << bar_paint(e.color)
+        << "/>";
     } else {
       if (e.band)
         o << "<rect x=\"" << px(x) << "\" y=\"" << px(y - 6) << "\" width=\"26\" height=\"12\" fill=\"" << c
@@ -412,7 +426,12 @@ std::string render_line_chart(const LineChart& c) {
   return o.str();
 }
 
-std::string render_bar_chart(const BarChart& c) {
+std::string render_bar_chart(const BarChart& chart) {
+  // Series without a value take no slot and no legend row (their colour is theirs elsewhere too).
+  BarChart c = chart;
+  c.series.clear();
+  for (const Bars& b : chart.series)
+    if (std::any_of(b.values.begin(), b.values.end(), [](double v) { return std::isfinite(v); })) c.series.push_back(b);
   double lo = 0, hi = 0;
   bool any = false;
   for (const Bars& b : c.series)
@@ -466,8 +485,8 @@ std::string render_bar_chart(const BarChart& c) {
       if (k >= b.values.size() || !std::isfinite(b.values[k])) continue;
       const double x = cx - group_w / 2 + bar_w * static_cast<double>(s), y = ys.map(b.values[k]);
       o << "<rect class=\"bar\" x=\"" << px(x) << "\" y=\"" << px(std::min(y, y0)) << "\" width=\""
-        << px(std::max(bar_w - (bar_w > 4 ? 1 : 0), 0.5)) << "\" height=\"" << px(std::abs(y0 - y)) << "\" fill=\""
-        << palette_color(b.color) << "\"><title>" << escape(b.label) << " \u00b7 " << escape(c.categories[k]) << ": "
+        << px(std::max(bar_w - (bar_w > 4 ? 1 : 0), 0.5)) << "\" height=\"" << px(std::abs(y0 - y)) << "\" "
+        << bar_paint(b.color) << "><title>" << escape(b.label) << " \u00b7 " << escape(c.categories[k]) << ": "
         << format_number(b.values[k]) << "</title></rect>";
     }
     if (k % every != 0) continue;

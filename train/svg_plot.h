@@ -84,6 +84,8 @@ struct BarChart {
   std::vector<Bars> series;  // side by side within each category
 };
 
+// The chart as an <svg> element. Series with no finite value are left out (slot and legend);
+// series 10+ share a palette colour with series 0-9 but are drawn light or outlined.
 std::string render_bar_chart(const BarChart& chart);
 
 }  // namespace attnlab::svg

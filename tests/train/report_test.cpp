@@ -160,8 +160,9 @@ TEST(Report, BandsAndLinesCarryEveryFinitePoint) {
   EXPECT_EQ(count(c[4], "<rect class=\"bar\""), 4u);
   EXPECT_EQ(count(c[5], "<rect class=\"bar\""), 4u);
   EXPECT_NE(c[5].find("block1.mlp"), std::string::npos);
-  // Every group is in every legend, so colours read the same across charts.
-  for (const std::string& chart : c) EXPECT_EQ(count(chart, "class=\"legend-entry\""), 3u);
+  // Every group is in every line chart's legend; bar charts leave out the group without data.
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(count(c[i], "class=\"legend-entry\""), 3u);
+  for (size_t i = 4; i < 6; ++i) EXPECT_EQ(count(c[i], "class=\"legend-entry\""), 2u);
 }
 
 TEST(Report, GroupsBestFirstAndRunsWithStatus) {
@@ -279,6 +280,19 @@ TEST(SvgPlot, LogAxisSkipsNonPositiveAndNonFinite) {
   c.log_y = true;
   c.series.push_back({"s", 0, {1, 2, 3, 4, 5}, {1, 0, -1, INFINITY, 10}, {}, {}});
   EXPECT_EQ(point_counts(svg::render_line_chart(c), "polyline"), (std::vector<size_t>{2}));
+}
+
+TEST(SvgPlot, BarsSkipEmptySeriesAndVaryTheirLookPastTenColours) {
+  svg::BarChart c;
+  c.categories = {"layer 0", "layer 1"};
+  c.series.push_back({"solid", 2, {0.5, NAN}});
+  c.series.push_back({"light", 12, {0.25, 1.0}});
+  c.series.push_back({"empty", 3, {NAN, NAN}});
+  const std::string out = svg::render_bar_chart(c);
+  EXPECT_EQ(count(out, "<rect class=\"bar\""), 3u);
+  EXPECT_EQ(count(out, "class=\"legend-entry\""), 2u);
+  EXPECT_EQ(out.find(">empty<"), std::string::npos);
+  EXPECT_EQ(count(out, "fill-opacity=\"0.35\""), 3u);  // two bars and the legend swatch of series 12
 }
 
 TEST(SvgPlot, EscapeAndNumbers) {
