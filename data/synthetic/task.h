@@ -33,15 +33,15 @@ inline constexpr int32_t kIgnoreTarget = -100;  // cross_entropy's default ignor
 
 // Every task's parameters (recipe keys data.<field>); each task reads the ones it uses.
 struct TaskConfig {
-  std::string name;          // one of task_names()
-  int64_t vocab = 64;        // token tasks: size of the content alphabet (specials come on top)
-  int64_t pairs = 8;         // mqar, kv_retrieval: key-value pairs per sequence
-  int64_t queries = 0;       // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
-  int64_t copy_tokens = 8;   // selective_copy: content tokens to copy
-  int64_t dim = 8;           // regression tasks: dimension of x
-  int64_t out_dim = 1;       // regression tasks: dimension of y
-  double noise = 0.0;        // regression tasks: std of the Gaussian noise added to y
-  int64_t segments = 2;      // piecewise_regression: segments, each with its own map
+  std::string name;         // one of task_names()
+  int64_t vocab = 64;       // token tasks: size of the content alphabet (specials come on top)
+  int64_t pairs = 8;        // mqar, kv_retrieval: key-value pairs per sequence
+  int64_t queries = 0;      // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
+  int64_t copy_tokens = 8;  // selective_copy: content tokens to copy
+  int64_t dim = 8;          // regression tasks: dimension of x
+  int64_t out_dim = 1;      // regression tasks: dimension of y
+  double noise = 0.0;       // regression tasks: std of the Gaussian noise added to y
+  int64_t segments = 2;     // piecewise_regression: segments, each with its own map
   // ConfigError naming the field and the task when a value is out of range or when sequences of
   // seq_len cannot hold the task (e.g. mqar needs seq_len >= 2 * (pairs + queries)).
   void validate(int64_t seq_len) const;
@@ -72,11 +72,14 @@ class SyntheticTask {
   const std::string& name() const { return config_.name; }
 
   bool is_token_task() const { return input_dim() == 0; }
-  virtual int64_t vocab_size() const = 0;  // token tasks: ids are < this; vector tasks: 0
+  virtual int64_t vocab_size() const = 0;           // token tasks: ids are < this; vector tasks: 0
   virtual int64_t input_dim() const { return 0; }   // vector tasks: features per position
   virtual int64_t output_dim() const { return 0; }  // vector tasks: predicted features per position
   // The shortest sequence the config fits in.
   virtual int64_t min_seq_len() const = 0;
+  // ConfigError naming the task, train.seq_len and the bound when sequences of seq_len cannot hold
+  // the task (too short; regression tasks: also odd). TaskConfig::validate() and batch() call it.
+  virtual void check_seq_len(int64_t seq_len) const;
 
   // Batch `index` of the stream `seed`; batch >= 1, seq_len >= min_seq_len() (ConfigError else).
   virtual TaskBatch batch(uint64_t seed, uint64_t index, int64_t batch, int64_t seq_len) const = 0;
