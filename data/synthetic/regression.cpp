@@ -156,12 +156,12 @@ class Regression : public SyntheticTask {
                 (pred[yo + static_cast<size_t>(j)] - y[yo + static_cast<size_t>(j)]);
       // The first three pairs and the last one: enough to see the map being learnt in context.
       if (i >= 3 && i != pairs - 1) continue;
-      if (i == pairs - 1 && pairs > 4) os << " ...;";
-      os << (i ? " " : "") << "pair " << i + 1;
+      if (i) os << "; ";
+      if (i == pairs - 1 && pairs > 4) os << "...; ";
+      os << "pair " << i + 1;
       if (piecewise_) os << " (seg " << segment_of(i, pairs) + 1 << ")";
       os << ": x=" << vec(x.data() + (row * t_len + t) * in, d) << " y=" << vec(y.data() + yo, m);
       if (!pred.empty()) os << " model=" << vec(pred.data() + yo, m);
-      os << ";";
     }
     if (!pred.empty()) {
       char buf[48];

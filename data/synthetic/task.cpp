@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <numbers>
+#include <unordered_set>
 
 #include "data/synthetic/common.h"
 
@@ -48,15 +49,21 @@ double RowRng::normal() {
 
 std::vector<int64_t> RowRng::distinct(int64_t k, int64_t n) {
   AL_ASSERT(k >= 0 && k <= n, "distinct: need 0 <= k <= n; got k=", k, " n=", n);
-  // Floyd: for j in [n - k, n), add a random t in [0, j] unless taken, else j itself. A hash-free
-  // linear membership test is fine: k is a few hundred at most for these tasks.
+  // Floyd: for j in [n - k, n), add a random t in [0, j] unless taken, else j itself. Membership:
+  // a linear scan for small k, a hash set beyond (same draws either way).
   std::vector<int64_t> out;
   out.reserve(static_cast<size_t>(k));
+  std::unordered_set<int64_t> seen;
+  const bool use_set = k > 64;
   for (int64_t j = n - k; j < n; ++j) {
     const int64_t t = uniform_int(j + 1);
     bool taken = false;
-    for (int64_t v : out) taken = taken || v == t;
+    if (use_set)
+      taken = seen.count(t) > 0;
+    else
+      for (int64_t v : out) taken = taken || v == t;
     out.push_back(taken ? j : t);
+    if (use_set) seen.insert(out.back());
   }
   shuffle(out);
   return out;

@@ -2,12 +2,16 @@
 // They are the tasks the attention papers use to tell variants apart (specs: attention_kda_lla.md
 // A10 and B9, residuals_focusft_qttt.md 3.6 and Part 4).
 //
-//   name                  input                          metric (on the masked positions)
-//   mqar                  tokens: k v k v ... then q a q a  accuracy of the answers
-//   kv_retrieval          tokens: pairs in a filler haystack, then [Q] k* [A] -> v*   accuracy
-//   selective_copy        tokens: content among blanks, [SEP], then the content in order   accuracy
-//   regression            vectors: (x, y) pairs of one random linear map y = W x + noise   mse
-//   piecewise_regression  vectors: as regression, W redrawn in each of `segments` segments  mse
+//   name                  input (layouts in detail: the opening comment of each task's .cpp)   metric
+//   mqar                  tokens: k v k v ... then q a q a ... PAD; target at each q: its value  accuracy
+//   kv_retrieval          tokens: BOS, k v pairs among filler runs, demos "Q k A v", final
+//                         "Q k* A"; target at each A: the value (part "final": the last alone)  accuracy
+//   selective_copy        tokens: content among blanks, SEP, then the content in order (teacher
+//                         forced); targets from SEP on: the next content token               accuracy
+//   regression            vectors: [x_i, 0] at 2i, [0, y_i] at 2i+1, y = W x + noise; target
+//                         at 2i: y_i                                                         mse
+//   piecewise_regression  vectors: as regression, W redrawn in each of `segments` segments
+//                         (parts "seg1".."segS": the mse within each)                        mse
 //
 // Token tasks: x i32 [B, T] ids in [0, vocab_size()), y i32 [B, T] the target at each position
 // (kIgnoreTarget where nothing is predicted: cross_entropy skips it), mask f32 [B, T] 1 where y is
@@ -33,15 +37,15 @@ inline constexpr int32_t kIgnoreTarget = -100;  // cross_entropy's default ignor
 
 // Every task's parameters (recipe keys data.<field>); each task reads the ones it uses.
 struct TaskConfig {
-  std::string name;         // one of task_names()
-  int64_t vocab = 64;       // token tasks: size of the content alphabet (specials come on top)
-  int64_t pairs = 8;        // mqar, kv_retrieval: key-value pairs per sequence
-  int64_t queries = 0;      // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
-  int64_t copy_tokens = 8;  // selective_copy: content tokens to copy
-  int64_t dim = 8;          // regression tasks: dimension of x
-  int64_t out_dim = 1;      // regression tasks: dimension of y
-  double noise = 0.0;       // regression tasks: std of the Gaussian noise added to y
-  int64_t segments = 2;     // piecewise_regression: segments, each with its own map
+  std::string name;          // one of task_names()
+  int64_t vocab = 64;        // token tasks: size of the content alphabet (specials come on top)
+  int64_t pairs = 8;         // mqar, kv_retrieval: key-value pairs per sequence
+  int64_t queries = 0;       // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
+  int64_t copy_tokens = 8;   // selective_copy: content tokens to copy
+  int64_t dim = 8;           // regression tasks: dimension of x
+  int64_t out_dim = 1;       // regression tasks: dimension of y
+  double noise = 0.0;        // regression tasks: std of the Gaussian noise added to y
+  int64_t segments = 2;      // piecewise_regression: segments, each with its own map
   // ConfigError naming the field and the task when a value is out of range or when sequences of
   // seq_len cannot hold the task (e.g. mqar needs seq_len >= 2 * (pairs + queries)).
   void validate(int64_t seq_len) const;
@@ -72,7 +76,7 @@ class SyntheticTask {
   const std::string& name() const { return config_.name; }
 
   bool is_token_task() const { return input_dim() == 0; }
-  virtual int64_t vocab_size() const = 0;           // token tasks: ids are < this; vector tasks: 0
+  virtual int64_t vocab_size() const = 0;  // token tasks: ids are < this; vector tasks: 0
   virtual int64_t input_dim() const { return 0; }   // vector tasks: features per position
   virtual int64_t output_dim() const { return 0; }  // vector tasks: predicted features per position
   // The shortest sequence the config fits in.

@@ -154,6 +154,20 @@ TEST(Synthetic, MqarLayoutAndOracle) {
   }
 }
 
+TEST(Synthetic, MqarManyPairs) {
+  // More than 64 distinct draws take the hash-set path of the distinct sampler.
+  TaskConfig c = config("mqar");
+  c.vocab = 256;
+  c.pairs = 128;
+  c.queries = 100;
+  const auto task = make_task(c);
+  const TaskBatch b = task->batch(2, 7, 2, 460);
+  const Parsed p = parse_mqar(c, b);
+  EXPECT_EQ(p.answers, 200.0);
+  check_targets(b, p);
+  check_oracle(*task, b, p);
+}
+
 TEST(Synthetic, SameArgumentsSameBitsOtherwiseDifferent) {
   for (const std::string& name : task_names()) {
     TaskConfig c = config(name);
