@@ -263,7 +263,7 @@ struct ChildOutcome {
 };
 
 // Runs argv[0] with argv, its stdout and stderr appended to `log_path`; lines that report an
-// evaluation (" val ") are echoed to `out`, indented.
+// evaluation (" val ") are echoed to `out`, indented, at most one every 5 seconds.
 ChildOutcome run_child(const std::vector<std::string>& argv, const std::string& log_path, std::ostream& out) {
   const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   AL_CHECK_IO(log >= 0, "cannot open ", log_path, " for writing: ", std::strerror(errno));
@@ -294,9 +294,16 @@ ChildOutcome run_child(const std::vector<std::string>& argv, const std::string& 
   ChildOutcome outcome;
   std::string partial;
   bool forwarded = false;
+  auto last_shown = std::chrono::steady_clock::now() - std::chrono::hours(1);
   auto line_done = [&](std::string line) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find(" val ") != std::string::npos) out << "    " << line << "\n" << std::flush;
+    // Eval lines, at most one every few seconds so fast cells do not flood the console (the
+    // log has them all).
+    const auto now = std::chrono::steady_clock::now();
+    if (line.find(" val ") != std::string::npos && now - last_shown >= std::chrono::seconds(5)) {
+      out << "    " << line << "\n" << std::flush;
+      last_shown = now;
+    }
     outcome.tail.push_back(line);
     if (outcome.tail.size() > 12) outcome.tail.pop_front();
   };
