@@ -35,7 +35,12 @@ void GptConfig::validate() const {
   auto positive = [](const char* field, int64_t v) {
     AL_CHECK_CONFIG(v > 0, "GptConfig: ", field, " must be > 0; got ", v);
   };
-  positive("vocab_size", vocab_size);
+  AL_CHECK_CONFIG(input_dim >= 0 && output_dim >= 0 && (input_dim > 0) == (output_dim > 0),
+                  "GptConfig: input_dim and output_dim must both be 0 (token ids in, vocabulary logits out) or both "
+                  "> 0 (vector mode); got input_dim = ",
+                  input_dim, ", output_dim = ", output_dim);
+  if (!vector_mode()) positive("vocab_size", vocab_size);
+  AL_CHECK_CONFIG(vocab_size >= 0, "GptConfig: vocab_size must be >= 0; got ", vocab_size);
   positive("vocab_pad", vocab_pad);
   positive("context", context);
   positive("layers", layers);
@@ -54,8 +59,9 @@ void GptConfig::validate() const {
   AL_CHECK_CONFIG(static_cast<int64_t>(pattern.size()) <= layers, "GptConfig: layer_pattern = '", layer_pattern,
                   "' names ", pattern.size(), " layers but the model has layers = ", layers);
   if (positions == "rope") {
-    AL_CHECK_CONFIG(head_dim() % 2 == 0, "GptConfig: positions = rope needs an even head dim; got d_model / heads = ",
-                    d_model, " / ", heads, " = ", head_dim());
+    AL_CHECK_CONFIG(head_dim() % 2 == 0,
+                    "GptConfig: positions = rope needs an even head dim; got d_model / heads = ", d_model, " / ", heads,
+                    " = ", head_dim());
     AL_CHECK_CONFIG(rope_base > 0 && std::isfinite(rope_base), "GptConfig: rope_base must be > 0; got ", rope_base);
   }
   residual.validate(layers);
@@ -121,7 +127,7 @@ Variable GptBlock::forward(const Variable& x, Generator* gen) const {
 }
 
 Variable GptBlock::attn_branch(const Variable& x, Generator* gen, KvSlot* slot, int64_t length,
-                                AttentionDiagnostics* diagnostics) const {
+                               AttentionDiagnostics* diagnostics) const {
   const Variable y = ln_1_->forward(x);
   if (diagnostics) *diagnostics = attn_->diagnose(y);
   if (slot) return attn_->forward_cached(y, *slot, length);
@@ -155,15 +161,25 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   // The layers draw their own default init from a scratch stream; the GPT-2 init below is the
   // only thing drawn from `gen`, so a model is a function of (config, gen) alone.
   Generator scratch(gen.seed() ^ 0x9E3779B97F4A7C15ull, 0);
-  wte_ = register_module("wte", std::make_shared<Embedding>(Vp, C, scratch, dtype));
+  // Vector mode: the projection takes wte's place in the parameter order (and the output head
+  // lm_head's), so the init below draws the blocks' weights in the same sequence.
+  if (config.vector_mode())
+    input_proj_ = register_module("input_proj", std::make_shared<Linear>(config.input_dim, C, /*bias=*/true, scratch,
+                                                                         dtype, config.matmul_precision));
+  else
+    wte_ = register_module("wte", std::make_shared<Embedding>(Vp, C, scratch, dtype));
   if (config.positions == "learned")
     wpe_ = register_module("wpe", std::make_shared<LearnedPositions>(config.context, C, scratch, dtype));
   auto h = register_module("h", std::make_shared<ModuleList>());
-  for (int64_t i = 0; i < config.layers; ++i) blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype, i)));
+  for (int64_t i = 0; i < config.layers; ++i)
+    blocks_.push_back(h->add(std::make_shared<GptBlock>(config, scratch, dtype, i)));
   ln_f_ = register_module("ln_f", make_norm(config.norm, C, config.bias, dtype));
-  if (!config.tie_embeddings)
-    lm_head_ = register_module("lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype,
-                                                                  config.matmul_precision));
+  if (config.vector_mode())
+    output_head_ = register_module("output_head", std::make_shared<Linear>(C, config.output_dim, /*bias=*/true, scratch,
+                                                                           dtype, config.matmul_precision));
+  else if (!config.tie_embeddings)
+    lm_head_ = register_module(
+        "lm_head", std::make_shared<Linear>(C, Vp, /*bias=*/false, scratch, dtype, config.matmul_precision));
 
   const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(config.layers));
   for (auto& [name, p] : named_parameters()) {
@@ -196,8 +212,23 @@ Variable Gpt::sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* ca
 }
 
 Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const {
-  AL_CHECK_DTYPE(ids.defined() && ids.dtype() == DType::i32, who, ": ids must be i32 [B, T]; got ids=",
-                 ids.defined() ? ids.str() : std::string("undefined"));
+  if (config_.vector_mode()) {
+    AL_CHECK_DTYPE(ids.defined() && (ids.dtype() == DType::f32 || ids.dtype() == DType::f64), who,
+                   ": this model is in vector mode (input_dim = ", config_.input_dim, "): x must be f32 or f64 [B, T, ",
+                   config_.input_dim, "]; got x=", ids.defined() ? ids.str() : std::string("undefined"));
+    AL_CHECK_SHAPE(ids.ndim() == 3 && ids.size(0) > 0 && ids.size(1) > 0 && ids.size(2) == config_.input_dim, who,
+                   ": x must be [B, T, ", config_.input_dim, "] with B, T >= 1 (vector mode); got x=", ids.str());
+    const int64_t T = ids.size(1);
+    AL_CHECK_SHAPE(offset + T <= config_.context, who, ": positions [", offset, ", ", offset + T,
+                   ") do not fit the context of ", config_.context, " (x=", ids.str(), ")");
+    // The inputs are data, never trained: a dtype conversion needs no gradient.
+    const Variable in = ids.dtype() == dtype_ ? ids : Variable(ids.data().to(dtype_));
+    Variable x = input_proj_->forward(in);  // [B, T, C]
+    if (wpe_) x = add(x, wpe_->forward(offset, T));
+    return x;
+  }
+  AL_CHECK_DTYPE(ids.defined() && ids.dtype() == DType::i32, who,
+                 ": ids must be i32 [B, T]; got ids=", ids.defined() ? ids.str() : std::string("undefined"));
   AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) > 0 && ids.size(1) > 0, who,
                  ": ids must be [B, T] with B, T >= 1; got ids=", ids.str());
   const int64_t T = ids.size(1);
@@ -207,9 +238,8 @@ Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const 
   // Padded ids would be accepted by the table; they are not tokens.
   // On the ids' device: a CUDA tensor's data pointer is not readable from the host on a GPU.
   const Tensor flat = ids.data().contiguous();
-  const BadIndex bad = op::on_device(who, flat, [&](auto dev) {
-    return IndexSelectOp::find_bad_index(dev, flat, config_.vocab_size);
-  });
+  const BadIndex bad =
+      op::on_device(who, flat, [&](auto dev) { return IndexSelectOp::find_bad_index(dev, flat, config_.vocab_size); });
   AL_CHECK_SHAPE(!bad.found(), who, ": token id ", bad.value, " at position ", bad.pos,
                  " is outside the vocabulary [0, ", config_.vocab_size, ") for ids=", ids.str());
   Variable x = wte_->forward(ids);  // [B, T, C]
@@ -219,6 +249,7 @@ Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const 
 
 Variable Gpt::head(const Variable& x) const {
   const Variable y = ln_f_->forward(x);
+  if (output_head_) return output_head_->forward(y);
   if (lm_head_) return lm_head_->forward(y);
   // The tied head is y wte^T: the linear op does it in bf16 (no bias); f32 keeps its matmul.
   if (config_.matmul_precision != MatmulPrecision::f32)
@@ -238,6 +269,10 @@ Variable Gpt::forward(const Variable& ids, Generator* gen) const {
 }
 
 Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
+  AL_CHECK_CONFIG(!config_.vector_mode(),
+                  "Gpt::forward_cached: incremental decoding is for token models; this "
+                  "model is in vector mode (input_dim = ",
+                  config_.input_dim, ")");
   NoGradGuard no_grad;
   const int64_t H = config_.heads, D = config_.head_dim();
   // Layers with k, v rows have them [B, H, context, D] in the model's dtype; KDA layers have none.
@@ -248,7 +283,8 @@ Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
                ? k.defined() && k.size(1) == H && k.size(3) == D && k.dtype() == dtype_
                : !k.defined();
   }
-  AL_CHECK_SHAPE(fits, "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
+  AL_CHECK_SHAPE(fits,
+                 "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
                  " layers, k [B, ", H, ", ", config_.context, ", ", D, "] ", dtype_, ")");
   AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
                  ", t] (the cache's batch); got ids=", ids.str());
@@ -281,11 +317,16 @@ std::vector<RoutingStats> Gpt::routing_diagnostics(const Variable& ids) const {
   if (!router_) return stats;
   NoGradGuard no_grad;
   const Variable x = embed(ids, 0, "Gpt::routing_diagnostics");
-  router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr); }, &stats);
+  router_->run(
+      x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr); }, &stats);
   return stats;
 }
 
 KvCache Gpt::make_cache(int64_t batch) const {
+  AL_CHECK_CONFIG(!config_.vector_mode(),
+                  "Gpt::make_cache: incremental decoding (and sampling) is for token "
+                  "models; this model is in vector mode (input_dim = ",
+                  config_.input_dim, ")");
   AL_CHECK_CONFIG(batch > 0, "Gpt::make_cache: batch must be >= 1; got ", batch);
   KvCache cache;
   cache.batch_ = batch;
@@ -303,8 +344,8 @@ KvCache Gpt::make_cache(int64_t batch) const {
 }
 
 bool is_no_decay_parameter(const std::string& name) {
-  return ends_with(name, ".bias") || name.find("ln_") != std::string::npos ||
-         name.find("norm") != std::string::npos || ends_with(name, "wte.weight") || ends_with(name, "wpe.weight") ||
+  return ends_with(name, ".bias") || name.find("ln_") != std::string::npos || name.find("norm") != std::string::npos ||
+         ends_with(name, "wte.weight") || ends_with(name, "wpe.weight") || ends_with(name, "input_proj.weight") ||
          ends_with(name, ".theta") || ends_with(name, ".sigmoid_bias") || ends_with(name, ".log_lambda") ||
          ends_with(name, ".A_log") || ends_with(name, ".dt_bias") || is_routing_parameter(name);
 }

@@ -5,6 +5,13 @@
 //   logits = ln_f(x) wte^T                       [B, T, Vp]  (tied; lm_head when untied)
 // Variants by config: norm layernorm | rmsnorm, mlp gelu | swiglu, positions learned | rope.
 //
+// Vector mode (config.input_dim > 0, for the synthetic regression tasks, data/synthetic/task.h):
+// the input is f32/f64 x [B, T, input_dim] instead of ids, and
+//   x = input_proj(x) + wpe(positions)           input_proj: Linear(input_dim -> C, bias)
+//   out = output_head(ln_f(x))                   [B, T, output_dim], Linear(C -> output_dim, bias)
+// in place of wte and the vocabulary head; the blocks, positions and residual routing are the
+// same. Incremental decoding (forward_cached, make_cache) and so sampling are token-only.
+//
 // Vocabulary padding: wte (and lm_head) have Vp = padded_vocab() rows, so logits have Vp
 // columns. Ids >= vocab_size are rejected; the padded columns are never targets, so training
 // pushes them down, and a sampler takes logits[..., :vocab_size] so it never emits a padded id.
@@ -42,15 +49,15 @@
 namespace attnlab {
 
 struct GptConfig {
-  int64_t vocab_size = 256;  // real vocabulary
+  int64_t vocab_size = 256;  // real vocabulary (token mode; unused, and may be 0, in vector mode)
   int64_t vocab_pad = 1;     // embedding/head rows padded to a multiple of this (peer uses 128)
   int64_t context = 256;     // max sequence length (rows of wpe)
   int64_t layers = 4, d_model = 256, heads = 4;
-  int64_t mlp_hidden = 0;              // 0 = 4 * d_model
-  std::string norm = "layernorm";      // layernorm | rmsnorm
-  std::string mlp = "gelu";            // gelu | swiglu
-  std::string positions = "learned";   // learned | rope
-  std::string attention = "softmax";   // softmax | sigmoid | affine | infsa | linear_infsa | lla | kda
+  int64_t mlp_hidden = 0;             // 0 = 4 * d_model
+  std::string norm = "layernorm";     // layernorm | rmsnorm
+  std::string mlp = "gelu";           // gelu | swiglu
+  std::string positions = "learned";  // learned | rope
+  std::string attention = "softmax";  // softmax | sigmoid | affine | infsa | linear_infsa | lla | kda
   // Per-layer token mixers: a comma list of attention names tiled cyclically over the layers
   // ("kda,kda,kda,softmax": layers 0-2 kda, 3 softmax, 4-6 kda, ...); empty = every layer uses
   // `attention`. At most `layers` names.
@@ -64,7 +71,12 @@ struct GptConfig {
   MatmulPrecision matmul_precision = MatmulPrecision::f32;
   // Residual routing (layers/residual/routing.h): standard, attnres or delta_attnres.
   ResidualConfig residual;
+  // Vector mode (see above): features per input position and per output position; both 0 (token
+  // ids in, vocabulary logits out, the default) or both > 0.
+  int64_t input_dim = 0;
+  int64_t output_dim = 0;
 
+  bool vector_mode() const { return input_dim > 0; }
   void validate() const;  // ConfigError naming the bad field and what is valid
   int64_t padded_vocab() const;
   int64_t head_dim() const { return heads > 0 ? d_model / heads : 0; }
@@ -133,33 +145,40 @@ class Gpt : public Module {
   DType dtype() const { return dtype_; }
 
   // ids i32 [B, T] (1 <= T <= context) -> logits [B, T, padded_vocab]; `gen` drives dropout
-  // (training mode only; no Generator, no dropout).
+  // (training mode only; no Generator, no dropout). Vector mode: x f32/f64 [B, T, input_dim]
+  // (converted to the model's dtype) -> [B, T, output_dim]. DTypeError/ShapeError naming what
+  // was expected for any other input.
   Variable forward(const Variable& ids, Generator* gen = nullptr) const;
   // Incremental decoding: ids [B, t] appended after the cache's positions; returns logits
   // [B, t, Vp] and advances the cache by t. Records no graph, applies no dropout. ShapeError when
-  // the cache would pass the context or was made for another batch size or model.
+  // the cache would pass the context or was made for another batch size or model. Token mode
+  // only: ConfigError for a vector-mode model.
   Variable forward_cached(const Variable& ids, KvCache& cache) const;
   KvCache make_cache(int64_t batch) const;
-  // Per layer, what its attention does on ids [B, T] (sink mass, gamma, alpha statistics).
+  // Per layer, what its attention does on ids [B, T] (or vector-mode x; sink mass, gamma, alpha
+  // statistics).
   std::vector<AttentionDiagnostics> attention_diagnostics(const Variable& ids) const;
-  // Per routing op, how it routes on ids [B, T] (empty for the standard residual).
+  // Per routing op, how it routes on ids [B, T] (or vector-mode x; empty for the standard residual).
   std::vector<RoutingStats> routing_diagnostics(const Variable& ids) const;
   // The router (null for the standard residual).
   const ResidualRouter* router() const { return router_.get(); }
 
  private:
-  // ids i32 [B, T] at positions [offset, offset + T) -> embeddings [B, T, C].
+  // ids i32 [B, T] (vector mode: x [B, T, input_dim]) at positions [offset, offset + T) ->
+  // embeddings [B, T, C].
   Variable embed(const Variable& ids, int64_t offset, const char* who) const;
-  // x [B, T, C] -> logits [B, T, Vp] through ln_f and the (tied) head.
+  // x [B, T, C] -> logits [B, T, Vp] through ln_f and the (tied) head (vector mode: the output head).
   Variable head(const Variable& x) const;
 
   GptConfig config_;
   DType dtype_;
-  std::shared_ptr<Embedding> wte_;
+  std::shared_ptr<Embedding> wte_;         // null in vector mode
+  std::shared_ptr<Linear> input_proj_;     // vector mode only
+  std::shared_ptr<Linear> output_head_;    // vector mode only
   std::shared_ptr<LearnedPositions> wpe_;  // null for rotary positions
   std::vector<std::shared_ptr<GptBlock>> blocks_;
   std::shared_ptr<Norm> ln_f_;
-  std::shared_ptr<Linear> lm_head_;  // null when tied
+  std::shared_ptr<Linear> lm_head_;         // null when tied
   std::shared_ptr<ResidualRouter> router_;  // "res", null for the standard residual
   // Sublayer s (layer s / 2: attention when s is even, else MLP) on its input h.
   Variable sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* cache = nullptr,
@@ -173,12 +192,15 @@ class Gpt : public Module {
 //   ln_f.weight/.bias; lm_head.weight only when tie_embeddings is false.
 //   SwiGLU: h.<i>.mlp.c_fc.weight [2*hidden, C] (gate and up stacked), c_proj [C, hidden].
 //   KDA layers: h.<i>.attn.* as layers/kda_mixer.h lists (q_proj, ..., A_log, dt_bias, o_norm, c_proj).
+// Vector mode: input_proj.weight [C, input_dim] /.bias [C] in place of wte.weight, and
+//   output_head.weight [output_dim, C] /.bias [output_dim] after ln_f (no lm_head).
 // (PyTorch's own state_dict of the tied peer also lists lm_head.weight, the same tensor as
 // wte.weight: load ours with strict=False, or copy wte.weight into it.)
 // Parameters that must not get weight decay: names ending in ".bias", norm weights (ln_*, *norm*),
-// wte, wpe, the attention variants' per-head scalars (theta, sigmoid_bias, lla's log_lambda),
-// KDA's decay parameters (A_log, dt_bias), and the residual routing parameters (res.*: spec 1.6
-// suggests no decay on them).
+// wte, wpe, input_proj.weight (vector mode's embedding, treated as wte; output_head.weight is a
+// head matrix like lm_head and decays), the attention variants' per-head scalars (theta, sigmoid_bias, lla's
+// log_lambda), KDA's decay parameters (A_log, dt_bias), and the residual routing parameters (res.*: spec 1.6 suggests
+// no decay on them).
 bool is_no_decay_parameter(const std::string& name);
 
 }  // namespace attnlab

@@ -21,7 +21,11 @@
 
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "lib/error.h"
+#include "train/recipe.h"
 
 namespace attnlab {
 
@@ -33,6 +37,46 @@ struct AblateOptions {
 };
 
 // Runs (or continues) the grid; returns the number of cells that failed.
+// Throws AblateInterrupted when SIGINT stopped it (after the running cell's process ended).
 int run_ablate(const AblateOptions& options, std::ostream& out);
+
+struct AblateInterrupted : Error {
+  using Error::Error;
+};
+
+// --- the pieces run_ablate is made of (public for tests) ---
+
+// A comma-separated value list; double quotes keep commas (and spaces) inside a value.
+// ConfigError (naming `key`) for an empty list, an empty value, an unclosed quote or a value
+// given twice.
+std::vector<std::string> parse_value_list(const std::string& text, const std::string& key);
+
+struct AblateCell {
+  std::string name;                                           // directory name, unique in the plan
+  std::vector<std::pair<std::string, std::string>> settings;  // key -> value, in the keys' order
+};
+
+struct AblatePlan {
+  std::string name;                              // the ablation's directory name
+  std::string design = "grid";                   // "grid" or "axes"
+  std::vector<std::string> keys;                 // ablated keys in recipe order
+  std::vector<std::vector<std::string>> values;  // per key
+  std::vector<AblateCell> cells;
+};
+
+// Reads the [ablate] entries: runner options (design, name) and recipe keys with their value
+// lists, and expands the cells. grid: every combination, the last key varying fastest. axes: each
+// key other than run.seed varied alone (the others keep the recipe's values), every one crossed
+// with run.seed. `default_name` is used when there is no name option; `overrides` are the
+// command line's (a key both ablated and overridden is a ConfigError). `source` names the recipe
+// in messages.
+AblatePlan plan_ablation(const std::vector<RecipeEntry>& entries, const std::string& default_name,
+                         const std::vector<std::string>& overrides, const std::string& source);
+
+// The directory name of a cell: "attention-kda_seed-2" (the key after its section, unless two
+// ablated keys end the same way; characters other than letters, digits, '.', '_', '+' and '-'
+// become '-').
+std::string cell_name(const std::vector<std::pair<std::string, std::string>>& settings,
+                      const std::vector<std::string>& keys);
 
 }  // namespace attnlab

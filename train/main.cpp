@@ -1,6 +1,7 @@
 // The attnlab command line.
 //
 //   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
+//   attnlab ablate RECIPE.ini [--section.key=value ...]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
 //   attnlab eval RUN_OR_CHECKPOINT [--batches N]
 //   attnlab op NAME --in CASE.safetensors --out RESULT.safetensors [--opt k=v ...] [--device D]
@@ -10,7 +11,8 @@
 //   attnlab report RUN_OR_ABLATION... [--out PATH]          the HTML report of runs or an ablation
 //
 // Exit codes: 0 success; 2 a user error (bad recipe key or value, missing or malformed file,
-// unknown name) with one line on stderr; 1 any other failure.
+// unknown name) with one line on stderr; 1 any other failure (and for `ablate`, any failed cell);
+// 130 when `ablate` was interrupted.
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -23,6 +25,7 @@
 #include "autograd/registry.h"
 #include "layers/all_ops.h"
 #include "lib/error.h"
+#include "train/ablate.h"
 #include "train/op_command.h"
 #include "train/report.h"
 #include "train/trainer.h"
@@ -35,6 +38,10 @@ constexpr const char* kUsage =
     "commands:\n"
     "  train RECIPE.ini [--section.key=value ...] [--resume]\n"
     "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints)\n"
+    "  ablate RECIPE.ini [--section.key=value ...]\n"
+    "                      run the recipe's [ablate] grid, one train run per cell, under\n"
+    "                      <run.dir>/<name>/ with results.csv and results.md; rerun to continue\n"
+    "                      (finished cells are skipped)\n"
     "  sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]\n"
     "                      generate text from a checkpoint (a run directory means its latest)\n"
     "  eval RUN_OR_CHECKPOINT [--batches N]\n"
@@ -80,15 +87,49 @@ int cmd_train(const std::vector<std::string>& args) {
   attnlab::TrainOptions options;
   options.interactive = ::isatty(::fileno(stdout)) != 0;
   for (const std::string& a : args) {
-    if (a == "--resume") options.resume = true;
-    else if (a.rfind("--", 0) == 0) overrides.push_back(a);
-    else if (path.empty()) path = a;
-    else throw UsageError("train: more than one recipe given ('" + path + "' and '" + a + "')");
+    if (a == "--resume")
+      options.resume = true;
+    else if (a.rfind("--", 0) == 0)
+      overrides.push_back(a);
+    else if (path.empty())
+      path = a;
+    else
+      throw UsageError("train: more than one recipe given ('" + path + "' and '" + a + "')");
   }
-  if (path.empty()) throw UsageError("train: no recipe given; usage: attnlab train RECIPE.ini [--section.key=value ...]");
+  if (path.empty())
+    throw UsageError("train: no recipe given; usage: attnlab train RECIPE.ini [--section.key=value ...]");
   attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
   attnlab::run_train(recipe, options, std::cout);
   return 0;
+}
+
+int cmd_ablate(const std::vector<std::string>& args) {
+  attnlab::AblateOptions options;
+  options.interactive = ::isatty(::fileno(stdout)) != 0;
+  for (const std::string& a : args) {
+    if (a == "--resume")
+      throw UsageError("ablate: --resume is not needed; rerunning the same command continues the ablation");
+    else if (a.rfind("--", 0) == 0)
+      options.overrides.push_back(a);
+    else if (options.recipe.empty())
+      options.recipe = a;
+    else
+      throw UsageError("ablate: more than one recipe given ('" + options.recipe + "' and '" + a + "')");
+  }
+  if (options.recipe.empty())
+    throw UsageError("ablate: no recipe given; usage: attnlab ablate RECIPE.ini [--section.key=value ...]");
+  // Cells run this same executable.
+  std::vector<char> exe(4096);
+  const ssize_t len = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+  if (len <= 0) throw std::runtime_error("ablate: cannot find the attnlab executable (/proc/self/exe)");
+  options.attnlab_binary.assign(exe.data(), static_cast<size_t>(len));
+  try {
+    return attnlab::run_ablate(options, std::cout) > 0 ? 1 : 0;
+  } catch (const attnlab::AblateInterrupted& e) {
+    std::cout << std::flush;
+    std::cerr << "attnlab: " << e.what() << "\n";
+    return 130;
+  }
 }
 
 int cmd_compare_devices(const std::vector<std::string>& args) {
@@ -112,7 +153,8 @@ int cmd_compare_devices(const std::vector<std::string>& args) {
       throw UsageError("compare-devices: more than one recipe given ('" + path + "' and '" + a + "')");
     }
   }
-  if (path.empty()) throw UsageError("compare-devices: no recipe given; usage: attnlab compare-devices RECIPE.ini --run.device=cuda");
+  if (path.empty())
+    throw UsageError("compare-devices: no recipe given; usage: attnlab compare-devices RECIPE.ini --run.device=cuda");
   attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
   return attnlab::run_compare_devices(recipe, steps, std::cout) ? 0 : 1;
 }
@@ -123,9 +165,9 @@ int cmd_sample(const std::vector<std::string>& args) {
   po::options_description desc("sample options");
   desc.add_options()("checkpoint", po::value(&cmd.checkpoint)->required(), "run directory or checkpoint")(
       "prompt", po::value(&cmd.prompt), "text to continue")("tokens", po::value(&cmd.tokens), "tokens to generate")(
-      "temperature", po::value(&cmd.temperature), "softmax temperature")("top_k", po::value(&cmd.top_k),
-                                                                          "sample from the k most likely (0: all)")(
-      "seed", po::value(&cmd.seed), "random seed");
+      "temperature", po::value(&cmd.temperature), "softmax temperature")(
+      "top_k", po::value(&cmd.top_k), "sample from the k most likely (0: all)")("seed", po::value(&cmd.seed),
+                                                                                "random seed");
   parse_with_checkpoint("sample", desc, args);
   attnlab::run_sample(cmd, std::cout);
   return 0;
@@ -178,16 +220,25 @@ int cmd_op(const std::vector<std::string>& args) {
       const std::string f = std::string("--") + flag;
       return a == f || a.rfind(f + "=", 0) == 0;
     };
-    if (is("in")) cmd.in = value("in");
-    else if (is("out")) cmd.out = value("out");
-    else if (is("opt")) cmd.options.push_back(value("opt"));
-    else if (is("device")) cmd.device = value("device");
-    else if (a.rfind("--", 0) == 0) throw UsageError("op: unknown flag '" + a + "'; flags: --in --out --opt --device --list");
-    else if (cmd.name.empty()) cmd.name = a;
-    else throw UsageError("op: more than one op name given ('" + cmd.name + "' and '" + a + "')");
+    if (is("in"))
+      cmd.in = value("in");
+    else if (is("out"))
+      cmd.out = value("out");
+    else if (is("opt"))
+      cmd.options.push_back(value("opt"));
+    else if (is("device"))
+      cmd.device = value("device");
+    else if (a.rfind("--", 0) == 0)
+      throw UsageError("op: unknown flag '" + a + "'; flags: --in --out --opt --device --list");
+    else if (cmd.name.empty())
+      cmd.name = a;
+    else
+      throw UsageError("op: more than one op name given ('" + cmd.name + "' and '" + a + "')");
   }
   if (cmd.name.empty())
-    throw UsageError("op: no op named; usage: attnlab op NAME --in CASE.safetensors --out RESULT.safetensors (names: attnlab op --list)");
+    throw UsageError(
+        "op: no op named; usage: attnlab op NAME --in CASE.safetensors --out RESULT.safetensors (names: attnlab op "
+        "--list)");
   attnlab::run_op_command(cmd, std::cout);
   return 0;
 }
@@ -230,6 +281,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(all.begin() + 1, all.end());
   try {
     if (cmd == "train") return cmd_train(args);
+    if (cmd == "ablate") return cmd_ablate(args);
     if (cmd == "sample") return cmd_sample(args);
     if (cmd == "eval") return cmd_eval(args);
     if (cmd == "compare-devices") return cmd_compare_devices(args);
@@ -241,7 +293,8 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd + "'; commands: train, sample, eval, compare-devices, op, gradcheck, ops, report, help");
+    throw UsageError("unknown command '" + cmd +
+                     "'; commands: train, ablate, sample, eval, compare-devices, op, gradcheck, ops, report, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

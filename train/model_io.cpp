@@ -24,16 +24,19 @@ std::string gpt_config_json(const GptConfig& m) {
                   {"bias", m.bias},
                   {"tie_embeddings", m.tie_embeddings}, {"dropout", m.dropout}, {"rope_base", m.rope_base},
                   {"matmul_precision", std::string(matmul_precision_name(m.matmul_precision))}};
-  // Only routed models carry the key, so a standard model's config reads as it always did.
-  if (m.residual.routed()) {
-    json jr = j;
+  // Only routed models carry the key, so a standard model's config reads as it always did; the
+  // same for vector-mode models and their input/output dims.
+  json jr = j;
+  if (m.residual.routed())
     jr["residual"] = {{"mode", m.residual.mode},
                       {"granularity", m.residual.granularity},
                       {"block_size", m.residual.block_size},
                       {"gate", m.residual.gate}};
-    return jr.dump();
+  if (m.vector_mode()) {
+    jr["input_dim"] = m.input_dim;
+    jr["output_dim"] = m.output_dim;
   }
-  return j.dump();
+  return jr.dump();
 }
 
 GptConfig gpt_config_from_json(const std::string& text, const std::string& source) {
@@ -83,6 +86,9 @@ GptConfig gpt_config_from_json(const std::string& text, const std::string& sourc
       m.residual.block_size = o.at("block_size");
       m.residual.gate = o.at("gate");
     }
+    // ... and before vector mode (token models).
+    if (j.contains("input_dim")) m.input_dim = j.at("input_dim");
+    if (j.contains("output_dim")) m.output_dim = j.at("output_dim");
     m.validate();
     return m;
   } catch (const json::exception& e) {
@@ -101,8 +107,8 @@ LoadedModel load_model(const std::string& path) {
               "' has no attnlab model metadata");
   r.config = gpt_config_from_json(ck.model_meta["config"], r.model_path);
   r.tokenizer = ck.model_meta["tokenizer"];
-  AL_CHECK_IO(r.tokenizer == "byte" || r.tokenizer == "bpe", "checkpoint '", r.model_path, "' names tokenizer '",
-              r.tokenizer, "'");
+  AL_CHECK_IO(r.tokenizer == "byte" || r.tokenizer == "bpe" || r.tokenizer == kTaskTokenizer, "checkpoint '",
+              r.model_path, "' names tokenizer '", r.tokenizer, "' (expected byte, bpe or ", kTaskTokenizer, ")");
   Generator gen(0);
   r.model = std::make_unique<Gpt>(r.config, gen);
   try {

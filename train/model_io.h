@@ -14,10 +14,14 @@ std::string gpt_config_json(const GptConfig& config);
 // Parses and validates it; IoError naming `source` when it is malformed or invalid.
 GptConfig gpt_config_from_json(const std::string& text, const std::string& source);
 
+// The checkpoint's "tokenizer" for a synthetic-task run (data/synthetic/task.h): its ids come from
+// the task's generator, there is no text tokenizer.
+inline constexpr const char* kTaskTokenizer = "task";
+
 struct LoadedModel {
   std::string model_path;  // the *.model.safetensors file
   std::string run_dir;     // the run directory it belongs to
-  std::string tokenizer;   // "byte" or "bpe"
+  std::string tokenizer;   // "byte", "bpe" or kTaskTokenizer
   GptConfig config;
   std::unique_ptr<Gpt> model;  // weights loaded, in eval mode
 };

@@ -143,4 +143,110 @@ std::string Recipe::resolved() const {
   return os.str();
 }
 
+namespace {
+
+// "[name]" (spaces allowed around) -> name; anything else -> nullopt.
+bool section_header(const std::string& line, std::string& name) {
+  const std::string t = trim(line);
+  if (t.size() < 2 || t.front() != '[') return false;
+  const size_t close = t.find(']');
+  if (close == std::string::npos) return false;
+  name = trim(t.substr(1, close - 1));
+  return true;
+}
+
+// The text before a '#' that is not inside double quotes.
+std::string strip_comment(const std::string& s) {
+  bool quoted = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '"')
+      quoted = !quoted;
+    else if (s[i] == '#' && !quoted)
+      return s.substr(0, i);
+  }
+  return s;
+}
+
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+bool comment_or_blank(const std::string& line) {
+  const std::string t = trim(line);
+  return t.empty() || t[0] == '#' || t[0] == ';';
+}
+
+}  // namespace
+
+RecipeSplit split_recipe_section(const std::string& text, const std::string& section) {
+  RecipeSplit out;
+  std::string current;
+  for (const std::string& line : split_lines(text)) {
+    std::string name;
+    if (section_header(line, name)) current = name;
+    if (current != section) {
+      out.rest += line + "\n";
+      continue;
+    }
+    out.found = true;
+    if (comment_or_blank(line) || section_header(line, name)) continue;
+    const size_t eq = line.find('=');
+    const std::string body = trim(strip_comment(line));
+    if (body.empty()) continue;
+    if (eq == std::string::npos) {
+      out.section.push_back({body, ""});
+    } else {
+      out.section.push_back({trim(line.substr(0, eq)), trim(strip_comment(line.substr(eq + 1)))});
+    }
+  }
+  return out;
+}
+
+std::string apply_overrides_to_text(const std::string& text, const std::vector<std::string>& overrides) {
+  std::vector<std::string> lines = split_lines(text);
+  for (std::string ov : overrides) {
+    if (ov.rfind("--", 0) == 0) ov = ov.substr(2);
+    const size_t eq = ov.find('=');
+    AL_CHECK_CONFIG(eq != std::string::npos && eq > 0 && ov.find('.') < eq, "override '", ov,
+                    "': expected section.key=value, e.g. --optim.lr=0.001");
+    const std::string full = trim(ov.substr(0, eq));
+    const std::string value = trim(ov.substr(eq + 1));
+    const size_t dot = full.find('.');
+    const std::string section = full.substr(0, dot), key = full.substr(dot + 1);
+    const std::string entry = key + " = " + value;
+    std::string current;
+    size_t last_in_section = std::string::npos;  // the section's last non-blank line
+    bool done = false;
+    for (size_t i = 0; i < lines.size() && !done; ++i) {
+      std::string name;
+      if (section_header(lines[i], name)) {
+        current = name;
+        if (current == section) last_in_section = i;
+        continue;
+      }
+      if (current != section || comment_or_blank(lines[i])) continue;
+      last_in_section = i;
+      const size_t e = lines[i].find('=');
+      if (e != std::string::npos && trim(lines[i].substr(0, e)) == key) {
+        lines[i] = entry;
+        done = true;
+      }
+    }
+    if (done) continue;
+    if (last_in_section != std::string::npos) {
+      lines.insert(lines.begin() + static_cast<std::ptrdiff_t>(last_in_section) + 1, entry);
+    } else {
+      if (!lines.empty() && !trim(lines.back()).empty()) lines.push_back("");
+      lines.push_back("[" + section + "]");
+      lines.push_back(entry);
+    }
+  }
+  std::string out;
+  for (const std::string& l : lines) out += l + "\n";
+  return out;
+}
+
 }  // namespace attnlab

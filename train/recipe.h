@@ -44,4 +44,26 @@ class Recipe {
   std::map<std::string, std::string> used_;  // key -> value actually used (given or default)
 };
 
+// One "key = value" line of an INI section: the key and the value as written (trimmed, a
+// trailing # comment outside double quotes removed), in file order.
+struct RecipeEntry {
+  std::string key;
+  std::string value;
+};
+
+// INI text split around one section: its entries (in file order, which Boost's parser does not
+// keep for us) and the text with that section's header and lines removed, everything else as it
+// was. `found` says whether the section was there at all.
+struct RecipeSplit {
+  std::vector<RecipeEntry> section;
+  std::string rest;
+  bool found = false;
+};
+RecipeSplit split_recipe_section(const std::string& text, const std::string& section);
+
+// The text with each override ("section.key=value", a leading "--" is fine) applied: the key's
+// line is rewritten in place, or the key is added at the end of its section, or a new section
+// is added at the end. Comments and the other lines stay as they were.
+std::string apply_overrides_to_text(const std::string& text, const std::vector<std::string>& overrides);
+
 }  // namespace attnlab

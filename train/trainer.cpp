@@ -6,9 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <sys/resource.h>
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
@@ -30,7 +33,9 @@
 #include "train/checkpoint.h"
 #include "train/model_io.h"
 #include "train/residual_train.h"
+#include "train/results.h"
 #include "train/sampling.h"
+#include "train/task_train.h"
 
 namespace attnlab {
 
@@ -46,6 +51,8 @@ struct RunConfig {
   uint64_t seed = 1;
   Device device;  // run.device: cpu, cuda or cuda:N
   // [data]
+  std::string task = kCorpusTask;  // data.task: "corpus" (text) or a synthetic task's name
+  TaskSetup task_setup;            // synthetic tasks only
   std::string corpus, corpus_dir, tokenizer;
   int64_t bpe_vocab = 0;
   double val_fraction = 0.1;
@@ -66,6 +73,9 @@ struct RunConfig {
   std::string prompt;
 
   std::string run_dir() const { return (fs::path(dir) / name).string(); }
+  bool is_task() const { return task != kCorpusTask; }
+  // The checkpoint's "tokenizer" entry.
+  std::string tokenizer_meta() const { return is_task() ? kTaskTokenizer : tokenizer; }
 };
 
 void positive(const Recipe& r, const char* key, int64_t v) {
@@ -112,17 +122,25 @@ RunConfig read_config(Recipe& r) {
   AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
                   "recipe ", r.source(), ": run.name must be a plain directory name; got '", c.name, "'");
 
-  c.corpus = r.get_string("data.corpus", "austen");
-  c.corpus_dir = r.get_string("data.corpus_dir", "corpora");
-  c.tokenizer = r.get_string("data.tokenizer", "byte");
-  c.bpe_vocab = r.get_int("data.bpe_vocab", 2048);
-  c.val_fraction = r.get_double("data.val_fraction", 0.1);
-  AL_CHECK_CONFIG(c.tokenizer == "byte" || c.tokenizer == "bpe", "recipe ", r.source(),
-                  ": data.tokenizer must be byte or bpe; got '", c.tokenizer, "'");
-  AL_CHECK_CONFIG(c.tokenizer != "bpe" || (c.bpe_vocab > 256 && c.bpe_vocab <= 65536), "recipe ", r.source(),
-                  ": data.bpe_vocab must be in (256, 65536]; got ", c.bpe_vocab);
-  AL_CHECK_CONFIG(c.val_fraction > 0 && c.val_fraction < 0.5, "recipe ", r.source(),
-                  ": data.val_fraction must be in (0, 0.5); got ", c.val_fraction);
+  c.task = r.get_string("data.task", kCorpusTask);
+  if (c.is_task()) {
+    // The text keys mean nothing to a generated task: say so rather than "unknown key".
+    for (const char* key : {"data.corpus", "data.corpus_dir", "data.tokenizer", "data.bpe_vocab", "data.val_fraction"})
+      AL_CHECK_CONFIG(!r.has(key), "recipe ", r.source(), ": ", key, " is for text corpora; data.task = ", c.task,
+                      " generates its own sequences (remove the key, or set data.task = corpus)");
+  } else {
+    c.corpus = r.get_string("data.corpus", "austen");
+    c.corpus_dir = r.get_string("data.corpus_dir", "corpora");
+    c.tokenizer = r.get_string("data.tokenizer", "byte");
+    c.bpe_vocab = r.get_int("data.bpe_vocab", 2048);
+    c.val_fraction = r.get_double("data.val_fraction", 0.1);
+    AL_CHECK_CONFIG(c.tokenizer == "byte" || c.tokenizer == "bpe", "recipe ", r.source(),
+                    ": data.tokenizer must be byte or bpe; got '", c.tokenizer, "'");
+    AL_CHECK_CONFIG(c.tokenizer != "bpe" || (c.bpe_vocab > 256 && c.bpe_vocab <= 65536), "recipe ", r.source(),
+                    ": data.bpe_vocab must be in (256, 65536]; got ", c.bpe_vocab);
+    AL_CHECK_CONFIG(c.val_fraction > 0 && c.val_fraction < 0.5, "recipe ", r.source(),
+                    ": data.val_fraction must be in (0, 0.5); got ", c.val_fraction);
+  }
 
   c.batch = r.get_int("train.batch", 8);
   c.seq_len = r.get_int("train.seq_len", 128);
@@ -143,6 +161,13 @@ RunConfig read_config(Recipe& r) {
   m.vocab_size = c.tokenizer == "byte" ? 256 : c.bpe_vocab;
   m.vocab_pad = r.get_int("model.vocab_pad", 1);
   m.context = r.get_int("model.context", c.seq_len);
+  if (c.is_task()) {
+    c.task_setup = read_task_recipe(r, c.task, c.seq_len, m.context);
+    const SyntheticTask& t = *c.task_setup.task;
+    m.vocab_size = t.vocab_size();
+    m.input_dim = t.input_dim();
+    m.output_dim = t.output_dim();
+  }
   m.layers = r.get_int("model.layers", m.layers);
   m.d_model = r.get_int("model.d_model", m.d_model);
   m.heads = r.get_int("model.heads", m.heads);
@@ -196,13 +221,16 @@ RunConfig read_config(Recipe& r) {
   AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
                   c.grad_clip);
 
-  c.prompt = r.get_string("sample.prompt", "\n");
-  c.sample.tokens = r.get_int("sample.tokens", 300);
-  c.sample.temperature = r.get_double("sample.temperature", 0.8);
-  c.sample.top_k = r.get_int("sample.top_k", 40);
-  c.sample.seed = c.seed;
-  AL_CHECK_CONFIG(c.sample.temperature > 0 && c.sample.tokens >= 0 && c.sample.top_k >= 0, "recipe ", r.source(),
-                  ": sample.temperature must be > 0, sample.tokens and sample.top_k >= 0");
+  // A task run shows validation rows instead of a text sample: no [sample] keys.
+  if (!c.is_task()) {
+    c.prompt = r.get_string("sample.prompt", "\n");
+    c.sample.tokens = r.get_int("sample.tokens", 300);
+    c.sample.temperature = r.get_double("sample.temperature", 0.8);
+    c.sample.top_k = r.get_int("sample.top_k", 40);
+    c.sample.seed = c.seed;
+    AL_CHECK_CONFIG(c.sample.temperature > 0 && c.sample.tokens >= 0 && c.sample.top_k >= 0, "recipe ", r.source(),
+                    ": sample.temperature must be > 0, sample.tokens and sample.top_k >= 0");
+  }
   r.check_all_used();
   return c;
 }
@@ -286,11 +314,11 @@ double evaluate(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t s
 // and that weight as a share of each query's total weight; not for kda) and the
 // variant's own numbers (InfSA's learned gamma per head; affine's alpha statistics and running
 // mean; KDA's mean decay and beta; LLA's ridge and the conditioning of its solves), on the first
-// validation batch.
-json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t batch, int64_t seq_len) {
+// validation batch (x: its ids, or a vector task's inputs).
+json attention_diagnostics_json(const Gpt& model, const Variable& x) {
   json layers = json::array();
-  for (const Batch& b : sequential_batches(tokens, batch, seq_len, 1)) {
-    const std::vector<AttentionDiagnostics> ds = model.attention_diagnostics(Variable(b.x.to(model.device())));
+  {
+    const std::vector<AttentionDiagnostics> ds = model.attention_diagnostics(x);
     for (size_t i = 0; i < ds.size(); ++i) {
       const AttentionDiagnostics& d = ds[i];
       json l = {{"layer", i}, {"kind", d.kind}};
@@ -325,7 +353,7 @@ json attention_diagnostics_json(const Gpt& model, const Tensor& tokens, int64_t 
 
 // The console's eval note: the validation loss, the mean sink over the layers that have one, and
 // for KDA and LLA layers their mean decay and beta, or ridge and worst conditioning.
-std::string eval_summary(double val_loss, const json& layers) {
+std::string eval_summary(double val_loss, const json& layers, const std::string& metric_note) {
   double sink = 0, decay = 0, beta = 0, lam = 0, cond = 0;
   int64_t sinks = 0, kdas = 0, llas = 0;
   for (const json& l : layers) {
@@ -344,8 +372,8 @@ std::string eval_summary(double val_loss, const json& layers) {
       ++llas;
     }
   }
-  char v[160];
-  int n = std::snprintf(v, sizeof v, "  val %.4f", val_loss);
+  char v[224];
+  int n = std::snprintf(v, sizeof v, "  val %.4f%s", val_loss, metric_note.c_str());
   if (sinks) n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  sink %.3f", sink / static_cast<double>(sinks));
   if (kdas)
     n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  decay %.3f  beta %.3f", decay / static_cast<double>(kdas),
@@ -432,6 +460,137 @@ std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) 
                                SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
 }
 
+
+// ---- evaluation steps and the run's result -------------------------------------------------
+
+// What one evaluation found: the metrics line's fields, the console's note and what result.json
+// takes from the last one.
+struct EvalOutcome {
+  double val_loss = 0;
+  double metric = 0;  // the task's metric at train.seq_len (corpus runs: val_loss)
+  std::map<int64_t, double> metric_by_length;  // tasks with data.eval_lengths: seq_len and each length
+  json fields = json::object();                // val_loss, val_<metric>..., attention, residual
+  std::string note;                            // the console's eval note
+  std::optional<double> sink_mean, routing_max_weight;
+};
+
+// The validation loss (and a task's metric at each evaluated length), then the attention and
+// routing diagnostics on the first validation batch.
+EvalOutcome evaluate_run(const RunConfig& c, const Gpt& model, const Dataset& data) {
+  EvalOutcome e;
+  Variable first;  // the first validation batch's input
+  std::string metric_note;
+  if (c.is_task()) {
+    const SyntheticTask& task = *c.task_setup.task;
+    const uint64_t seed = validation_seed(c.seed);
+    const TaskEval te = evaluate_task(model, task, seed, c.batch, c.seq_len, c.eval_batches);
+    const std::string name = "val_" + task.metric_name();
+    e.val_loss = te.loss;
+    e.metric = te.score.value();
+    e.fields[name] = e.metric;
+    for (const auto& [part, sc] : te.score.parts) e.fields[name + "_" + part] = sc.second > 0 ? sc.first / sc.second : 0.0;
+    char v[64];
+    std::snprintf(v, sizeof v, "  %s %.4f", task.metric_name().c_str(), e.metric);
+    metric_note = v;
+    if (!c.task_setup.eval_lengths.empty()) {
+      e.metric_by_length[c.seq_len] = e.metric;
+      for (const int64_t len : c.task_setup.eval_lengths) {
+        const double at = len == c.seq_len ? e.metric
+                                           : evaluate_task(model, task, seed, c.batch, len, c.eval_batches).score.value();
+        e.metric_by_length[len] = at;
+        e.fields[name + "@" + std::to_string(len)] = at;
+        std::snprintf(v, sizeof v, " @%lld %.3f", static_cast<long long>(len), at);
+        metric_note += v;
+      }
+    }
+    first = task_input(task.batch(seed, 0, c.batch, c.seq_len), model.device());
+  } else {
+    e.val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
+    e.metric = e.val_loss;
+    for (const Batch& b : sequential_batches(data.val, c.batch, c.seq_len, 1)) first = Variable(b.x.to(model.device()));
+  }
+  e.fields["val_loss"] = e.val_loss;
+  const json layers = first.defined() ? attention_diagnostics_json(model, first) : json::array();
+  e.fields["attention"] = layers;
+  double sink = 0;
+  int64_t sinks = 0;
+  for (const json& l : layers)
+    if (l.contains("sink")) sink += l["sink"].get<double>(), ++sinks;
+  if (sinks) e.sink_mean = sink / static_cast<double>(sinks);
+  e.note = eval_summary(e.val_loss, layers, metric_note);
+  if (model.router() && first.defined()) {
+    // Per routing op (layers/residual/routing.h): mean max weight, entropy, gate.
+    const std::vector<RoutingStats> rs = model.routing_diagnostics(first);
+    e.fields["residual"] = routing_stats_json(rs);
+    double mx = 0, h = 0;
+    for (const RoutingStats& st : rs) mx += st.max_weight, h += st.entropy;
+    const double n = static_cast<double>(std::max<size_t>(rs.size(), 1));
+    e.routing_max_weight = mx / n;
+    char v[64];
+    std::snprintf(v, sizeof v, "  route max %.3f H %.3f", mx / n, h / n);
+    e.note += v;
+  }
+  return e;
+}
+
+// The process's peak resident set in MiB (Linux reports ru_maxrss in KiB).
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+// result.json (train/results.h): written once the final checkpoint and samples are, so its
+// presence means the run finished. Train loss and throughput come from metrics.jsonl, which
+// covers the whole run also when it was resumed: the final train loss is the last log window's
+// mean, tokens/s the run's tokens over the summed step times.
+void write_result(const RunConfig& c, const std::string& run_dir, const TrainResult& r, const EvalOutcome& last,
+                  const Gpt& model, double seconds) {
+  double train_loss = r.final_train_loss, step_secs = 0;
+  int64_t prev = 0, timed_steps = 0;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    try {
+      const json m = json::parse(line);
+      const int64_t step = m.at("step").get<int64_t>();
+      train_loss = m.at("train_loss").get<double>();
+      step_secs += m.at("ms_per_step").get<double>() / 1000.0 * static_cast<double>(step - prev);
+      timed_steps += step - prev;
+      prev = step;
+    } catch (const json::exception&) {
+      // a line this run did not write (cannot happen after truncate_metrics): skipped
+    }
+  }
+  json j = {{"steps", r.steps},
+            {"final_train_loss", train_loss},
+            {"final_val_loss", last.val_loss},
+            {"skipped_steps", r.skipped_steps},
+            {"seconds", seconds},
+            {"tokens_per_s", step_secs > 0 ? static_cast<double>(timed_steps * c.batch * c.seq_len) / step_secs : 0.0},
+            {"parameters", model.num_parameters()},
+            {"peak_rss_mb", peak_rss_mb()},
+            {"metric", c.is_task() ? c.task_setup.task->metric_name() : std::string("val_loss")},
+            {"metric_value", last.metric},
+            {"higher_is_better", c.is_task() && c.task_setup.task->higher_is_better()},
+            {"attention", c.model.layer_pattern.empty() ? c.model.attention : c.model.layer_pattern},
+            {"residual", c.model.residual.mode},
+            {"task", c.task},
+            {"device", c.device.str()},
+            {"threads", cpu::max_threads()}};
+#if ATTNLAB_WITH_CUDA
+  if (c.device.is_cuda())
+    j["peak_device_mb"] = static_cast<double>(cuda::cache_stats().peak_in_use_bytes) / (1024.0 * 1024.0);
+#endif
+  if (!last.metric_by_length.empty()) {
+    json by = json::object();
+    for (const auto& [len, v] : last.metric_by_length) by[std::to_string(len)] = v;
+    j["metric_by_length"] = by;
+  }
+  if (last.sink_mean) j["sink_mean"] = *last.sink_mean;
+  if (last.routing_max_weight) j["routing_max_weight"] = *last.routing_max_weight;
+  write_file_atomic((fs::path(run_dir) / kResultFile).string(), j.dump(2) + "\n");
+}
+
 }  // namespace
 
 TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
@@ -444,10 +603,15 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
                   " has no checkpoint to resume from");
 
   // Everything that can fail on bad input happens before anything is written.
+  const auto t_run = std::chrono::steady_clock::now();
   RunConfig c = base;
-  Dataset data = prepare_data(c, run_dir, /*reuse=*/options.resume, out);
-  // A BPE trainer stops early when no pair is left to merge: the model takes the real size.
-  c.model.vocab_size = data.tokenizer->vocab_size();
+  const SyntheticTask* task = c.is_task() ? c.task_setup.task.get() : nullptr;
+  Dataset data;  // a task generates its batches: no text, no token shards
+  if (!task) {
+    data = prepare_data(c, run_dir, /*reuse=*/options.resume, out);
+    // A BPE trainer stops early when no pair is left to merge: the model takes the real size.
+    c.model.vocab_size = data.tokenizer->vocab_size();
+  }
   Generator init_gen(c.seed);
   Gpt model(c.model, init_gen);
   model.to(c.device);
@@ -469,11 +633,14 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     init_from_checkpoint(model, c.init_from, out);
   }
   fs::create_directories(run_dir);
-  if (!data.from_run_dir) save_data(data, run_dir);
+  // A result.json says "finished": a run that starts (or resumes) is not, until it writes its own.
+  fs::remove(fs::path(run_dir) / kResultFile);
+  if (!task && !data.from_run_dir) save_data(data, run_dir);
   write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
 
   std::unique_ptr<Optimizer> opt = make_optimizer(c, model);
-  BatchSampler sampler(data.train, c.batch, c.seq_len, c.seed);
+  std::unique_ptr<BatchSampler> sampler;
+  if (!task) sampler = std::make_unique<BatchSampler>(data.train, c.batch, c.seq_len, c.seed);
   Generator dropout_gen(c.seed ^ 0x9e3779b97f4a7c15ull);
   int64_t step = 0, skipped = 0;
   const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
@@ -481,7 +648,8 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     try {
       opt->load_state(resumed.state);
       step = std::stoll(resumed.state_meta.at("step"));
-      sampler.set_step(std::stoull(resumed.state_meta.at("sampler_step")));
+      // A task's batch is a function of the step alone.
+      if (sampler) sampler->set_step(std::stoull(resumed.state_meta.at("sampler_step")));
       dropout_gen = Generator(std::stoull(resumed.state_meta.at("dropout_seed")),
                               std::stoull(resumed.state_meta.at("dropout_offset")));
       skipped = std::stoll(resumed.state_meta.at("skipped_steps"));
@@ -499,10 +667,17 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   }
 
   const int64_t tokens_per_step = c.batch * c.seq_len;
-  out << "attnlab train: " << run_dir << "\n"
-      << "  data: " << c.corpus << ", " << c.tokenizer << " tokenizer (vocab " << c.model.vocab_size << "), "
-      << data.train.numel() << " train / " << data.val.numel() << " validation tokens\n"
-      << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
+  out << "attnlab train: " << run_dir << "\n";
+  if (task)
+    out << "  data: task " << c.task
+        << (task->is_token_task() ? " (vocab " + std::to_string(c.model.vocab_size)
+                                  : " (vectors " + std::to_string(task->input_dim()) + " in, " +
+                                        std::to_string(task->output_dim()) + " out")
+        << ", metric " << task->metric_name() << "), generated from run.seed; validation from another fixed seed\n";
+  else
+    out << "  data: " << c.corpus << ", " << c.tokenizer << " tokenizer (vocab " << c.model.vocab_size << "), "
+        << data.train.numel() << " train / " << data.val.numel() << " validation tokens\n";
+  out << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
       << " heads, context " << c.model.context << ", "
       << (c.model.layer_pattern.empty() ? c.model.attention : "layer pattern " + c.model.layer_pattern) << " attention"
       << (c.model.residual.routed() ? ", " + c.model.residual.mode + " residual (" + c.model.residual.granularity + ")" : "")
@@ -520,12 +695,12 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     Checkpoint ck;
     ck.weights = model.state_dict();
     ck.model_meta = {{"config", gpt_config_json(c.model)},
-                     {"tokenizer", c.tokenizer},
+                     {"tokenizer", c.tokenizer_meta()},
                      {"step", std::to_string(at_step)},
                      {"format", "pt"}};
     ck.state = opt->state();
     ck.state_meta = {{"step", std::to_string(at_step)},
-                     {"sampler_step", std::to_string(sampler.step())},
+                     {"sampler_step", std::to_string(sampler ? sampler->step() : static_cast<uint64_t>(at_step))},
                      {"dropout_seed", std::to_string(dropout_gen.seed())},
                      {"dropout_offset", std::to_string(dropout_gen.offset())},
                      {"skipped_steps", std::to_string(skipped)}};
@@ -538,13 +713,21 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   double window_loss = 0, window_secs = 0;
   int64_t window_steps = 0, bad_in_a_row = 0;
   std::string last_checkpoint;
+  std::optional<EvalOutcome> last_eval;
   while (step < c.steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = c.schedule(step);
     opt->set_lr(lr);
-    const Batch b = sampler.next();
-    const Variable logits = model.forward(Variable(b.x.to(c.device)), c.model.dropout > 0 ? &dropout_gen : nullptr);
-    const Variable loss = cross_entropy(logits, Variable(b.y.to(c.device)));
+    Generator* drop = c.model.dropout > 0 ? &dropout_gen : nullptr;
+    Variable loss;
+    if (task) {
+      // Batch `step` of the training stream: a resumed run redraws it exactly.
+      const TaskBatch b = task->batch(c.seed, static_cast<uint64_t>(step), c.batch, c.seq_len);
+      loss = task_loss(*task, model.forward(task_input(b, c.device), drop), b);
+    } else {
+      const Batch b = sampler->next();
+      loss = cross_entropy(model.forward(Variable(b.x.to(c.device)), drop), Variable(b.y.to(c.device)));
+    }
     opt->zero_grad();
     loss.backward();
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
@@ -591,23 +774,10 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
                 {"skipped_steps", skipped}};
       out << (options.interactive ? "\r" : "") << line;
       if (eval_now) {
-        result.final_val_loss = evaluate(model, data.val, c.batch, c.seq_len, c.eval_batches);
-        m["val_loss"] = result.final_val_loss;
-        m["attention"] = attention_diagnostics_json(model, data.val, c.batch, c.seq_len);
-        out << eval_summary(result.final_val_loss, m["attention"]);
-        char v[64];
-        if (model.router()) {
-          // Per routing op (layers/residual/routing.h): mean max weight, entropy, gate.
-          for (const Batch& vb : sequential_batches(data.val, c.batch, c.seq_len, 1)) {
-            const std::vector<RoutingStats> rs = model.routing_diagnostics(Variable(vb.x.to(model.device())));
-            m["residual"] = routing_stats_json(rs);
-            double mx = 0, h = 0;
-            for (const RoutingStats& st : rs) mx += st.max_weight, h += st.entropy;
-            const double n = static_cast<double>(std::max<size_t>(rs.size(), 1));
-            std::snprintf(v, sizeof v, "  route max %.3f H %.3f", mx / n, h / n);
-            out << v;
-          }
-        }
+        last_eval = evaluate_run(c, model, data);
+        result.final_val_loss = last_eval->val_loss;
+        m.update(last_eval->fields);
+        out << last_eval->note;
       }
       metrics << m.dump() << "\n" << std::flush;
       // Eval lines stay on screen; plain log lines always end.
@@ -620,10 +790,28 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   result.steps = step;
   result.skipped_steps = skipped;
   if (options.interactive) out << "\n";
+  if (!last_eval) {
+    // Resumed at the last step: nothing trained, but result.json needs the final evaluation.
+    last_eval = evaluate_run(c, model, data);
+    result.final_val_loss = last_eval->val_loss;
+    out << "step " << step << "/" << c.steps << " (already trained)" << last_eval->note << "\n";
+  }
   if (!last_checkpoint.empty()) out << "checkpoint: " << last_checkpoint << "\n";
-  const std::string text = sample_text(model, *data.tokenizer, c.prompt, c.sample);
-  write_file_atomic((fs::path(run_dir) / "samples.txt").string(), text + "\n");
-  out << "sample (temperature " << c.sample.temperature << ", top-k " << c.sample.top_k << "):\n" << text << "\n";
+  if (task) {
+    // Validation rows with the model's answers, in place of a text sample.
+    std::string text;
+    for (const std::string& line :
+         describe_task_rows(model, *task, validation_seed(c.seed), c.batch, c.seq_len, /*rows=*/4))
+      text += line + "\n";
+    write_file_atomic((fs::path(run_dir) / "samples.txt").string(), text);
+    out << "validation rows (target, model):\n" << text;
+  } else {
+    const std::string text = sample_text(model, *data.tokenizer, c.prompt, c.sample);
+    write_file_atomic((fs::path(run_dir) / "samples.txt").string(), text + "\n");
+    out << "sample (temperature " << c.sample.temperature << ", top-k " << c.sample.top_k << "):\n" << text << "\n";
+  }
+  write_result(c, run_dir, result, *last_eval, model,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count());
   return result;
 }
 
@@ -648,6 +836,8 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
   AL_CHECK_CONFIG(!c.device.is_cpu(), "compare-devices: run.device is cpu; name the device to compare with the CPU, "
                                       "e.g. --run.device=cuda");
   AL_CHECK_CONFIG(steps > 0, "compare-devices: --steps must be >= 1; got ", steps);
+  AL_CHECK_CONFIG(!c.is_task(), "compare-devices: recipe ", recipe.source(), " trains data.task = ", c.task,
+                  "; compare-devices runs corpus recipes (data.task = corpus)");
   Dataset data = prepare_data(c, c.run_dir(), /*reuse=*/false, out);
   c.model.vocab_size = data.tokenizer->vocab_size();
 
@@ -733,11 +923,36 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
   return ok;
 }
 
+void check_train_recipe(Recipe& recipe) { read_config(recipe); }
+
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
   AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);
   LoadedModel run = load_model(checkpoint);
   Recipe recipe = Recipe::load((fs::path(run.run_dir) / "recipe.ini").string());
   const RunConfig c = read_config(recipe);
+  if (c.is_task()) {
+    // A task's validation set is the fixed seed's stream: --batches of it (train.eval_batches by default).
+    const SyntheticTask& task = *c.task_setup.task;
+    const int64_t batches = max_batches < 0 ? c.eval_batches : max_batches;
+    const uint64_t seed = validation_seed(c.seed);
+    const TaskEval e = evaluate_task(*run.model, task, seed, c.batch, c.seq_len, batches);
+    char line[320];
+    std::snprintf(line, sizeof line, "%s: task %s, validation %s %.4f, loss %.4f (%lld batches of %lld x %lld)\n",
+                  run.model_path.c_str(), c.task.c_str(), task.metric_name().c_str(), e.score.value(), e.loss,
+                  static_cast<long long>(batches), static_cast<long long>(c.batch), static_cast<long long>(c.seq_len));
+    out << line;
+    for (const auto& [part, sc] : e.score.parts) {
+      std::snprintf(line, sizeof line, "  %s %s %.4f\n", task.metric_name().c_str(), part.c_str(),
+                    sc.second > 0 ? sc.first / sc.second : 0.0);
+      out << line;
+    }
+    for (const int64_t len : c.task_setup.eval_lengths) {
+      std::snprintf(line, sizeof line, "  %s at length %lld: %.4f\n", task.metric_name().c_str(), static_cast<long long>(len),
+                    evaluate_task(*run.model, task, seed, c.batch, len, batches).score.value());
+      out << line;
+    }
+    return;
+  }
   const Dataset data = prepare_data(c, run.run_dir, /*reuse=*/true, out);
   const double loss = evaluate(*run.model, data.val, c.batch, c.seq_len, max_batches);
   const int64_t windows = (data.val.numel() - 1) / c.seq_len / c.batch;
@@ -751,6 +966,10 @@ void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& 
 
 void run_sample(const SampleCommand& cmd, std::ostream& out) {
   LoadedModel run = load_model(cmd.checkpoint);
+  AL_CHECK_CONFIG(run.tokenizer != kTaskTokenizer && !run.config.vector_mode(), "sample: ", run.model_path,
+                  " was trained on a synthetic task (", run.config.vector_mode() ? "a vector model" : "task token ids",
+                  "), not on text: there is nothing to sample; `attnlab eval` reports its metric and the run's "
+                  "samples.txt shows validation rows with its answers");
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(run.tokenizer, run.run_dir);
   out << sample_text(*run.model, *tok, cmd.prompt,
                      SampleOptions{.tokens = cmd.tokens, .temperature = cmd.temperature, .top_k = cmd.top_k, .seed = cmd.seed})

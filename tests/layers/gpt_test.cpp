@@ -4,6 +4,7 @@
 // validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -584,6 +585,164 @@ INSTANTIATE_TEST_SUITE_P(Variants, GptGradcheck,
                          [](const auto& i) {
                            return std::string(i.param.positions) + "_" + i.param.norm + "_" + i.param.mlp;
                          });
+
+// ---- vector mode ---------------------------------------------------------------------------------
+
+GptConfig tiny_vector(const std::string& positions = "learned") {
+  GptConfig c = tiny(positions);
+  c.vocab_size = 0;  // unused in vector mode
+  c.input_dim = 5;
+  c.output_dim = 3;
+  return c;
+}
+
+TEST(GptVector, ParameterNamesShapesAndDecay) {
+  GptConfig c = tiny_vector();
+  c.tie_embeddings = false;  // no lm_head either way
+  Generator gen(1);
+  Gpt model(c, gen);
+  std::map<std::string, Shape> got;
+  std::vector<std::string> names, decayed;
+  for (const auto& [n, v] : model.named_parameters()) {
+    got.emplace(n, v.shape());
+    names.push_back(n);
+    if (!is_no_decay_parameter(n)) decayed.push_back(n);
+  }
+  EXPECT_EQ(names.front(), "input_proj.weight");
+  EXPECT_EQ(names[1], "input_proj.bias");
+  EXPECT_EQ(names[names.size() - 2], "output_head.weight");
+  EXPECT_EQ(names.back(), "output_head.bias");
+  EXPECT_EQ(got.at("input_proj.weight"), (Shape{16, 5}));
+  EXPECT_EQ(got.at("input_proj.bias"), (Shape{16}));
+  EXPECT_EQ(got.at("output_head.weight"), (Shape{3, 16}));
+  EXPECT_EQ(got.at("output_head.bias"), (Shape{3}));
+  EXPECT_EQ(got.count("wte.weight"), 0u);
+  EXPECT_EQ(got.count("lm_head.weight"), 0u);
+  EXPECT_EQ(got.count("wpe.weight"), 1u);
+  // The input projection is the embedding (no decay); the output head decays like lm_head.
+  EXPECT_EQ(std::count(decayed.begin(), decayed.end(), "input_proj.weight"), 0);
+  EXPECT_EQ(std::count(decayed.begin(), decayed.end(), "output_head.weight"), 1);
+  EXPECT_EQ(std::count(decayed.begin(), decayed.end(), "output_head.bias"), 0);
+  // GPT-2 init: the output head starts small, its bias at zero.
+  for (double b : model.state_dict().at("output_head.bias").to_vector<double>()) EXPECT_EQ(b, 0.0);
+}
+
+TEST(GptVector, ForwardShapesDtypesAndDiagnostics) {
+  for (const char* positions : {"learned", "rope"}) {
+    GptConfig c = tiny_vector(positions);
+    Generator gen(2), data(3);
+    Gpt model(c, gen);
+    const Tensor x = randn(Shape{2, 7, 5}, data);
+    const Variable y = model.forward(Variable(x));
+    EXPECT_EQ(y.shape(), (Shape{2, 7, 3})) << positions;
+    EXPECT_EQ(y.dtype(), DType::f32);
+    // f64 inputs are converted to the model's dtype: the same function.
+    const std::vector<double> a = y.data().to_vector<double>();
+    const std::vector<double> b = model.forward(Variable(x.to(DType::f64))).data().to_vector<double>();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-6);
+    // Causal: the first four positions do not see a change at position 4.
+    Tensor x2 = x.clone();
+    x2.narrow(1, 4, 1).fill_(7.0);
+    const Tensor y2 = model.forward(Variable(x2)).data();
+    const std::vector<double> p = y.data().narrow(1, 0, 4).contiguous().to_vector<double>();
+    const std::vector<double> q = y2.narrow(1, 0, 4).contiguous().to_vector<double>();
+    for (size_t i = 0; i < p.size(); ++i) EXPECT_NEAR(p[i], q[i], 1e-6);
+    EXPECT_EQ(model.attention_diagnostics(Variable(x)).size(), 2u);
+    EXPECT_TRUE(model.routing_diagnostics(Variable(x)).empty());
+  }
+  GptConfig routed = tiny_vector();
+  routed.residual.mode = "attnres";
+  Generator gen(4), data(5);
+  Gpt model(routed, gen);
+  const Tensor x = randn(Shape{2, 6, 5}, data);
+  EXPECT_EQ(model.forward(Variable(x)).shape(), (Shape{2, 6, 3}));
+  EXPECT_FALSE(model.routing_diagnostics(Variable(x)).empty());
+}
+
+TEST(GptVector, ErrorsNameWhatWasExpected) {
+  Generator gen(1);
+  Gpt model(tiny_vector(), gen);
+  auto message = [&](const Tensor& x) {
+    try {
+      model.forward(Variable(x));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  // Token ids to a vector model: a dtype error naming the expected input.
+  try {
+    model.forward(Variable(ids_tensor(Shape{2, 4}, 11, 1)));
+    FAIL() << "ids were accepted by a vector model";
+  } catch (const DTypeError& e) {
+    EXPECT_NE(std::string(e.what()).find("[B, T, 5]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(model.forward(Variable(Tensor::zeros(Shape{2, 4, 4}, DType::f32))), ShapeError);
+  EXPECT_NE(message(Tensor::zeros(Shape{2, 4, 4}, DType::f32)).find("[B, T, 5]"), std::string::npos);
+  EXPECT_THROW(model.forward(Variable(Tensor::zeros(Shape{2, 4}, DType::f32))), ShapeError);
+  EXPECT_THROW(model.forward(Variable(Tensor::zeros(Shape{1, 10, 5}, DType::f32))), ShapeError);  // past the context
+  EXPECT_NE(message(Tensor::zeros(Shape{1, 10, 5}, DType::f32)).find("context"), std::string::npos);
+  EXPECT_THROW(model.attention_diagnostics(Variable(ids_tensor(Shape{2, 4}, 11, 1))), DTypeError);
+  // Decoding is token-only.
+  EXPECT_THROW(model.make_cache(1), ConfigError);
+  KvCache cache;
+  EXPECT_THROW(model.forward_cached(Variable(Tensor::zeros(Shape{1, 2, 5}, DType::f32)), cache), ConfigError);
+  // A token model given vectors still says it wants ids.
+  Gpt tokens(tiny(), gen);
+  EXPECT_THROW(tokens.forward(Variable(Tensor::zeros(Shape{2, 4, 5}, DType::f32))), DTypeError);
+  // Both dims or neither.
+  GptConfig half = tiny_vector();
+  half.output_dim = 0;
+  try {
+    half.validate();
+    FAIL() << "input_dim without output_dim was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("output_dim"), std::string::npos) << e.what();
+  }
+  half = tiny();
+  half.output_dim = 2;
+  EXPECT_THROW(half.validate(), ConfigError);
+  half = tiny_vector();
+  half.input_dim = -1;
+  half.output_dim = -1;
+  EXPECT_THROW(half.validate(), ConfigError);
+}
+
+class GptVectorGradcheck : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GptVectorGradcheck, Float64) {
+  GptConfig c = test::micro_gpt();
+  c.vocab_size = 0;
+  c.input_dim = 3;
+  c.output_dim = 2;
+  c.dropout = 0.2;
+  if (GetParam() == "rope") c.positions = "rope", c.norm = "rmsnorm";
+  if (GetParam() == "attnres") c.residual.mode = "attnres";
+  Generator gen(8);
+  Gpt model(c, gen, DType::f64);
+  std::vector<Tensor> inputs;
+  Generator noise(9);
+  uint64_t seed = 100;
+  for (const Variable& p : model.parameters())
+    inputs.push_back(p.data().ndim() == 2 ? randn(p.shape(), noise, DType::f64)
+                                          : sample_uniform(p.shape(), seed++, 0.5, 1.5));
+  Generator data(10);
+  const Tensor x = randn(Shape{2, 3, 3}, data, DType::f64);
+  for (const int64_t limit : {int64_t{1} << 20, int64_t{0}}) {
+    GradcheckOptions o;
+    o.full_jacobian_limit = limit;
+    o.projections = 8;
+    const GradcheckResult r = gradcheck(model_as_function(model, x, 12), inputs, {}, o);
+    EXPECT_TRUE(r.ok) << r.worst;
+    std::printf("gpt vector gradcheck %s: %lld %s, max abs err %.3g, max rel err %.3g\n", GetParam().c_str(),
+                static_cast<long long>(r.checked), r.full_jacobian ? "Jacobian entries" : "projections", r.max_abs_err,
+                r.max_rel_err);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, GptVectorGradcheck, ::testing::Values("learned", "rope", "attnres"),
+                         [](const auto& i) { return i.param; });
 
 // ---- config validation ---------------------------------------------------------------------------------
 
