@@ -251,7 +251,11 @@ std::string stat_cell(const ResultGroup& g, const std::string& key) {
   const Stat& s = it->second;
   if (key == "parameters") return "<td>" + format_count(s.mean) + "</td>";
   std::string t = attnlab::format_number(s.mean);  // as results.md shows it
-  if (s.n > 1) t += " \u00b1 " + format_number(s.std, 2);
+  // The spread under the mean, small (keeps the columns narrow), to 2 significant digits but
+  // whole when large (not 1.3e+04).
+  if (s.n > 1)
+    t += "<span class=\"sd\">\u00b1 " +
+         (std::abs(s.std) >= 100 ? attnlab::format_number(std::round(s.std)) : format_number(s.std, 2)) + "</span>";
   return "<td>" + t + "</td>";
 }
 
@@ -285,7 +289,8 @@ std::vector<std::pair<std::string, std::string>> stat_columns(const RunSet& set)
     if (k == "final_val_loss" && set.metric == "val_loss") continue;  // the metric column already
     if (present.count(k)) cols.push_back({k, title});
   }
-  for (const auto& [len, k] : lengths) cols.push_back({k, set.metric + "@" + k.substr(7)});
+  for (const auto& [len, k] : lengths)
+    cols.push_back({k, set.metric + " @" + k.substr(7)});  // a space: the header may wrap
   return cols;
 }
 
@@ -305,8 +310,8 @@ void results_table(std::ostringstream& o, const RunSet& set) {
   const std::vector<std::string> keys = setting_keys(set);
   const auto cols = stat_columns(set);
   o << "<div class=\"table-wrap\"><table class=\"results\"><thead><tr><th>#</th>";
-  if (keys.empty()) o << "<th class=\"l\">group</th>";
-  for (const std::string& k : keys) o << "<th class=\"l\">" << escape(k) << "</th>";
+  if (keys.empty()) o << "<th class=\"k\">group</th>";
+  for (const std::string& k : keys) o << "<th class=\"k\">" << escape(k) << "</th>";
   o << "<th>" << escape(set.metric) << (set.higher_is_better ? " \u2191" : " \u2193") << "</th><th>n</th>";
   for (const auto& [k, title] : cols) o << "<th>" << escape(title) << "</th>";
   o << "</tr></thead><tbody>\n";
@@ -315,10 +320,9 @@ void results_table(std::ostringstream& o, const RunSet& set) {
     const ResultGroup& grp = set.groups[g];
     const auto it = grp.stats.find("metric_value");
     const int64_t n = it == grp.stats.end() ? 0 : it->second.n;
-    o << "<tr class=\"group-row\"><td>" << ++rank << "</td>";
-    if (keys.empty()) o << "<td class=\"l\">" << swatch(g) << escape(group_name(set, grp)) << "</td>";
-    for (size_t i = 0; i < keys.size(); ++i)
-      o << "<td class=\"l\">" << (i == 0 ? swatch(g) : "") << escape(setting(grp.settings, keys[i])) << "</td>";
+    o << "<tr class=\"group-row\"><td class=\"rank\">" << swatch(g) << ++rank << "</td>";
+    if (keys.empty()) o << "<td class=\"k\">" << escape(group_name(set, grp)) << "</td>";
+    for (const std::string& k : keys) o << "<td class=\"k\">" << escape(setting(grp.settings, k)) << "</td>";
     o << stat_cell(grp, "metric_value") << "<td>" << n << "/" << grp.runs.size() << "</td>";
     for (const auto& [k, title] : cols) o << stat_cell(grp, k);
     o << "</tr>\n";
@@ -469,9 +473,12 @@ h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom
 .table-wrap{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;background:#fff}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap;vertical-align:top}
-th{background:#efefef;font-weight:600}
+th{background:#efefef;font-weight:600;white-space:normal;vertical-align:bottom}
 th.l,td.l{text-align:left;white-space:normal;min-width:60px;max-width:460px;overflow-wrap:anywhere}
 td.na{color:#999;text-align:center}
+th.k{text-align:left}
+.sd{display:block;color:#777;font-size:11px}
+td.k{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:64px;max-width:320px}
 svg.sw{vertical-align:middle;margin-right:6px}
 .st{padding:1px 6px;border-radius:3px;font-size:12px}
 .st-done{background:#e3f3e3;color:#1d6b1d}.st-failed{background:#c62828;color:#fff;font-weight:600}

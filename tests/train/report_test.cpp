@@ -179,7 +179,8 @@ TEST(Report, GroupsBestFirstAndRunsWithStatus) {
   ASSERT_NE(lla, std::string::npos);
   EXPECT_LT(odd, kda);
   EXPECT_LT(kda, lla);
-  EXPECT_NE(results.find("0.7 \u00b1 0.01"), std::string::npos);
+  EXPECT_NE(results.find("0.7<span class=\"sd\">\u00b1 0.01</span>"), std::string::npos);
+  EXPECT_NE(results.find("<td>0.75</td>"), std::string::npos);  // one run: no spread
   EXPECT_EQ(count(html, "<tr class=\"run-row\""), 4u);
   EXPECT_NE(html.find("st-failed\">failed<"), std::string::npos);
   EXPECT_NE(html.find("st-running\">running<"), std::string::npos);
