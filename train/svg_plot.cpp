@@ -398,7 +398,7 @@ std::string render_line_chart(const LineChart& c) {
       std::string pts = upper + lower;
       pts.pop_back();
       o << "<polygon class=\"band\" points=\"" << pts << "\" fill=\"" << palette_color(s.color)
-        << "\" fill-opacity=\"0.18\" stroke=\"none\"/>";
+        << "\" fill-opacity=\"0.15\" stroke=\"none\"/>";
     }
     for (const Series& s : c.series) {
       std::vector<std::pair<double, double>> pts;
