@@ -2,12 +2,16 @@
 // They are the tasks the attention papers use to tell variants apart (specs: attention_kda_lla.md
 // A10 and B9, residuals_focusft_qttt.md 3.6 and Part 4).
 //
-//   name                  input                          metric (on the masked positions)
-//   mqar                  tokens: k v k v ... then q a q a  accuracy of the answers
-//   kv_retrieval          tokens: pairs in a filler haystack, then [Q] k* [A] -> v*   accuracy
-//   selective_copy        tokens: content among blanks, [SEP], then the content in order   accuracy
-//   regression            vectors: (x, y) pairs of one random linear map y = W x + noise   mse
-//   piecewise_regression  vectors: as regression, W redrawn in each of `segments` segments  mse
+//   name                  input (layouts in detail: the opening comment of each task's .cpp)   metric
+//   mqar                  tokens: k v k v ... then q a q a ... PAD; target at each q: its value  accuracy
+//   kv_retrieval          tokens: BOS, k v pairs among filler runs, demos "Q k A v", final
+//                         "Q k* A"; target at each A: the value (part "final": the last alone)  accuracy
+//   selective_copy        tokens: content among blanks, SEP, then the content in order (teacher
+//                         forced); targets from SEP on: the next content token               accuracy
+//   regression            vectors: [x_i, 0] at 2i, [0, y_i] at 2i+1, y = W x + noise; target
+//                         at 2i: y_i                                                         mse
+//   piecewise_regression  vectors: as regression, W redrawn in each of `segments` segments
+//                         (parts "seg1".."segS": the mse within each)                        mse
 //
 // Token tasks: x i32 [B, T] ids in [0, vocab_size()), y i32 [B, T] the target at each position
 // (kIgnoreTarget where nothing is predicted: cross_entropy skips it), mask f32 [B, T] 1 where y is
@@ -77,6 +81,9 @@ class SyntheticTask {
   virtual int64_t output_dim() const { return 0; }  // vector tasks: predicted features per position
   // The shortest sequence the config fits in.
   virtual int64_t min_seq_len() const = 0;
+  // ConfigError naming the task, train.seq_len and the bound when sequences of seq_len cannot hold
+  // the task (too short; regression tasks: also odd). TaskConfig::validate() and batch() call it.
+  virtual void check_seq_len(int64_t seq_len) const;
 
   // Batch `index` of the stream `seed`; batch >= 1, seq_len >= min_seq_len() (ConfigError else).
   virtual TaskBatch batch(uint64_t seed, uint64_t index, int64_t batch, int64_t seq_len) const = 0;
