@@ -4,6 +4,7 @@
 // task keys exit with code 2 naming the key.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -89,6 +90,12 @@ std::string read_text(const fs::path& path) {
 class TaskTrain : public CliRunDir {
  protected:
   TaskTrain() : CliRunDir("attnlab_task_train_test_") {}
+  // One thread per run: the runs are bit-identical on any thread count, and on a loaded machine a
+  // tiny model's OpenMP barriers cost more than its second thread gains.
+  void SetUp() override {
+    CliRunDir::SetUp();
+    ::setenv("OMP_NUM_THREADS", "1", /*overwrite=*/1);
+  }
   // Writes `recipe` into the test's directory and returns the train arguments for it.
   std::string train(const char* recipe, const std::string& extra = "") const {
     const fs::path path = dir_ / "recipe.ini";
