@@ -11,7 +11,10 @@
 #include <sstream>
 #include <string>
 
+#include "lib/error.h"
 #include "tests/support/cli_run_dir.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -226,6 +229,22 @@ TEST_F(TaskTrain, BadTaskKeysExitWithTwoNamingTheKey) {
     EXPECT_NE(r.err.find(fragment), std::string::npos) << args << "\n" << r.err;
   }
   EXPECT_FALSE(fs::exists(dir_ / "mqar"));
+}
+
+// check_train_recipe: the same checks as `attnlab train`, without touching a file.
+TEST_F(TaskTrain, CheckTrainRecipeReadsEveryKeyAndWritesNothing) {
+  const std::string runs = "--run.dir=" + (dir_ / "runs").string();
+  Recipe good = Recipe::parse(kMqar, "mqar.ini", {runs, "--data.eval_lengths=32"});
+  EXPECT_NO_THROW(check_train_recipe(good));
+  for (const std::string& bad : {std::string("--data.eval_lengths=33"), std::string("--data.corpus=austen"),
+                                 std::string("--data.task=nope"), std::string("--model.heads=3")}) {
+    Recipe r = Recipe::parse(kMqar, "mqar.ini", {runs, bad});
+    EXPECT_THROW(check_train_recipe(r), ConfigError) << bad;
+  }
+  // A corpus recipe is checked without loading its corpus.
+  Recipe corpus = Recipe::parse("[data]\ncorpus = /nonexistent/corpus.txt\n", "corpus.ini", {runs});
+  EXPECT_NO_THROW(check_train_recipe(corpus));
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));
 }
 
 }  // namespace
