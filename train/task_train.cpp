@@ -75,7 +75,8 @@ TaskSetup read_task_recipe(Recipe& r, const std::string& name, int64_t seq_len, 
     setup.task = make_task(tc);
     tc.validate(seq_len);
   } catch (const ConfigError& e) {
-    detail::throw_error<ConfigError>("recipe ", r.source(), ": data.task = ", name, ": ", e.what());
+    // The task's messages name the task and the key already.
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
   }
   const int64_t min_len = setup.task->min_seq_len();
   AL_CHECK_CONFIG(seq_len >= min_len, "recipe ", r.source(), ": train.seq_len = ", seq_len,
