@@ -22,6 +22,7 @@
 #include <set>
 
 #include "lib/file_io.h"
+#include "train/report.h"
 #include "train/results.h"
 #include "train/trainer.h"
 
@@ -145,7 +146,8 @@ std::string cell_name(const std::vector<std::pair<std::string, std::string>>& se
 }
 
 AblatePlan plan_ablation(const std::vector<RecipeEntry>& entries, const std::string& default_name,
-                         const std::vector<std::string>& overrides, const std::string& source) {
+                         const std::vector<std::string>& overrides, const std::string& source,
+                         const std::map<std::string, std::string>& base) {
   AblatePlan plan;
   plan.name = default_name;
   std::set<std::string> overridden;
@@ -208,11 +210,19 @@ AblatePlan plan_ablation(const std::vector<RecipeEntry>& entries, const std::str
     const auto seed_it = std::find(plan.keys.begin(), plan.keys.end(), "run.seed");
     const std::vector<size_t> seed =
         seed_it == plan.keys.end() ? std::vector<size_t>{} : std::vector<size_t>{size_t(seed_it - plan.keys.begin())};
-    bool any = false;
+    bool any = false, baseline_done = false;
     for (size_t k = 0; k < plan.keys.size(); ++k) {
       if (plan.keys[k] == "run.seed") continue;
       any = true;
-      for (const std::string& v : plan.values[k]) cross(seed, cells, {{plan.keys[k], v}});
+      const auto own = base.find(plan.keys[k]);
+      for (const std::string& v : plan.values[k]) {
+        // The recipe's own value on every axis is one and the same run: the baseline.
+        if (own != base.end() && own->second == v) {
+          if (baseline_done) continue;
+          baseline_done = true;
+        }
+        cross(seed, cells, {{plan.keys[k], v}});
+      }
     }
     if (!any) cross(seed, cells, {});  // only seeds
   }
@@ -361,7 +371,7 @@ void write_results(const std::string& abl) {
   const RunSet set = load_ablation(abl);
   write_results_csv(set, (fs::path(abl) / "results.csv").string());
   write_results_md(set, (fs::path(abl) / "results.md").string());
-  // report: regenerate <abl>/report.html here (write_report, train/report.h) once it is wired in.
+  write_report(set, (fs::path(abl) / "report.html").string());
 }
 
 std::string metric_text(const fs::path& result_file) {
@@ -395,7 +405,8 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
     return it == base.values().end() ? fallback : it->second;
   };
   const AblatePlan plan =
-      plan_ablation(split.section, value_of("run.name", fs::path(source).stem().string()), overrides, source);
+      plan_ablation(split.section, value_of("run.name", fs::path(source).stem().string()), overrides, source,
+                    base.values());
   const std::string abl = (fs::path(value_of("run.dir", "runs")) / plan.name).string();
   const std::string recipe_copy = (fs::path(abl) / "recipe.ini").string();
 

@@ -19,6 +19,7 @@
 // before anything runs: a bad key or value is one ConfigError naming the cell.
 #pragma once
 
+#include <map>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -67,11 +68,14 @@ struct AblatePlan {
 // Reads the [ablate] entries: runner options (design, name) and recipe keys with their value
 // lists, and expands the cells. grid: every combination, the last key varying fastest. axes: each
 // key other than run.seed varied alone (the others keep the recipe's values), every one crossed
-// with run.seed. `default_name` is used when there is no name option; `overrides` are the
-// command line's (a key both ablated and overridden is a ConfigError). `source` names the recipe
-// in messages.
+// with run.seed; a value equal to the recipe's own value of its key (`base`: the recipe's keys
+// with the command line applied) is the baseline, which every axis shares: it is run once, under
+// the first axis that lists it. `default_name` is used when there is no name option; `overrides`
+// are the command line's (a key both ablated and overridden is a ConfigError). `source` names the
+// recipe in messages.
 AblatePlan plan_ablation(const std::vector<RecipeEntry>& entries, const std::string& default_name,
-                         const std::vector<std::string>& overrides, const std::string& source);
+                         const std::vector<std::string>& overrides, const std::string& source,
+                         const std::map<std::string, std::string>& base = {});
 
 // The directory name of a cell: "attention-kda_seed-2" (the key after its section, unless two
 // ablated keys end the same way; characters other than letters, digits, '.', '_', '+' and '-'

@@ -84,6 +84,23 @@ TEST(Plan, AxesVaryEachKeyAloneCrossedWithSeeds) {
   EXPECT_EQ(seeds.cells[2].name, "seed-3");
 }
 
+TEST(Plan, AxesRunTheRecipesOwnValuesOnce) {
+  // The recipe says softmax and 2 layers: that baseline is on both axes but runs once (under the
+  // first), so 2 + 3 values give 4 cells per seed.
+  const std::map<std::string, std::string> base = {{"model.attention", "softmax"}, {"model.layers", "2"}};
+  const AblatePlan p = plan_ablation(
+      {{"design", "axes"}, {"model.attention", "softmax, kda"}, {"model.layers", "1, 2, 3"}, {"run.seed", "1, 2"}},
+      "base", {}, "x.ini", base);
+  ASSERT_EQ(p.cells.size(), 4u * 2u);
+  EXPECT_EQ(p.cells[0].settings, (Settings{{"model.attention", "softmax"}, {"run.seed", "1"}}));
+  EXPECT_EQ(p.cells[4].settings, (Settings{{"model.layers", "1"}, {"run.seed", "1"}}));
+  EXPECT_EQ(p.cells[6].settings, (Settings{{"model.layers", "3"}, {"run.seed", "1"}}));
+  // A grid is every combination whatever the recipe says.
+  EXPECT_EQ(plan_ablation({{"model.attention", "softmax, kda"}, {"model.layers", "1, 2, 3"}}, "base", {}, "x.ini", base)
+                .cells.size(),
+            6u);
+}
+
 TEST(Plan, RunnerOptionsAndErrors) {
   EXPECT_EQ(plan({{"name", "sweep1"}, {"model.attention", "a, b"}}).name, "sweep1");
   EXPECT_NE(config_error([] {
