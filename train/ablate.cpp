@@ -33,13 +33,6 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string trim(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const size_t e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
-}
-
 // "--section.key=value" or "section.key=value" -> {"section.key", "value"}.
 std::pair<std::string, std::string> split_override(std::string ov) {
   if (ov.rfind("--", 0) == 0) ov = ov.substr(2);
@@ -51,15 +44,6 @@ std::pair<std::string, std::string> split_override(std::string ov) {
 
 bool plain_dir_name(const std::string& s) {
   return !s.empty() && s.find('/') == std::string::npos && s != "." && s != "..";
-}
-
-std::string short_name(const std::string& key, const std::vector<std::string>& keys) {
-  const size_t dot = key.find('.');
-  if (dot == std::string::npos) return key;
-  const std::string tail = key.substr(dot + 1);
-  for (const std::string& k : keys)
-    if (k != key && k.find('.') != std::string::npos && k.substr(k.find('.') + 1) == tail) return key;
-  return tail;
 }
 
 std::string format_seconds(double s) {
@@ -122,7 +106,7 @@ std::string cell_name(const std::vector<std::pair<std::string, std::string>>& se
   std::string name;
   for (const auto& [k, v] : settings) {
     if (!name.empty()) name += '_';
-    name += short_name(k, keys) + "-";
+    name += short_key(k, keys) + "-";
     std::string clean;
     for (char c : v) {
       const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '+' || c == '-';
@@ -404,9 +388,8 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
     const auto it = base.values().find(key);
     return it == base.values().end() ? fallback : it->second;
   };
-  const AblatePlan plan =
-      plan_ablation(split.section, value_of("run.name", fs::path(source).stem().string()), overrides, source,
-                    base.values());
+  const AblatePlan plan = plan_ablation(split.section, value_of("run.name", fs::path(source).stem().string()),
+                                        overrides, source, base.values());
   const std::string abl = (fs::path(value_of("run.dir", "runs")) / plan.name).string();
   const std::string recipe_copy = (fs::path(abl) / "recipe.ini").string();
 
@@ -422,6 +405,16 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
     } catch (const ConfigError& e) {
       detail::throw_error<ConfigError>("ablation cell ", cell.name, ": ", e.what());
     }
+  }
+  if (options.dry_run) {
+    out << "ablation " << plan.name << ": " << plan.cells.size() << " cells (" << plan.design
+        << "), every cell's recipe checked; would run in " << abl << "\n";
+    for (size_t i = 0; i < plan.cells.size(); ++i) {
+      out << "  cell " << i + 1 << "/" << plan.cells.size() << " " << plan.cells[i].name << ":";
+      for (const auto& [k, v] : plan.cells[i].settings) out << " " << k << "=" << v;
+      out << (fs::exists(fs::path(abl) / plan.cells[i].name / kResultFile) ? "  (done)" : "") << "\n";
+    }
+    return 0;
   }
 
   const std::string text = "# The recipe of the ablation " + plan.name + ": " + source +
@@ -497,7 +490,7 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
       throw AblateInterrupted("ablation " + plan.name + " interrupted: " + std::to_string(done) + " of " +
                               std::to_string(n) +
                               " cells done. Run the same command again to continue: finished cells are kept, the "
-                              "interrupted one resumes from its last checkpoint.");
+                              "interrupted one resumes from its last checkpoint (or starts again if it saved none).");
     }
     if (child.exit_code == 0) {
       ++done;

@@ -35,6 +35,7 @@ struct AblateOptions {
   std::vector<std::string> overrides;  // --section.key=value, applied to every cell
   std::string attnlab_binary;          // the executable that runs cells ("attnlab train ...")
   bool interactive = false;            // stdout is a terminal
+  bool dry_run = false;                // check every cell and list them; run and write nothing
 };
 
 // Runs (or continues) the grid; returns the number of cells that failed.

@@ -1,7 +1,7 @@
 // The attnlab command line.
 //
 //   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
-//   attnlab ablate RECIPE.ini [--section.key=value ...]
+//   attnlab ablate RECIPE.ini [--section.key=value ...] [--dry-run]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
 //   attnlab eval RUN_OR_CHECKPOINT [--batches N]
 //   attnlab op NAME --in CASE.safetensors --out RESULT.safetensors [--opt k=v ...] [--device D]
@@ -38,10 +38,10 @@ constexpr const char* kUsage =
     "commands:\n"
     "  train RECIPE.ini [--section.key=value ...] [--resume]\n"
     "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints)\n"
-    "  ablate RECIPE.ini [--section.key=value ...]\n"
+    "  ablate RECIPE.ini [--section.key=value ...] [--dry-run]\n"
     "                      run the recipe's [ablate] grid, one train run per cell, under\n"
-    "                      <run.dir>/<name>/ with results.csv and results.md; rerun to continue\n"
-    "                      (finished cells are skipped)\n"
+    "                      <run.dir>/<name>/ with results.csv, results.md and report.html; rerun\n"
+    "                      to continue (finished cells are skipped); --dry-run lists the cells\n"
     "  sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]\n"
     "                      generate text from a checkpoint (a run directory means its latest)\n"
     "  eval RUN_OR_CHECKPOINT [--batches N]\n"
@@ -109,6 +109,8 @@ int cmd_ablate(const std::vector<std::string>& args) {
   for (const std::string& a : args) {
     if (a == "--resume")
       throw UsageError("ablate: --resume is not needed; rerunning the same command continues the ablation");
+    else if (a == "--dry-run")
+      options.dry_run = true;
     else if (a.rfind("--", 0) == 0)
       options.overrides.push_back(a);
     else if (options.recipe.empty())
@@ -250,8 +252,10 @@ int cmd_report(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--out" || a.rfind("--out=", 0) == 0) {
-      if (a == "--out" && i + 1 < args.size()) out = args[++i];
-      else if (a != "--out") out = a.substr(6);
+      if (a == "--out" && i + 1 < args.size())
+        out = args[++i];
+      else if (a != "--out")
+        out = a.substr(6);
       if (out.empty()) throw UsageError(std::string("report: --out needs a path; ") + usage);
     } else if (a.rfind("--", 0) == 0) {
       throw UsageError("report: unknown flag '" + a + "'; " + usage);

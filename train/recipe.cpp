@@ -11,14 +11,12 @@ namespace attnlab {
 
 namespace po = boost::program_options;
 
-namespace {
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
   if (b == std::string::npos) return "";
   const size_t e = s.find_last_not_of(" \t\r\n");
   return s.substr(b, e - b + 1);
 }
-}  // namespace
 
 Recipe Recipe::parse(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
   Recipe r;

@@ -12,6 +12,9 @@
 
 namespace attnlab {
 
+// `s` without the spaces, tabs and line breaks at either end (keys and values as INI gives them).
+std::string trim(const std::string& s);
+
 class Recipe {
  public:
   // Reads `path` and applies overrides of the form "section.key=value" (a leading "--" is fine).

@@ -400,16 +400,17 @@ void runs_table(std::ostringstream& o, const RunSet& set, const std::vector<size
 }
 
 // The last eval's per-layer numbers (sink, each variant's own), averaged over a group's runs; arrays
-// (InfSA's gamma per head, affine's running alpha) by their mean.
+// (InfSA's gamma per head, affine's running alpha) by their mean. One table per kind of layer, each
+// with that kind's own columns, so a grid of seven variants is seven narrow tables rather than one
+// wide table of dashes.
 void diagnostics_table(std::ostringstream& o, const RunSet& set) {
-  std::vector<std::string> fields;
-  std::set<std::string> seen;
-  // [group] -> layer -> (kind, field -> values)
   struct Layer {
     std::string kind;
     std::map<std::string, std::vector<double>> values;
   };
-  std::vector<std::map<double, Layer>> rows(set.groups.size());
+  std::vector<std::map<double, Layer>> rows(set.groups.size());  // [group] -> layer -> numbers
+  std::vector<std::string> kinds;                                // in order of first appearance
+  std::map<std::string, std::vector<std::string>> fields;        // kind -> its columns
   for (size_t g = 0; g < set.groups.size(); ++g)
     for (size_t r : set.groups[g].runs) {
       const json* m = last_with(set.runs[r], "attention");
@@ -419,6 +420,8 @@ void diagnostics_table(std::ostringstream& o, const RunSet& set) {
         const double layer = number(e, "layer").value_or(-1);
         Layer& L = rows[g][layer];
         if (e.contains("kind") && e["kind"].is_string()) L.kind = e["kind"].get<std::string>();
+        if (std::find(kinds.begin(), kinds.end(), L.kind) == kinds.end()) kinds.push_back(L.kind);
+        std::vector<std::string>& cols = fields[L.kind];
         for (const auto& [k, v] : e.items()) {
           if (k == "layer" || k == "kind") continue;
           double x = NAN;
@@ -434,33 +437,39 @@ void diagnostics_table(std::ostringstream& o, const RunSet& set) {
             name = k + " (mean)";
           }
           if (!std::isfinite(x)) continue;
-          if (seen.insert(name).second) fields.push_back(name);
+          if (std::find(cols.begin(), cols.end(), name) == cols.end()) cols.push_back(name);
           L.values[name].push_back(x);
         }
       }
     }
-  if (fields.empty()) return;
-  o << "<h2>Per-layer diagnostics (last eval, mean over seeds)</h2>\n<div class=\"table-wrap\"><table class=\"diag\">"
-       "<thead><tr><th class=\"l\">group</th><th>layer</th><th class=\"l\">kind</th>";
-  for (const std::string& f : fields) o << "<th>" << escape(f) << "</th>";
-  o << "</tr></thead><tbody>\n";
-  for (size_t g = 0; g < set.groups.size(); ++g)
-    for (const auto& [layer, L] : rows[g]) {
-      o << "<tr><td class=\"l\">" << swatch(g) << escape(group_name(set, set.groups[g])) << "</td><td>"
-        << (layer >= 0 ? format_number(layer, 6) : "?") << "</td><td class=\"l\">" << escape(L.kind) << "</td>";
-      for (const std::string& f : fields) {
-        const auto it = L.values.find(f);
-        std::optional<double> v;
-        if (it != L.values.end()) {
-          double s = 0;
-          for (double x : it->second) s += x;
-          v = s / static_cast<double>(it->second.size());
+  if (kinds.empty()) return;
+  o << "<h2>Per-layer diagnostics (last eval, mean over seeds)</h2>\n";
+  for (const std::string& kind : kinds) {
+    const std::vector<std::string>& cols = fields[kind];
+    o << "<h3>" << escape(kind.empty() ? std::string("(kind not logged)") : kind)
+      << " layers</h3>\n<div class=\"table-wrap\"><table class=\"diag\"><thead><tr><th "
+         "class=\"l\">group</th><th>layer</th>";
+    for (const std::string& f : cols) o << "<th>" << escape(f) << "</th>";
+    o << "</tr></thead><tbody>\n";
+    for (size_t g = 0; g < set.groups.size(); ++g)
+      for (const auto& [layer, L] : rows[g]) {
+        if (L.kind != kind) continue;
+        o << "<tr><td class=\"l\">" << swatch(g) << escape(group_name(set, set.groups[g])) << "</td><td>"
+          << (layer >= 0 ? format_number(layer, 6) : "?") << "</td>";
+        for (const std::string& f : cols) {
+          const auto it = L.values.find(f);
+          std::optional<double> v;
+          if (it != L.values.end()) {
+            double sum = 0;
+            for (double x : it->second) sum += x;
+            v = sum / static_cast<double>(it->second.size());
+          }
+          o << value_cell(v);
         }
-        o << value_cell(v);
+        o << "</tr>\n";
       }
-      o << "</tr>\n";
-    }
-  o << "</tbody></table></div>\n";
+    o << "</tbody></table></div>\n";
+  }
 }
 
 constexpr const char* kStyle = R"(
@@ -468,6 +477,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-
 padding:20px 20px 40px;color:#222;background:#f7f7f7;line-height:1.4}
 h1{font-size:22px;margin:0 0 6px;overflow-wrap:anywhere}
 h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:14px;margin:16px 0 6px}
+table.diag td.l{min-width:160px}
 .meta{color:#444;font-size:14px;margin:2px 0;overflow-wrap:anywhere}
 .how{background:#eaf2fb;border-left:4px solid #1f77b4;padding:8px 12px;font-size:14px;margin:14px 0}
 .table-wrap{overflow-x:auto;max-width:100%}

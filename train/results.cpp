@@ -87,16 +87,6 @@ std::string path_name(const std::string& path) {
   return name.empty() || name == "." ? fs::absolute(p).filename().string() : name;
 }
 
-// "model.attention" -> "attention", unless another key ends the same way.
-std::string short_key(const std::string& key, const std::vector<std::string>& keys) {
-  const size_t dot = key.find('.');
-  if (dot == std::string::npos) return key;
-  const std::string tail = key.substr(dot + 1);
-  for (const std::string& k : keys)
-    if (k != key && k.find('.') != std::string::npos && k.substr(k.find('.') + 1) == tail) return key;
-  return tail;
-}
-
 std::vector<std::string> lengths_of(const RunSet& set) {
   std::set<std::string> seen;
   for (const RunRecord& r : set.runs)
@@ -111,6 +101,15 @@ std::vector<std::string> lengths_of(const RunSet& set) {
 }
 
 }  // namespace
+
+std::string short_key(const std::string& key, const std::vector<std::string>& keys) {
+  const size_t dot = key.find('.');
+  if (dot == std::string::npos) return key;
+  const std::string tail = key.substr(dot + 1);
+  for (const std::string& k : keys)
+    if (k != key && k.find('.') != std::string::npos && k.substr(k.find('.') + 1) == tail) return key;
+  return tail;
+}
 
 std::string format_number(double v) {
   if (std::isnan(v)) return "-";

@@ -89,6 +89,9 @@ std::string results_csv(const RunSet& set);
 // A number as the tables show it: 4 significant digits, whole numbers of 10^4 and more without
 // an exponent, "-" for NaN.
 std::string format_number(double v);
+// An ablated key as tables and cell names show it: "model.attention" -> "attention", unless
+// another of `keys` ends the same way (then the whole key).
+std::string short_key(const std::string& key, const std::vector<std::string>& keys);
 // The groups' indices, best first by mean metric_value; groups with no finished run last.
 std::vector<size_t> groups_best_first(const RunSet& set);
 

@@ -55,13 +55,6 @@ size_t count(const std::string& text, const std::string& what) {
   return n;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 class AblateCli : public CliRunDir {
  protected:
   AblateCli() : CliRunDir("attnlab_ablate_cli_") {}
@@ -93,16 +86,16 @@ TEST_F(AblateCli, RunsEveryCellThenSkipsFinishedOnes) {
   EXPECT_NE(r.out.find("cell 1/4 attention-softmax_seed-1: done in"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(" val "), std::string::npos) << "eval lines are shown: " << r.out;
   EXPECT_TRUE(fs::exists(abl() / "recipe.ini"));
-  EXPECT_EQ(slurp(abl() / "recipe.ini").find("\n[ablate]"), std::string::npos);
-  EXPECT_NE(slurp(abl() / "recipe.ini").find(dir_.string()), std::string::npos) << "the override is in recipe.ini";
+  EXPECT_EQ(read_text(abl() / "recipe.ini").find("\n[ablate]"), std::string::npos);
+  EXPECT_NE(read_text(abl() / "recipe.ini").find(dir_.string()), std::string::npos) << "the override is in recipe.ini";
   EXPECT_TRUE(fs::exists(abl() / "ablation.json"));
 
-  const std::string csv = slurp(abl() / "results.csv");
+  const std::string csv = read_text(abl() / "results.csv");
   EXPECT_EQ(count(csv, "\n"), 5u) << csv;
   EXPECT_EQ(csv.rfind("name,model.attention,run.seed,status,metric,metric_value,", 0), 0u) << csv;
   for (const char* c : kCells) EXPECT_NE(csv.find(std::string(c) + ","), std::string::npos) << c;
   EXPECT_EQ(count(csv, ",done,accuracy,"), 4u) << csv;
-  const std::string md = slurp(abl() / "results.md");
+  const std::string md = read_text(abl() / "results.md");
   EXPECT_NE(md.find("## By setting"), std::string::npos) << md;
   EXPECT_NE(md.find("| attention=softmax | 2 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| attention=sigmoid | 2 |"), std::string::npos) << md;
@@ -134,9 +127,9 @@ TEST_F(AblateCli, RunsEveryCellThenSkipsFinishedOnes) {
   EXPECT_NE(failing.out.find("cell 2/4 attention-softmax_seed-2: FAILED"), std::string::npos) << failing.out;
   EXPECT_NE(failing.out.find("ablation tiny: 3 of 4 cells done, 1 failed"), std::string::npos) << failing.out;
   EXPECT_TRUE(fs::exists(abl() / kCells[1] / "failed.txt"));
-  EXPECT_NE(slurp(abl() / "results.csv").find(std::string(kCells[1]) + ",softmax,2,failed"), std::string::npos);
-  EXPECT_NE(slurp(abl() / "results.md").find("| attention=softmax | 1/2 |"), std::string::npos)
-      << slurp(abl() / "results.md");
+  EXPECT_NE(read_text(abl() / "results.csv").find(std::string(kCells[1]) + ",softmax,2,failed"), std::string::npos);
+  EXPECT_NE(read_text(abl() / "results.md").find("| attention=softmax | 1/2 |"), std::string::npos)
+      << read_text(abl() / "results.md");
 
   // The same directory with a different grid is refused.
   const Result changed = run(ablate(recipe, "--train.steps=12"));
@@ -162,6 +155,19 @@ TEST_F(AblateCli, BadKeyExitsBeforeAnyCellExists) {
   const Result value = run(ablate(write_recipe(kRecipe), "--model.layers=0"));
   EXPECT_EQ(value.code, 2) << value.out << value.err;
   EXPECT_FALSE(fs::exists(abl()));
+}
+
+// The shipped ablation recipes plan and pass every cell's checks; --dry-run writes nothing.
+TEST_F(AblateCli, ShippedRecipesDryRun) {
+  const std::pair<const char*, int> recipes[] = {{"ablate_mqar.ini", 7 * 2}, {"ablate_austen.ini", (7 + 2) * 2}};
+  for (const auto& [file, cells] : recipes) {
+    const fs::path recipe = fs::path(ATTNLAB_SOURCE_DIR) / "recipes" / file;
+    const Result r = run("ablate " + recipe.string() + " --dry-run --run.dir=" + dir_.string());
+    ASSERT_EQ(r.code, 0) << file << "\n" << r.out << r.err;
+    EXPECT_NE(r.out.find(std::to_string(cells) + " cells"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("attention-kda_seed-2"), std::string::npos) << r.out;
+    EXPECT_TRUE(fs::is_empty(dir_)) << file << " wrote into the run directory";
+  }
 }
 
 }  // namespace

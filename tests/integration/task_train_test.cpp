@@ -83,13 +83,6 @@ json read_json(const fs::path& path) {
   return json::parse(in);
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 class TaskTrain : public CliRunDir {
  protected:
   TaskTrain() : CliRunDir("attnlab_task_train_test_") {}

@@ -1,7 +1,6 @@
-// A scratch run directory for the command-line tests that train tiny_debug.ini: a fresh temporary
-// folder per test (named after a prefix and the test), removed afterwards, the `attnlab train`
-// arguments that write into it, running the binary, and a run's metrics.jsonl rows. Needs
-// ATTNLAB_SOURCE_DIR and (run_attnlab.h) ATTNLAB_BIN from the test target.
+// A scratch run directory (scratch_dir.h) for the command-line tests that train tiny_debug.ini:
+// the `attnlab train` arguments that write into it, running the binary, and a run's metrics.jsonl
+// rows. Needs ATTNLAB_SOURCE_DIR and (run_attnlab.h) ATTNLAB_BIN from the test target.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "tests/support/run_attnlab.h"
+#include "tests/support/scratch_dir.h"
 
 namespace attnlab::test {
 
@@ -25,27 +25,16 @@ inline std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run
   return out;
 }
 
-class CliRunDir : public ::testing::Test {
+class CliRunDir : public ScratchDir {
  protected:
   using Result = CommandResult;
-  explicit CliRunDir(std::string prefix) : prefix_(std::move(prefix)) {}
+  explicit CliRunDir(std::string prefix) : ScratchDir(std::move(prefix)) {}
   static Result run(const std::string& args) { return run_attnlab(args); }
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
   // `train` arguments for tiny_debug.ini writing its runs under dir_, plus extra.
   std::string train(const std::string& extra) const {
     return std::string("train ") + ATTNLAB_SOURCE_DIR + "/recipes/tiny_debug.ini --run.dir=" + dir_.string() +
            " --data.corpus_dir=" + ATTNLAB_SOURCE_DIR + "/corpora " + extra;
   }
-  std::filesystem::path dir_;
-
- private:
-  std::string prefix_;
 };
 
 }  // namespace attnlab::test

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tests/support/run_attnlab.h"
+#include "tests/support/scratch_dir.h"
 #include "train/svg_plot.h"
 
 namespace attnlab {
@@ -194,15 +195,21 @@ TEST(Report, EscapesEverythingFromFiles) {
   EXPECT_NE(html.find("attention=&lt;&amp;&gt;"), std::string::npos);
 }
 
-TEST(Report, PerLayerDiagnosticsTable) {
+TEST(Report, PerLayerDiagnosticsTablePerKind) {
   const std::string html = render_report(sample_set());
-  const size_t at = html.find("<table class=\"diag\"");
-  ASSERT_NE(at, std::string::npos);
-  const std::string diag = html.substr(at, html.find("</table>", at) - at);
-  EXPECT_NE(diag.find("gamma (mean)"), std::string::npos);
-  EXPECT_NE(diag.find(">infsa<"), std::string::npos);
+  // One table per kind of layer, each with only its own columns.
+  EXPECT_EQ(count(html, "<table class=\"diag\""), 2u);
+  const size_t soft = html.find("<h3>softmax layers</h3>"), inf = html.find("<h3>infsa layers</h3>");
+  ASSERT_NE(soft, std::string::npos);
+  ASSERT_NE(inf, std::string::npos);
+  const std::string softmax_table = html.substr(soft, html.find("</table>", soft) - soft);
+  const std::string infsa_table = html.substr(inf, html.find("</table>", inf) - inf);
+  EXPECT_EQ(softmax_table.find("gamma"), std::string::npos) << "a column of another kind";
+  EXPECT_NE(softmax_table.find("sink_share"), std::string::npos);
+  EXPECT_NE(infsa_table.find("gamma (mean)"), std::string::npos);
+  EXPECT_NE(infsa_table.find("<td>2</td>"), std::string::npos) << "gamma {1, 3} shows as its mean";
   // kda's two seeds: sink 0.3 and 0.5 at layer 0 -> 0.4.
-  EXPECT_NE(diag.find("<td>0.4</td>"), std::string::npos);
+  EXPECT_NE(softmax_table.find("<td>0.4</td>"), std::string::npos);
 }
 
 TEST(Report, EmptyAndSingleStepRuns) {
@@ -307,26 +314,11 @@ TEST(SvgPlot, EscapeAndNumbers) {
 
 namespace fs = std::filesystem;
 
-class ReportCli : public ::testing::Test {
+class ReportCli : public test::ScratchDir {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("attnlab_report_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  static void write(const fs::path& path, const std::string& text) {
-    fs::create_directories(path.parent_path());
-    std::ofstream(path) << text;
-  }
-  static std::string read(const fs::path& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
+  ReportCli() : ScratchDir("attnlab_report_test_") {}
+  static void write(const fs::path& path, const std::string& text) { test::write_text(path, text); }
+  static std::string read(const fs::path& path) { return test::read_text(path); }
   // A run directory as `attnlab train` leaves it: metrics.jsonl and, when finished, result.json.
   static void write_run(const fs::path& dir, double offset, bool finished) {
     std::string lines;
@@ -360,7 +352,6 @@ class ReportCli : public ::testing::Test {
                                    .dump());
     return abl;
   }
-  fs::path dir_;
 };
 
 TEST_F(ReportCli, AblationDirectoryRebuildsItsReportAndTables) {

@@ -11,6 +11,7 @@
 
 #include "lib/error.h"
 #include "lib/file_io.h"
+#include "tests/support/scratch_dir.h"
 
 namespace attnlab {
 namespace {
@@ -18,20 +19,10 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-class Results : public ::testing::Test {
+class Results : public test::ScratchDir {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("attnlab_results_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  static void write(const fs::path& path, const std::string& text) {
-    fs::create_directories(path.parent_path());
-    std::ofstream(path) << text;
-  }
+  Results() : ScratchDir("attnlab_results_test_") {}
+  static void write(const fs::path& path, const std::string& text) { test::write_text(path, text); }
   static json result(double metric, double val_loss) {
     return {{"metric", "accuracy"},
             {"metric_value", metric},
@@ -73,8 +64,6 @@ class Results : public ::testing::Test {
     write(abl / "attention-kda_seed-3" / kFailedFile, "exit status 1\n");
     return abl;
   }
-
-  fs::path dir_;
 };
 
 TEST_F(Results, LoadAblationReadsCellsStatusAndMetric) {
