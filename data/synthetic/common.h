@@ -61,6 +61,16 @@ template <typename... Parts>
 // The largest content alphabet a token task accepts (ids stay far inside i32; logits stay sane).
 inline constexpr int64_t kMaxVocab = int64_t{1} << 20;
 
+// The key-value tasks (mqar, kv_retrieval): keys from [0, vocab / 2), values from [vocab / 2,
+// vocab), so vocab is even and the `pairs` keys of a sequence, being distinct, fit in vocab / 2.
+inline void check_key_value_config(const TaskConfig& c) {
+  const int64_t v = c.vocab;
+  if (v < 4 || v > kMaxVocab || v % 2 != 0)
+    config_error(c, "data.vocab must be even and in [4, ", kMaxVocab, "]; got ", v);
+  if (c.pairs < 1 || c.pairs > v / 2)
+    config_error(c, "data.pairs must be in [1, data.vocab / 2 = ", v / 2, "] (keys are distinct); got ", c.pairs);
+}
+
 // Checks `batch >= 1` and `seq_len` via task.check_seq_len() before a batch is drawn.
 void check_batch_args(const SyntheticTask& task, int64_t batch, int64_t seq_len);
 

@@ -31,11 +31,7 @@ constexpr int64_t kFillers = 16;
 class KvRetrieval final : public SyntheticTask {
  public:
   explicit KvRetrieval(const TaskConfig& c) : SyntheticTask(c) {
-    const int64_t v = c.vocab;
-    if (v < 4 || v > kMaxVocab || v % 2 != 0)
-      config_error(c, "data.vocab must be even and in [4, ", kMaxVocab, "]; got ", v);
-    if (c.pairs < 1 || c.pairs > v / 2)
-      config_error(c, "data.pairs must be in [1, data.vocab / 2 = ", v / 2, "] (keys are distinct); got ", c.pairs);
+    check_key_value_config(c);
     if (c.queries < 0 || c.queries > c.pairs - 1)
       config_error(c, "data.queries (demo queries) must be in [0, data.pairs - 1 = ", c.pairs - 1,
                    "] (demo keys are distinct and differ from the final key); got ", c.queries);

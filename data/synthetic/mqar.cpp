@@ -21,11 +21,7 @@ namespace {
 class Mqar final : public SyntheticTask {
  public:
   explicit Mqar(const TaskConfig& c) : SyntheticTask(c) {
-    const int64_t v = c.vocab;
-    if (v < 4 || v > kMaxVocab || v % 2 != 0)
-      config_error(c, "data.vocab must be even and in [4, ", kMaxVocab, "]; got ", v);
-    if (c.pairs < 1 || c.pairs > v / 2)
-      config_error(c, "data.pairs must be in [1, data.vocab / 2 = ", v / 2, "] (keys are distinct); got ", c.pairs);
+    check_key_value_config(c);
     if (c.queries < 0 || c.queries > c.pairs)
       config_error(c, "data.queries must be in [0, data.pairs = ", c.pairs, "] (0 = one per pair); got ", c.queries);
   }
