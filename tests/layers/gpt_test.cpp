@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <numbers>
 #include <map>
+#include <numbers>
 #include <string>
 #include <vector>
 
@@ -17,8 +17,8 @@
 #include <omp.h>
 #endif
 
-#include "autograd/gradcheck.h"
 #include "autograd/grad_mode.h"
+#include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "layers/gpt.h"
 #include "lib/error.h"
@@ -41,6 +41,18 @@ GptConfig tiny(const std::string& positions = "learned", const std::string& norm
   c.norm = norm;
   c.mlp = mlp;
   return c;
+}
+
+// Weights of order one for a whole-model gradcheck, so that no path is too small to check:
+// matrices ~ N(0, 1), vectors (norm gains, biases, per-head scalars) uniform in [0.5, 1.5].
+std::vector<Tensor> order_one_weights(const Gpt& model) {
+  std::vector<Tensor> weights;
+  Generator noise(9);
+  uint64_t seed = 100;
+  for (const Variable& p : model.parameters())
+    weights.push_back(p.data().ndim() == 2 ? randn(p.shape(), noise, DType::f64)
+                                           : sample_uniform(p.shape(), seed++, 0.5, 1.5));
+  return weights;
 }
 
 Tensor ids_tensor(const Shape& shape, int64_t high, uint64_t seed) {
@@ -96,11 +108,11 @@ TEST(Gpt, VariantNamesAndShapes) {
   std::map<std::string, Shape> got;
   std::vector<std::string> names;
   for (const auto& [n, v] : model.named_parameters()) got.emplace(n, v.shape()), names.push_back(n);
-  EXPECT_EQ(names, (std::vector<std::string>{
-                       "wte.weight", "h.0.ln_1.weight", "h.0.attn.c_attn.weight", "h.0.attn.c_proj.weight",
-                       "h.0.ln_2.weight", "h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.weight", "h.1.ln_1.weight",
-                       "h.1.attn.c_attn.weight", "h.1.attn.c_proj.weight", "h.1.ln_2.weight", "h.1.mlp.c_fc.weight",
-                       "h.1.mlp.c_proj.weight", "ln_f.weight", "lm_head.weight"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"wte.weight", "h.0.ln_1.weight", "h.0.attn.c_attn.weight",
+                                             "h.0.attn.c_proj.weight", "h.0.ln_2.weight", "h.0.mlp.c_fc.weight",
+                                             "h.0.mlp.c_proj.weight", "h.1.ln_1.weight", "h.1.attn.c_attn.weight",
+                                             "h.1.attn.c_proj.weight", "h.1.ln_2.weight", "h.1.mlp.c_fc.weight",
+                                             "h.1.mlp.c_proj.weight", "ln_f.weight", "lm_head.weight"}));
   EXPECT_EQ(got.at("h.0.mlp.c_fc.weight"), (Shape{48, 16}));
   EXPECT_EQ(got.at("h.0.mlp.c_proj.weight"), (Shape{16, 24}));
   EXPECT_EQ(got.at("lm_head.weight"), (Shape{16, 16}));
@@ -156,10 +168,10 @@ TEST(Gpt, NoDecayParameters) {
   std::vector<std::string> decayed;
   for (const auto& [n, _] : model.named_parameters())
     if (!is_no_decay_parameter(n)) decayed.push_back(n);
-  EXPECT_EQ(decayed, (std::vector<std::string>{"h.0.attn.c_attn.weight", "h.0.attn.c_proj.weight",
-                                               "h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.weight",
-                                               "h.1.attn.c_attn.weight", "h.1.attn.c_proj.weight",
-                                               "h.1.mlp.c_fc.weight", "h.1.mlp.c_proj.weight", "lm_head.weight"}));
+  EXPECT_EQ(decayed,
+            (std::vector<std::string>{"h.0.attn.c_attn.weight", "h.0.attn.c_proj.weight", "h.0.mlp.c_fc.weight",
+                                      "h.0.mlp.c_proj.weight", "h.1.attn.c_attn.weight", "h.1.attn.c_proj.weight",
+                                      "h.1.mlp.c_fc.weight", "h.1.mlp.c_proj.weight", "lm_head.weight"}));
   EXPECT_TRUE(is_no_decay_parameter("h.3.norm_1.weight"));
 }
 
@@ -435,13 +447,12 @@ TEST_P(GptCache, TokenByTokenMatchesFullForward) {
   check({T});
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, GptCache,
-                         ::testing::Values(Variant{"learned", "layernorm", "gelu"}, Variant{"rope", "layernorm", "gelu"},
-                                           Variant{"learned", "rmsnorm", "swiglu"}, Variant{"rope", "rmsnorm", "swiglu"},
-                                           Variant{"rope", "layernorm", "swiglu"}),
-                         [](const auto& i) {
-                           return std::string(i.param.positions) + "_" + i.param.norm + "_" + i.param.mlp;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Variants, GptCache,
+    ::testing::Values(Variant{"learned", "layernorm", "gelu"}, Variant{"rope", "layernorm", "gelu"},
+                      Variant{"learned", "rmsnorm", "swiglu"}, Variant{"rope", "rmsnorm", "swiglu"},
+                      Variant{"rope", "layernorm", "swiglu"}),
+    [](const auto& i) { return std::string(i.param.positions) + "_" + i.param.norm + "_" + i.param.mlp; });
 
 TEST(GptCacheErrors, ContextBatchAndModel) {
   Generator gen(1);
@@ -541,8 +552,8 @@ OpFn model_as_function(const Gpt& model, const Tensor& ids, uint64_t dropout_see
           std::vector<Tensor> grads(params.size());
           for (size_t i = 0; i < params.size(); ++i)
             if (needs[i])
-              grads[i] = params[i].grad().defined() ? params[i].grad().clone()
-                                                     : Tensor::zeros(params[i].shape(), DType::f64);
+              grads[i] =
+                  params[i].grad().defined() ? params[i].grad().clone() : Tensor::zeros(params[i].shape(), DType::f64);
           return grads;
         })};
   };
@@ -559,13 +570,7 @@ TEST_P(GptGradcheck, Float64) {
   c.dropout = 0.2;
   Generator gen(8);
   Gpt model(c, gen, DType::f64);
-  // Weights of order one, so that no path is too small to check.
-  std::vector<Tensor> inputs;
-  Generator noise(9);
-  uint64_t seed = 100;
-  for (const Variable& p : model.parameters())
-    inputs.push_back(p.data().ndim() == 2 ? randn(p.shape(), noise, DType::f64)
-                                          : sample_uniform(p.shape(), seed++, 0.5, 1.5));
+  std::vector<Tensor> inputs = order_one_weights(model);
   const Tensor ids = ids_tensor(Shape{2, 3}, 5, 10);
   // The full Jacobian (about 560 parameters x 30 logits), then random projections of it.
   for (const int64_t limit : {int64_t{1} << 20, int64_t{0}}) {
@@ -575,13 +580,14 @@ TEST_P(GptGradcheck, Float64) {
     const GradcheckResult r = gradcheck(model_as_function(model, ids, 12), inputs, {}, o);
     EXPECT_TRUE(r.ok) << r.worst;
     std::printf("gpt gradcheck %s/%s/%s: %lld %s, max abs err %.3g, max rel err %.3g\n", v.positions, v.norm, v.mlp,
-                static_cast<long long>(r.checked), r.full_jacobian ? "Jacobian entries" : "projections",
-                r.max_abs_err, r.max_rel_err);
+                static_cast<long long>(r.checked), r.full_jacobian ? "Jacobian entries" : "projections", r.max_abs_err,
+                r.max_rel_err);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, GptGradcheck,
-                         ::testing::Values(Variant{"learned", "layernorm", "gelu"}, Variant{"rope", "rmsnorm", "swiglu"}),
+                         ::testing::Values(Variant{"learned", "layernorm", "gelu"},
+                                           Variant{"rope", "rmsnorm", "swiglu"}),
                          [](const auto& i) {
                            return std::string(i.param.positions) + "_" + i.param.norm + "_" + i.param.mlp;
                          });
@@ -721,12 +727,7 @@ TEST_P(GptVectorGradcheck, Float64) {
   if (GetParam() == "attnres") c.residual.mode = "attnres";
   Generator gen(8);
   Gpt model(c, gen, DType::f64);
-  std::vector<Tensor> inputs;
-  Generator noise(9);
-  uint64_t seed = 100;
-  for (const Variable& p : model.parameters())
-    inputs.push_back(p.data().ndim() == 2 ? randn(p.shape(), noise, DType::f64)
-                                          : sample_uniform(p.shape(), seed++, 0.5, 1.5));
+  std::vector<Tensor> inputs = order_one_weights(model);
   Generator data(10);
   const Tensor x = randn(Shape{2, 3, 3}, data, DType::f64);
   for (const int64_t limit : {int64_t{1} << 20, int64_t{0}}) {
@@ -774,10 +775,8 @@ TEST(GptConfig, ValidationNamesTheFieldAndTheValidValues) {
   EXPECT_TRUE(has(message([](GptConfig& c) { c.vocab_size = -1; }), {"vocab_size"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.context = 0; }), {"context"}));
   EXPECT_TRUE(has(message([](GptConfig& c) { c.mlp_hidden = -4; }), {"mlp_hidden"}));
-  EXPECT_TRUE(has(message([](GptConfig& c) {
-                    c.d_model = 6, c.heads = 2, c.positions = "rope";
-                  }),
-                  {"rope", "even", "3"}));
+  EXPECT_TRUE(
+      has(message([](GptConfig& c) { c.d_model = 6, c.heads = 2, c.positions = "rope"; }), {"rope", "even", "3"}));
   // The same head dim is fine with learned positions.
   EXPECT_EQ(message([](GptConfig& c) { c.d_model = 6, c.heads = 2; }), "(no error)");
   GptConfig bad;
