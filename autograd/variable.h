@@ -55,6 +55,9 @@ class Variable {
   // Internal: a Variable computed by `node` as its output number `output_nr`.
   Variable(Tensor data, std::shared_ptr<Node> node, int output_nr);
   bool same(const Variable& o) const { return impl_ == o.impl_; }
+  // The identity same() compares (stable while the Variable lives; null when undefined): a key
+  // for maps of Variables (layers/param_override.h).
+  const void* id() const { return impl_.get(); }
 
  private:
   struct Impl;

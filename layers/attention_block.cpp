@@ -51,8 +51,8 @@ void AttentionOptions::validate(const std::string& attention) const {
                   "attention option infsa.gamma (the initial discount) must be in (0, 1); got ", infsa_gamma);
   AL_CHECK_CONFIG(kda_conv >= 0 && kda_conv <= 64,
                   "attention option kda.conv (the short conv's kernel, 0 = none) must be in [0, 64]; got ", kda_conv);
-  AL_CHECK_CONFIG(lla_lambda > 0.0 && std::isfinite(lla_lambda), "attention option lla.lambda (the ridge) must be > 0; got ",
-                  lla_lambda);
+  AL_CHECK_CONFIG(lla_lambda > 0.0 && std::isfinite(lla_lambda),
+                  "attention option lla.lambda (the ridge) must be > 0; got ", lla_lambda);
 }
 
 CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Generator& gen, DType dtype)
@@ -60,11 +60,13 @@ CausalSelfAttention::CausalSelfAttention(const AttentionBlockConfig& config, Gen
   AL_CHECK_CONFIG(config.d_model > 0 && config.heads > 0 && config.d_model % config.heads == 0,
                   "CausalSelfAttention: d_model must be a positive multiple of heads; got d_model=", config.d_model,
                   ", heads=", config.heads);
-  AL_CHECK_CONFIG(!config.rope || head_dim() % 2 == 0, "CausalSelfAttention: rotary positions need an even head dim; got ",
-                  head_dim(), " (d_model=", config.d_model, ", heads=", config.heads, ")");
+  AL_CHECK_CONFIG(!config.rope || head_dim() % 2 == 0,
+                  "CausalSelfAttention: rotary positions need an even head dim; got ", head_dim(),
+                  " (d_model=", config.d_model, ", heads=", config.heads, ")");
   config.options.validate(config.attention);
-  AL_CHECK_CONFIG(config.attention != "kda",
-                  "CausalSelfAttention: kda is its own token mixer (KdaMixer, layers/kda_mixer.h), not an attention variant");
+  AL_CHECK_CONFIG(
+      config.attention != "kda",
+      "CausalSelfAttention: kda is its own token mixer (KdaMixer, layers/kda_mixer.h), not an attention variant");
   const int64_t C = config.d_model, H = config.heads, D = head_dim();
   const MatmulPrecision mp = config.matmul_precision;
   c_attn_ = register_module("c_attn", std::make_shared<Linear>(C, 3 * C, config.bias, gen, dtype, mp));
@@ -123,9 +125,8 @@ CausalSelfAttention::Qkv CausalSelfAttention::project(const Variable& x, int64_t
 }
 
 Variable CausalSelfAttention::attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x,
-                                     KvSlot* slot, int64_t length, Tensor* alpha) const {
+                                     KvSlot* slot, int64_t length, const AttentionMask& mask, Tensor* alpha) const {
   // Causal with offset: query i sits at position S - T + i, which covers the cache case too.
-  const AttentionMask mask{.causal = true, .prefix = 0};
   const std::string& a = config_.attention;
   const AttentionOptions& o = config_.options;
   if (a == "sigmoid") {
@@ -181,9 +182,84 @@ Variable CausalSelfAttention::output(const Variable& y) const {
   return c_proj_->forward(reshape(permute(y, {0, 2, 1, 3}), Shape{B, T, config_.d_model}));
 }
 
-Variable CausalSelfAttention::forward(const Variable& x) const {
+Variable TokenMixer::forward_after(const Variable& x, const KvSlot&, int64_t start) const {
+  throw ConfigError("token mixer " + kind() + " cannot attend over a frozen k, v prefix (x=" + x.str() + ", start " +
+                    std::to_string(start) + "); test-time training needs softmax, sigmoid, affine or lla layers");
+}
+
+AttentionMass TokenMixer::attention_mass(const Variable&, const MassProbe&) const {
+  AttentionMass m;
+  m.kind = kind();
+  return m;  // measured = false: no attention weights to probe
+}
+
+bool CausalSelfAttention::supports_prefix_mask() const { return config_.attention != "linear_infsa"; }
+
+bool CausalSelfAttention::supports_frozen_prefix() const {
+  // infsa and linear_infsa carry state computed from the earlier queries (the prefix energy, the
+  // running mean query), which a k, v cache does not hold per position.
+  const std::string& a = config_.attention;
+  return a == "softmax" || a == "sigmoid" || a == "affine" || a == "lla";
+}
+
+Variable CausalSelfAttention::forward(const Variable& x, const AttentionMask& mask) const {
+  AL_CHECK_CONFIG(mask.prefix == 0 || supports_prefix_mask(), "CausalSelfAttention: ", config_.attention,
+                  " has no bidirectional-prefix mask (its kernels take the plain causal mask only); got prefix = ",
+                  mask.prefix, " for x=", x.str());
   const Qkv p = project(x, 0);
-  return output(attend(p.q, p.k, p.v, x, nullptr, 0));
+  return output(attend(p.q, p.k, p.v, x, nullptr, 0, mask));
+}
+
+Variable CausalSelfAttention::forward_after(const Variable& x, const KvSlot& frozen, int64_t start) const {
+  AL_CHECK_CONFIG(supports_frozen_prefix(), "CausalSelfAttention: ", config_.attention,
+                  " cannot attend over a frozen k, v prefix (it carries state computed from the earlier queries); "
+                  "test-time training needs softmax, sigmoid, affine or lla layers");
+  AL_CHECK_SHAPE(x.ndim() == 3, "CausalSelfAttention: x must be [B, T, C]; got x=", x.str());
+  const int64_t B = x.size(0), H = config_.heads, D = head_dim();
+  AL_CHECK_SHAPE(frozen.k.defined() && frozen.v.defined() && frozen.k.ndim() == 4 && frozen.k.size(0) == B &&
+                     frozen.k.size(1) == H && frozen.k.size(3) == D && frozen.v.shape() == frozen.k.shape() &&
+                     start >= 0 && start <= frozen.k.size(2),
+                 "CausalSelfAttention: the frozen cache must hold k and v [", B, ", ", H, ", S_max >= ", start, ", ", D,
+                 "] for x=", x.str(), " at start ", start, "; got k=", frozen.k, ", v=", frozen.v);
+  const Qkv p = project(x, start);
+  if (start == 0) return output(attend(p.q, p.k, p.v, x, nullptr, 0, AttentionMask{}));
+  // The prefix rows enter as constants: their gradient is never wanted and they are never written.
+  const Variable k = concat({Variable(frozen.k.narrow(2, 0, start)), p.k}, 2);
+  const Variable v = concat({Variable(frozen.v.narrow(2, 0, start)), p.v}, 2);
+  return output(attend(p.q, k, v, x, nullptr, 0, AttentionMask{}));
+}
+
+AttentionMass CausalSelfAttention::attention_mass(const Variable& x, const MassProbe& probe) const {
+  NoGradGuard no_grad;
+  AttentionMass m;
+  m.kind = config_.attention;
+  const Qkv p = project(x, 0);
+  const int64_t T = p.q.size(2), D = p.v.size(3);
+  AL_CHECK_SHAPE(probe.first_query >= 0 && probe.first_query < probe.end_query && probe.end_query <= T &&
+                     probe.context >= 0 && probe.context <= T,
+                 "attention_mass: the probe's queries [", probe.first_query, ", ", probe.end_query, ") and context ",
+                 probe.context, " must lie within the sequence of ", T, " positions");
+  // Linear in v: column 0 = e_0 gives each query's weight on the sink, column 1 = the indicator of
+  // [1, context) its summed weight on the rest of the context (head dims of 1: the sink only).
+  Tensor ind = Tensor::zeros(p.v.shape(), p.v.dtype(), p.v.device());
+  ind.narrow(2, 0, 1).narrow(3, 0, 1).fill_(1.0);
+  if (D > 1 && probe.context > 1) ind.narrow(2, 1, probe.context - 1).narrow(3, 1, 1).fill_(1.0);
+  const Tensor y = attend(p.q, p.k, Variable(ind), x, nullptr, 0, probe.mask)
+                       .data()
+                       .narrow(2, probe.first_query, probe.end_query - probe.first_query)
+                       .to(Device::cpu())
+                       .contiguous();
+  const std::vector<double> w = y.to_vector<double>();
+  double sink = 0, ctx = 0;
+  const size_t rows = w.size() / static_cast<size_t>(D);
+  for (size_t i = 0; i < w.size(); i += static_cast<size_t>(D)) {
+    sink += w[i];
+    if (D > 1) ctx += w[i + 1];
+  }
+  m.measured = true;
+  m.sink = rows ? sink / static_cast<double>(rows) : 0.0;
+  m.context = rows ? ctx / static_cast<double>(rows) : 0.0;
+  return m;
 }
 
 Variable CausalSelfAttention::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
@@ -194,14 +270,13 @@ Variable CausalSelfAttention::forward_cached(const Variable& x, KvSlot& slot, in
                      slot.k.size(1) == H && slot.k.size(3) == D && slot.v.shape() == slot.k.shape(),
                  "CausalSelfAttention: the cache must hold k and v [", B, ", ", H, ", S_max, ", D, "] for x=", x.str(),
                  "; got k=", slot.k, ", v=", slot.v);
-  AL_CHECK_SHAPE(length >= 0 && length + T <= slot.k.size(2), "CausalSelfAttention: ", T,
-                 " new positions after ", length, " cached ones exceed the cache of ", slot.k.size(2),
-                 " positions (k=", slot.k, ")");
+  AL_CHECK_SHAPE(length >= 0 && length + T <= slot.k.size(2), "CausalSelfAttention: ", T, " new positions after ",
+                 length, " cached ones exceed the cache of ", slot.k.size(2), " positions (k=", slot.k, ")");
   const Qkv p = project(x, length);
   slot.k.narrow(2, length, T).copy_(p.k.data());
   slot.v.narrow(2, length, T).copy_(p.v.data());
   const Variable k(slot.k.narrow(2, 0, length + T)), v(slot.v.narrow(2, 0, length + T));
-  return output(attend(p.q, k, v, x, &slot, length));
+  return output(attend(p.q, k, v, x, &slot, length, AttentionMask{}));
 }
 
 AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
@@ -217,7 +292,8 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   probe.narrow(2, 0, 1).narrow(3, 0, 1).fill_(1.0);
   if (D > 1) probe.narrow(3, 1, 1).fill_(1.0);
   Tensor alpha;  // affine's gate on this batch, from the same call
-  const Tensor y = attend(p.q, p.k, Variable(probe), x, nullptr, 0, &alpha).data().to(Device::cpu()).contiguous();
+  const Tensor y =
+      attend(p.q, p.k, Variable(probe), x, nullptr, 0, AttentionMask{}, &alpha).data().to(Device::cpu()).contiguous();
   const std::vector<double> w = y.to_vector<double>();
   double sum = 0, share = 0;
   int64_t rows = 0, shared_rows = 0;
@@ -252,7 +328,8 @@ AttentionDiagnostics CausalSelfAttention::diagnose(const Variable& x) const {
   if (config_.attention == "lla") {
     const Tensor lam = lla_lambda(p.q).data();
     d.lla_lambda = host_values(lam)[0];
-    const LlaConditioning c = lla_conditioning(p.q.data(), p.k.data(), lam, AttentionMask{.causal = true, .prefix = 0}, 0.0);
+    const LlaConditioning c =
+        lla_conditioning(p.q.data(), p.k.data(), lam, AttentionMask{.causal = true, .prefix = 0}, 0.0);
     d.lla_delta_ratio_min = c.delta_ratio_min;
     d.lla_delta_ratio_mean = c.delta_ratio_mean;
     d.lla_cond_mean = c.cond_mean;

@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "layers/attention/common.h"
 #include "layers/linear.h"
 #include "layers/module.h"
 #include "layers/norm.h"
@@ -48,17 +49,17 @@ const std::vector<std::string>& attention_variants();
 
 // The variant-specific choices of the recipe's [model] section (model.sigmoid.bias, ...).
 struct AttentionOptions {
-  std::string sigmoid_bias = "zero";       // zero | neglogn (learned per head) | neglog_visible
-  bool qk_norm = false;                    // RMSNorm q and k over D, learned gains
-  std::string affine_phi = "linear_clip";  // linear_clip | sigmoid
+  std::string sigmoid_bias = "zero";         // zero | neglogn (learned per head) | neglog_visible
+  bool qk_norm = false;                      // RMSNorm q and k over D, learned gains
+  std::string affine_phi = "linear_clip";    // linear_clip | sigmoid
   std::string affine_bias_norm = "visible";  // visible | full
-  double affine_rho = 0.9;                 // EMA factor of alpha_mean
-  double infsa_gamma = 0.95;               // initial gamma = sigmoid(theta), infsa and linear_infsa
+  double affine_rho = 0.9;                   // EMA factor of alpha_mean
+  double infsa_gamma = 0.95;                 // initial gamma = sigmoid(theta), infsa and linear_infsa
   std::string linear_infsa_form = "linear";  // linear (spec 3.8 B, linear in T) | prefix (3.8 A, exact, quadratic)
-  int64_t kda_conv = 4;                    // KDA's short causal conv kernel on q, k, v (0: no conv)
-  double lla_lambda = 10.0;                // LLA's ridge lam (> 0); the initial value when learned
-  bool lla_learn_lambda = false;           // LLA: a learned log_lambda [1] per layer
-  bool lla_flashlla_grad = false;          // LLA: FlashLLA's published backward (ridge as a constant)
+  int64_t kda_conv = 4;                      // KDA's short causal conv kernel on q, k, v (0: no conv)
+  double lla_lambda = 10.0;                  // LLA's ridge lam (> 0); the initial value when learned
+  bool lla_learn_lambda = false;             // LLA: a learned log_lambda [1] per layer
+  bool lla_flashlla_grad = false;            // LLA: FlashLLA's published backward (ridge as a constant)
   void validate(const std::string& attention) const;  // ConfigError naming the bad field
 };
 
@@ -89,16 +90,16 @@ struct KvSlot {
 
 // What one layer's attention looks like on a batch (training runs log it at eval steps).
 struct AttentionDiagnostics {
-  std::string kind;            // the layer's variant: softmax, ..., lla, kda
-  bool has_sink = true;        // false for kda (no attention weights to probe)
-  double sink = 0.0;           // mean weight of a query on the first position (over B, H, T)
+  std::string kind;      // the layer's variant: softmax, ..., lla, kda
+  bool has_sink = true;  // false for kda (no attention weights to probe)
+  double sink = 0.0;     // mean weight of a query on the first position (over B, H, T)
   // The same weight as a share of the query's total weight (sum over its keys), averaged over
   // queries whose total is not ~0: equal to `sink` for softmax, comparable across variants
   // whose rows are not normalised (sigmoid, InfSA).
   double sink_share = 0.0;
-  std::vector<double> gamma;   // per head (infsa, linear_infsa)
+  std::vector<double> gamma;                                                   // per head (infsa, linear_infsa)
   double alpha_mean = 0.0, alpha_std = 0.0, alpha_min = 0.0, alpha_max = 0.0;  // affine
-  std::vector<double> alpha_running;  // affine: the alpha_mean buffer per head
+  std::vector<double> alpha_running;                                           // affine: the alpha_mean buffer per head
   double kda_decay_mean = 0.0;  // kda: mean of the per-step decay exp(g) over (B, T, H, Dk)
   double kda_beta_mean = 0.0;   // kda: mean write strength beta over (B, T, H)
   // lla: the ridge, and its solves' conditioning on the batch (lla_conditioning): delta / omega
@@ -107,14 +108,46 @@ struct AttentionDiagnostics {
   double lla_delta_ratio_min = 0.0, lla_delta_ratio_mean = 0.0, lla_cond_mean = 0.0, lla_cond_max = 0.0;
 };
 
+// Attention-sink mass and context engagement (../shared/specs/residuals_focusft_qttt.md 2.8),
+// measured for sequences laid out as a context (positions [0, context)) then an answer.
+struct MassProbe {
+  AttentionMask mask = {};  // the mask the model runs under (causal, or a bidirectional prefix)
+  int64_t context = 0;      // context keys are positions [1, context); position 0 is the sink
+  // The queries averaged over: positions [first_query, end_query) (the answer's predicting
+  // positions: context - 1 up to the second-to-last answer token).
+  int64_t first_query = 0, end_query = 0;
+};
+// One layer's: sink = mean over batch, heads and probed queries of the attention weight on
+// position 0; context = the same of the summed weight on positions [1, context). Every variant is
+// linear in v for fixed weights, so both come from attending over indicator columns (exact
+// probabilities for softmax; the raw weights of sigmoid, InfSA, ...). measured = false for
+// mixers without attention weights (kda).
+struct AttentionMass {
+  std::string kind;
+  bool measured = false;
+  double sink = 0.0, context = 0.0;
+};
+
 // What a block's token mixer (h.<i>.attn) does, whichever it is: CausalSelfAttention (the
 // attention variants) or KdaMixer (layers/kda_mixer.h).
 class TokenMixer : public Module {
  public:
-  // x [B, T, C] at positions [0, T) -> [B, T, C].
-  virtual Variable forward(const Variable& x) const = 0;
+  // x [B, T, C] at positions [0, T) -> [B, T, C], causal.
+  Variable forward(const Variable& x) const { return forward(x, AttentionMask{}); }
+  // The same under `mask` (a bidirectional prefix needs supports_prefix_mask(); else ConfigError).
+  virtual Variable forward(const Variable& x, const AttentionMask& mask) const = 0;
   // x [B, T, C] at positions [length, length + T), with the layer's cache slot; no graph.
   virtual Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const = 0;
+  // x [B, t, C] at positions [start, start + t), attending to `frozen`'s k, v rows [0, start) as
+  // constants and causally to its own fresh k, v; differentiable, the slot unchanged. ConfigError
+  // unless supports_frozen_prefix().
+  virtual Variable forward_after(const Variable& x, const KvSlot& frozen, int64_t start) const;
+  // The attention mass of this layer's queries for block input x [B, T, C]; no graph.
+  virtual AttentionMass attention_mass(const Variable& x, const MassProbe& probe) const;
+  virtual bool supports_prefix_mask() const { return true; }
+  virtual bool supports_frozen_prefix() const { return false; }
+  // The variant's name as a recipe writes it (softmax, ..., kda).
+  virtual const std::string& kind() const = 0;
   // Sets the mixer's own parameters to their initial values after the model's generic init.
   virtual void init_variant_parameters() = 0;
   // Diagnostics of this layer for the block input x [B, T, C] (no graph, no buffer update).
@@ -127,12 +160,20 @@ class CausalSelfAttention : public TokenMixer {
  public:
   CausalSelfAttention(const AttentionBlockConfig& config, Generator& gen, DType dtype = DType::f32);
 
-  // x [B, T, C] at positions [0, T) -> [B, T, C].
-  Variable forward(const Variable& x) const override;
+  using TokenMixer::forward;
+  // x [B, T, C] at positions [0, T) -> [B, T, C] under `mask`.
+  Variable forward(const Variable& x, const AttentionMask& mask) const override;
   // x [B, T, C] at positions [length, length + T): writes its k, v into slot rows
   // [length, length + T) and attends over rows [0, length + T). Does not advance any length
   // (the model does, once every layer has run). ShapeError when the slot is too short.
   Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const override;
+  // Variants whose only cache is k, v rows: softmax, sigmoid, affine, lla.
+  Variable forward_after(const Variable& x, const KvSlot& frozen, int64_t start) const override;
+  AttentionMass attention_mass(const Variable& x, const MassProbe& probe) const override;
+  // Every variant of this block except linear_infsa (its kernels take the plain causal mask only).
+  bool supports_prefix_mask() const override;
+  bool supports_frozen_prefix() const override;
+  const std::string& kind() const override { return config_.attention; }
 
   const Linear& c_attn() const { return *c_attn_; }
   const Linear& c_proj() const { return *c_proj_; }
@@ -157,7 +198,7 @@ class CausalSelfAttention : public TokenMixer {
   // state, `length` the cached positions before these. Updates affine's alpha_mean in training;
   // `alpha` (affine only, may be null) receives the step's alpha [B, H, T] for diagnostics.
   Variable attend(const Variable& q, const Variable& k, const Variable& v, const Variable& x, KvSlot* slot,
-                  int64_t length, Tensor* alpha = nullptr) const;
+                  int64_t length, const AttentionMask& mask, Tensor* alpha = nullptr) const;
   // lla's ridge lam [1] in q's dtype and device: exp(log_lambda) when learned, else the constant.
   Variable lla_lambda(const Variable& q) const;
   // y [B, H, T, D] -> c_proj(y as [B, T, C]).
@@ -165,8 +206,8 @@ class CausalSelfAttention : public TokenMixer {
 
   AttentionBlockConfig config_;
   std::shared_ptr<Linear> c_attn_, c_proj_;
-  std::shared_ptr<Linear> alpha_;              // affine
-  std::shared_ptr<RmsNorm> q_norm_, k_norm_;   // qk_norm
+  std::shared_ptr<Linear> alpha_;               // affine
+  std::shared_ptr<RmsNorm> q_norm_, k_norm_;    // qk_norm
   Variable sigmoid_bias_, theta_, alpha_mean_;  // per head; alpha_mean_ is a buffer
   Variable log_lambda_;                         // lla with learn_lambda, [1]
 };

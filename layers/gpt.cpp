@@ -120,34 +120,25 @@ GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype, int64_t laye
   mlp_ = register_module("mlp", make_mlp(c.mlp, c.d_model, c.hidden(), c.bias, gen, dtype, c.matmul_precision));
 }
 
-Variable GptBlock::forward(const Variable& x, Generator* gen) const {
-  auto drop = [&](const Variable& y) { return gen && dropout_ > 0 ? dropout(y, dropout_, *gen) : y; };
-  const Variable h = add(x, drop(attn_->forward(ln_1_->forward(x))));
-  return add(h, drop(mlp_->forward(ln_2_->forward(h))));
+Variable GptBlock::forward(const Variable& x, const LayerPass& pass, int64_t layer) const {
+  const Variable h = add(x, attn_branch(x, pass, layer));
+  return add(h, mlp_branch(h, pass.cache || pass.frozen ? nullptr : pass.gen));
 }
 
-Variable GptBlock::attn_branch(const Variable& x, Generator* gen, KvSlot* slot, int64_t length,
-                               AttentionDiagnostics* diagnostics) const {
+Variable GptBlock::attn_branch(const Variable& x, const LayerPass& pass, int64_t layer) const {
+  const auto i = static_cast<size_t>(layer);
   const Variable y = ln_1_->forward(x);
-  if (diagnostics) *diagnostics = attn_->diagnose(y);
-  if (slot) return attn_->forward_cached(y, *slot, length);
-  const Variable u = attn_->forward(y);
-  return gen && dropout_ > 0 ? dropout(u, dropout_, *gen) : u;
+  if (pass.diagnostics) (*pass.diagnostics)[i] = attn_->diagnose(y);
+  if (pass.masses) (*pass.masses)[i] = attn_->attention_mass(y, *pass.probe);
+  if (pass.cache) return attn_->forward_cached(y, pass.cache->layers_[i], pass.cache->length_);
+  if (pass.frozen) return attn_->forward_after(y, pass.frozen->layer(layer), pass.start);
+  const Variable u = attn_->forward(y, pass.mask);
+  return pass.gen && dropout_ > 0 ? dropout(u, dropout_, *pass.gen) : u;
 }
 
 Variable GptBlock::mlp_branch(const Variable& x, Generator* gen) const {
   const Variable u = mlp_->forward(ln_2_->forward(x));
   return gen && dropout_ > 0 ? dropout(u, dropout_, *gen) : u;
-}
-
-Variable GptBlock::forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const {
-  diagnostics = attn_->diagnose(ln_1_->forward(x));
-  return forward(x, nullptr);
-}
-
-Variable GptBlock::forward_cached(const Variable& x, KvSlot& slot, int64_t length) const {
-  const Variable h = add(x, attn_->forward_cached(ln_1_->forward(x), slot, length));
-  return add(h, mlp_->forward(ln_2_->forward(h)));
 }
 
 // ---- model ----------------------------------------------------------------------------------
@@ -203,12 +194,19 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
   }
 }
 
-Variable Gpt::sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* cache,
-                       std::vector<AttentionDiagnostics>* diagnostics) const {
+Variable Gpt::sublayer(int64_t s, const Variable& h, const LayerPass& pass) const {
   const GptBlock& b = *blocks_[static_cast<size_t>(s / 2)];
-  if (s % 2) return b.mlp_branch(h, gen);
-  return b.attn_branch(h, gen, cache ? &cache->layers_[static_cast<size_t>(s / 2)] : nullptr,
-                       cache ? cache->length_ : 0, diagnostics ? &(*diagnostics)[static_cast<size_t>(s / 2)] : nullptr);
+  if (s % 2) return b.mlp_branch(h, pass.cache || pass.frozen ? nullptr : pass.gen);
+  return b.attn_branch(h, pass, s / 2);
+}
+
+Variable Gpt::run_layers(const Variable& x, const LayerPass& pass) const {
+  // Routing is over depth, per token, so every pass (decoding and span passes too) routes the
+  // positions it runs over their own sources.
+  if (router_) return router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, pass); });
+  Variable h = x;
+  for (size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, pass, static_cast<int64_t>(i));
+  return h;
 }
 
 Variable Gpt::embed(const Variable& ids, int64_t offset, const char* who) const {
@@ -259,13 +257,22 @@ Variable Gpt::head(const Variable& x) const {
   return reshape(logits, Shape{B, T, config_.padded_vocab()});
 }
 
-Variable Gpt::forward(const Variable& ids, Generator* gen) const {
-  Generator* drop = config_.dropout > 0 && training() ? gen : nullptr;
+Variable Gpt::forward(const Variable& ids, Generator* gen, int64_t prefix) const {
+  LayerPass pass;
+  pass.gen = config_.dropout > 0 && training() ? gen : nullptr;
+  if (prefix > 0) {
+    AL_CHECK_SHAPE(ids.defined() && ids.ndim() >= 2 && prefix <= ids.size(1), "Gpt::forward: the bidirectional prefix ",
+                   prefix, " must not exceed the sequence (ids=", ids.defined() ? ids.str() : std::string("undefined"),
+                   ")");
+    const std::string why = prefix_mask_unsupported();
+    AL_CHECK_CONFIG(why.empty(), "Gpt::forward: a bidirectional prefix of ", prefix, " positions was asked for, but ",
+                    why);
+    pass.mask.prefix = prefix;
+  }
+  AL_CHECK_SHAPE(prefix >= 0, "Gpt::forward: the bidirectional prefix must be >= 0; got ", prefix);
   Variable x = embed(ids, 0, "Gpt::forward");
-  if (drop) x = dropout(x, config_.dropout, *drop);
-  if (router_) return head(router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, drop); }));
-  for (const auto& block : blocks_) x = block->forward(x, drop);
-  return head(x);
+  if (pass.gen) x = dropout(x, config_.dropout, *pass.gen);
+  return head(run_layers(x, pass));
 }
 
 Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
@@ -274,6 +281,88 @@ Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
                   "model is in vector mode (input_dim = ",
                   config_.input_dim, ")");
   NoGradGuard no_grad;
+  check_cache(cache, "Gpt::forward_cached");
+  AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
+                 ", t] (the cache's batch); got ids=", ids.str());
+  LayerPass pass;
+  pass.cache = &cache;
+  const Variable x = embed(ids, cache.length(), "Gpt::forward_cached");
+  const Variable out = head(run_layers(x, pass));
+  cache.length_ += ids.size(1);
+  return out;
+}
+
+Variable Gpt::forward_after(const Variable& ids, const KvCache& cache, int64_t start) const {
+  AL_CHECK_CONFIG(
+      !config_.vector_mode(),
+      "Gpt::forward_after: test-time training is for token models; this model is in vector mode (input_dim = ",
+      config_.input_dim, ")");
+  const std::string why = frozen_prefix_unsupported();
+  AL_CHECK_CONFIG(why.empty(), "Gpt::forward_after: ", why);
+  check_cache(cache, "Gpt::forward_after");
+  AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_after: ids must be [", cache.batch(),
+                 ", t] (the cache's batch); got ids=", ids.str());
+  AL_CHECK_SHAPE(start >= 0 && start <= cache.length(), "Gpt::forward_after: start ", start,
+                 " must lie within the cache's ", cache.length(), " filled positions");
+  LayerPass pass;
+  pass.frozen = &cache;
+  pass.start = start;
+  return head(run_layers(embed(ids, start, "Gpt::forward_after"), pass));
+}
+
+std::string Gpt::prefix_mask_unsupported() const {
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    if (!blocks_[i]->attn().supports_prefix_mask())
+      return "layer " + std::to_string(i) + " (" + blocks_[i]->attn().kind() +
+             ") has no bidirectional-prefix mask: use softmax, sigmoid, affine, infsa or lla layers, or a causal mask";
+  return "";
+}
+
+std::string Gpt::frozen_prefix_unsupported() const {
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    if (!blocks_[i]->attn().supports_frozen_prefix())
+      return "layer " + std::to_string(i) + " (" + blocks_[i]->attn().kind() +
+             ") cannot attend over a frozen k, v prefix (its state depends on the earlier queries): test-time "
+             "training needs softmax, sigmoid, affine or lla layers";
+  return "";
+}
+
+std::vector<AttentionMass> Gpt::attention_mass(const Variable& ids, const MassProbe& probe) const {
+  NoGradGuard no_grad;
+  if (probe.mask.prefix > 0) {
+    const std::string why = prefix_mask_unsupported();
+    AL_CHECK_CONFIG(why.empty(), "Gpt::attention_mass: the probe's mask has a bidirectional prefix, but ", why);
+  }
+  std::vector<AttentionMass> out(blocks_.size());
+  LayerPass pass;
+  pass.mask = probe.mask;
+  pass.probe = &probe;
+  pass.masses = &out;
+  run_layers(embed(ids, 0, "Gpt::attention_mass"), pass);
+  return out;
+}
+
+std::vector<AttentionDiagnostics> Gpt::attention_diagnostics(const Variable& ids) const {
+  NoGradGuard no_grad;
+  std::vector<AttentionDiagnostics> out(blocks_.size());
+  LayerPass pass;
+  pass.diagnostics = &out;
+  run_layers(embed(ids, 0, "Gpt::attention_diagnostics"), pass);
+  return out;
+}
+
+std::vector<RoutingStats> Gpt::routing_diagnostics(const Variable& ids) const {
+  std::vector<RoutingStats> stats;
+  if (!router_) return stats;
+  NoGradGuard no_grad;
+  const Variable x = embed(ids, 0, "Gpt::routing_diagnostics");
+  const LayerPass pass;
+  router_->run(
+      x, [&](int64_t s, const Variable& h) { return sublayer(s, h, pass); }, &stats);
+  return stats;
+}
+
+void Gpt::check_cache(const KvCache& cache, const char* who) const {
   const int64_t H = config_.heads, D = config_.head_dim();
   // Layers with k, v rows have them [B, H, context, D] in the model's dtype; KDA layers have none.
   bool fits = cache.num_layers() == config_.layers && cache.capacity() == config_.context;
@@ -283,43 +372,8 @@ Variable Gpt::forward_cached(const Variable& ids, KvCache& cache) const {
                ? k.defined() && k.size(1) == H && k.size(3) == D && k.dtype() == dtype_
                : !k.defined();
   }
-  AL_CHECK_SHAPE(fits,
-                 "Gpt::forward_cached: the cache was not made by this model's make_cache (model: ", config_.layers,
+  AL_CHECK_SHAPE(fits, who, ": the cache was not made by this model's make_cache (model: ", config_.layers,
                  " layers, k [B, ", H, ", ", config_.context, ", ", D, "] ", dtype_, ")");
-  AL_CHECK_SHAPE(ids.ndim() == 2 && ids.size(0) == cache.batch(), "Gpt::forward_cached: ids must be [", cache.batch(),
-                 ", t] (the cache's batch); got ids=", ids.str());
-  Variable x = embed(ids, cache.length(), "Gpt::forward_cached");
-  if (router_) {
-    // Routing is over depth, per token: the new positions route over their own sources.
-    x = router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr, &cache); });
-    cache.length_ += ids.size(1);
-    return head(x);
-  }
-  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_cached(x, cache.layers_[i], cache.length_);
-  cache.length_ += ids.size(1);
-  return head(x);
-}
-
-std::vector<AttentionDiagnostics> Gpt::attention_diagnostics(const Variable& ids) const {
-  NoGradGuard no_grad;
-  std::vector<AttentionDiagnostics> out(blocks_.size());
-  Variable x = embed(ids, 0, "Gpt::attention_diagnostics");
-  if (router_) {
-    router_->run(x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr, nullptr, &out); });
-    return out;
-  }
-  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_diagnosed(x, out[i]);
-  return out;
-}
-
-std::vector<RoutingStats> Gpt::routing_diagnostics(const Variable& ids) const {
-  std::vector<RoutingStats> stats;
-  if (!router_) return stats;
-  NoGradGuard no_grad;
-  const Variable x = embed(ids, 0, "Gpt::routing_diagnostics");
-  router_->run(
-      x, [&](int64_t s, const Variable& h) { return sublayer(s, h, nullptr); }, &stats);
-  return stats;
 }
 
 KvCache Gpt::make_cache(int64_t batch) const {

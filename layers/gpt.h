@@ -105,8 +105,22 @@ class KvCache {
 
  private:
   friend class Gpt;
+  friend class GptBlock;
   std::vector<KvSlot> layers_;
   int64_t batch_ = 0, length_ = 0, capacity_ = 0;
+};
+
+// One pass through the layers: what each attention sublayer does (internal to Gpt and its
+// blocks; the public passes are Gpt's methods).
+struct LayerPass {
+  Generator* gen = nullptr;         // dropout on the branch outputs (plain forward only)
+  AttentionMask mask = {};          // causal, with an optional bidirectional prefix
+  KvCache* cache = nullptr;         // decoding: write k, v at the cache's length and attend over it
+  const KvCache* frozen = nullptr;  // span pass: attend to frozen rows [0, start) of this cache
+  int64_t start = 0;
+  std::vector<AttentionDiagnostics>* diagnostics = nullptr;  // per layer, filled when given
+  const MassProbe* probe = nullptr;                          // with `masses`: attention mass per layer
+  std::vector<AttentionMass>* masses = nullptr;
 };
 
 // One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). attn is the token
@@ -114,17 +128,13 @@ class KvCache {
 class GptBlock : public Module {
  public:
   GptBlock(const GptConfig& config, Generator& gen, DType dtype = DType::f32, int64_t layer = 0);
-  // `gen` non-null: dropout on both branch outputs (the caller decides when that applies).
-  Variable forward(const Variable& x, Generator* gen = nullptr) const;
-  Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const;
-  // The block's output for x as forward() (no dropout), and its attention's diagnostics.
-  Variable forward_diagnosed(const Variable& x, AttentionDiagnostics& diagnostics) const;
+  // x + attn(ln_1(x)), then + mlp(ln_2(.)), the attention run as `pass` says for `layer`.
+  Variable forward(const Variable& x, const LayerPass& pass, int64_t layer) const;
 
   // The two sublayers' branch outputs alone, for residual routing (layers/residual/routing.h):
-  // attn(ln_1(x)) and mlp(ln_2(x)), dropped out when `gen` is given. attn_branch with `slot`
-  // decodes with the KV cache (no dropout); with `diagnostics`, also records the attention's.
-  Variable attn_branch(const Variable& x, Generator* gen, KvSlot* slot = nullptr, int64_t length = 0,
-                       AttentionDiagnostics* diagnostics = nullptr) const;
+  // attn(ln_1(x)) and mlp(ln_2(x)), dropped out when the pass has a generator (dropout applies
+  // to plain forward passes only).
+  Variable attn_branch(const Variable& x, const LayerPass& pass, int64_t layer) const;
   Variable mlp_branch(const Variable& x, Generator* gen) const;
 
   const TokenMixer& attn() const { return *attn_; }
@@ -148,7 +158,27 @@ class Gpt : public Module {
   // (training mode only; no Generator, no dropout). Vector mode: x f32/f64 [B, T, input_dim]
   // (converted to the model's dtype) -> [B, T, output_dim]. DTypeError/ShapeError naming what
   // was expected for any other input.
-  Variable forward(const Variable& ids, Generator* gen = nullptr) const;
+  // `prefix` > 0: positions [0, prefix) attend to each other both ways and the rest causally
+  // (FocuSFT's mask: a bidirectional context, causal answers; prefix <= T). ConfigError when a
+  // layer's variant has no such mask (prefix_mask_unsupported()).
+  Variable forward(const Variable& ids, Generator* gen = nullptr, int64_t prefix = 0) const;
+  // Test-time training's span pass: ids [B, t] at positions [start, start + t), attending to the
+  // cache's rows [0, start) as constants (no gradient, never rewritten: the frozen prefill) and
+  // causally to their own fresh k and v. Differentiable (in grad mode) through everything computed
+  // from ids, so gradients reach any parameter or override used; the cache is not changed.
+  // Needs cache.length() >= start and start + t <= context; ConfigError when a layer carries
+  // state besides k and v (frozen_prefix_unsupported()).
+  Variable forward_after(const Variable& ids, const KvCache& cache, int64_t start) const;
+  // "" when every layer takes a bidirectional prefix, else a sentence naming the first layer and
+  // variant that does not (the recurrent kda and linear_infsa).
+  std::string prefix_mask_unsupported() const;
+  // "" when every layer can attend over a frozen k, v prefix (forward_after), else a sentence
+  // naming the first that cannot (kda, infsa and linear_infsa carry state that depends on the
+  // earlier queries).
+  std::string frozen_prefix_unsupported() const;
+  // Attention-sink mass and context engagement (spec 2.8) per layer on ids [B, T] under the
+  // probe's mask; no graph.
+  std::vector<AttentionMass> attention_mass(const Variable& ids, const MassProbe& probe) const;
   // Incremental decoding: ids [B, t] appended after the cache's positions; returns logits
   // [B, t, Vp] and advances the cache by t. Records no graph, applies no dropout. ShapeError when
   // the cache would pass the context or was made for another batch size or model. Token mode
@@ -180,9 +210,13 @@ class Gpt : public Module {
   std::shared_ptr<Norm> ln_f_;
   std::shared_ptr<Linear> lm_head_;         // null when tied
   std::shared_ptr<ResidualRouter> router_;  // "res", null for the standard residual
+  // ShapeError naming `who` unless this model's make_cache made `cache`.
+  void check_cache(const KvCache& cache, const char* who) const;
+  // Runs the layers on embeddings x, directly or through the router, the attention sublayers as
+  // `pass` says.
+  Variable run_layers(const Variable& x, const LayerPass& pass) const;
   // Sublayer s (layer s / 2: attention when s is even, else MLP) on its input h.
-  Variable sublayer(int64_t s, const Variable& h, Generator* gen, KvCache* cache = nullptr,
-                    std::vector<AttentionDiagnostics>* diagnostics = nullptr) const;
+  Variable sublayer(int64_t s, const Variable& h, const LayerPass& pass) const;
 };
 
 // Parameter names match the PyTorch peer (../shared/peers/torch_gpt.py) so its state_dict loads ours:

@@ -130,9 +130,9 @@ KdaMixer::Streams KdaMixer::streams(const Variable& x, const Tensor& history, Te
   // g = -exp(A_log[h]) softplus(f + dt_bias) per head h over its D channels; dt_bias rides on
   // f_b_proj's product as its bias, the per-head rate is expanded to the C channels (tiny).
   const Variable u = linear(narrow(low, 2, 0, D), f_b_->weight(), dt_bias_, mp);  // [B, T, C]
-  const Variable rate = reshape(mul(reshape(neg(exp(a_log_)), Shape{H, 1}),
-                                    Variable(Tensor::ones(Shape{1, D}, x.dtype(), x.device()))),
-                                Shape{C});
+  const Variable rate =
+      reshape(mul(reshape(neg(exp(a_log_)), Shape{H, 1}), Variable(Tensor::ones(Shape{1, D}, x.dtype(), x.device()))),
+              Shape{C});
   r.g = split_heads(mul(softplus(u), rate), 1, H)[0];
   r.gate_low = narrow(low, 2, D, D);
   r.beta = permute(sigmoid(narrow(low, 2, 2 * D, H)), {0, 2, 1});  // [B, H, T]
@@ -147,7 +147,10 @@ Variable KdaMixer::output(const Variable& o, const Variable& gate_low) const {
   return c_proj_->forward(reshape(mul(n, sigmoid(z)), Shape{B, T, C}));
 }
 
-Variable KdaMixer::forward(const Variable& x) const {
+Variable KdaMixer::forward(const Variable& x, const AttentionMask& mask) const {
+  AL_CHECK_CONFIG(mask.causal && mask.prefix == 0,
+                  "kda: a recurrent mixer is causal by construction and has no bidirectional prefix; got causal = ",
+                  mask.causal ? "true" : "false", ", prefix = ", mask.prefix, " for x=", x.str());
   const Streams s = streams(x);
   return output(kda_attention(s.q, s.k, s.v, s.g, s.beta).out, s.gate_low);
 }
@@ -162,8 +165,8 @@ Variable KdaMixer::forward_cached(const Variable& x, KvSlot& slot, int64_t lengt
     AL_CHECK_SHAPE(slot.state.defined() && slot.state.shape() == (Shape{B, H, D, D}) &&
                        (W <= 1 || (slot.conv.defined() && slot.conv.shape() == (Shape{B, W - 1, 3 * C}))),
                    "KdaMixer: after ", length, " positions the slot must carry state [", B, ", ", H, ", ", D, ", ", D,
-                   "] and conv [", B, ", ", W - 1, ", ", 3 * C, "] (the layer's earlier calls); got state=",
-                   slot.state, ", conv=", slot.conv);
+                   "] and conv [", B, ", ", W - 1, ", ", 3 * C, "] (the layer's earlier calls); got state=", slot.state,
+                   ", conv=", slot.conv);
   }
   NoGradGuard no_grad;
   Tensor next_conv;

@@ -46,12 +46,16 @@ class KdaMixer : public TokenMixer {
   // b_g); config.rope is not used (KDA supplies position through its recurrence and conv).
   KdaMixer(const AttentionBlockConfig& config, Generator& gen, DType dtype = DType::f32);
 
-  Variable forward(const Variable& x) const override;
+  using TokenMixer::forward;
+  // Causal by construction: ConfigError for any mask but the plain causal one.
+  Variable forward(const Variable& x, const AttentionMask& mask) const override;
   Variable forward_cached(const Variable& x, KvSlot& slot, int64_t length) const override;
   void init_variant_parameters() override;
   // kind "kda", no sink; the mean decay exp(g) and the mean beta on x.
   AttentionDiagnostics diagnose(const Variable& x) const override;
   bool uses_kv_rows() const override { return false; }
+  bool supports_prefix_mask() const override { return false; }
+  const std::string& kind() const override { return config_.attention; }
 
   int64_t heads() const { return config_.heads; }
   int64_t head_dim() const { return config_.d_model / config_.heads; }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "layers/param_override.h"
 
 namespace attnlab {
 
@@ -22,6 +23,9 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& 
 
 // One op, which also checks x against the weight: leading dims fold into one GEMM, and the bias
 // rides on it (autograd/ops/linear).
-Variable Linear::forward(const Variable& x) const { return linear(x, weight_, bias_, precision_); }
+// Reads its parameters through effective(), so an OverrideScope can swap in fast weights.
+Variable Linear::forward(const Variable& x) const {
+  return linear(x, effective(weight_), effective(bias_), precision_);
+}
 
 }  // namespace attnlab

@@ -12,6 +12,11 @@
 //                         at 2i: y_i                                                         mse
 //   piecewise_regression  vectors: as regression, W redrawn in each of `segments` segments
 //                         (parts "seg1".."segS": the mse within each)                        mse
+//   needle                tokens: BOS, filler haystack with one "N k v" needle (and distractor
+//                         needles), final "Q k A"; target at the final A: v                 accuracy
+//   fact_chain            tokens: BABILong-like facts "X went L" / "X took O" among filler
+//                         sentences, question "where O ?"; target: the location of the
+//                         holder of O after its last move                                    accuracy
 //
 // Token tasks: x i32 [B, T] ids in [0, vocab_size()), y i32 [B, T] the target at each position
 // (kIgnoreTarget where nothing is predicted: cross_entropy skips it), mask f32 [B, T] 1 where y is
@@ -37,15 +42,15 @@ inline constexpr int32_t kIgnoreTarget = -100;  // cross_entropy's default ignor
 
 // Every task's parameters (recipe keys data.<field>); each task reads the ones it uses.
 struct TaskConfig {
-  std::string name;          // one of task_names()
-  int64_t vocab = 64;        // token tasks: size of the content alphabet (specials come on top)
-  int64_t pairs = 8;         // mqar, kv_retrieval: key-value pairs per sequence
-  int64_t queries = 0;       // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
-  int64_t copy_tokens = 8;   // selective_copy: content tokens to copy
-  int64_t dim = 8;           // regression tasks: dimension of x
-  int64_t out_dim = 1;       // regression tasks: dimension of y
-  double noise = 0.0;        // regression tasks: std of the Gaussian noise added to y
-  int64_t segments = 2;      // piecewise_regression: segments, each with its own map
+  std::string name;         // one of task_names()
+  int64_t vocab = 64;       // token tasks: size of the content alphabet (specials come on top)
+  int64_t pairs = 8;        // mqar, kv_retrieval: key-value pairs per sequence
+  int64_t queries = 0;      // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
+  int64_t copy_tokens = 8;  // selective_copy: content tokens to copy
+  int64_t dim = 8;          // regression tasks: dimension of x
+  int64_t out_dim = 1;      // regression tasks: dimension of y
+  double noise = 0.0;       // regression tasks: std of the Gaussian noise added to y
+  int64_t segments = 2;     // piecewise_regression: segments, each with its own map
   // ConfigError naming the field and the task when a value is out of range or when sequences of
   // seq_len cannot hold the task (e.g. mqar needs seq_len >= 2 * (pairs + queries)).
   void validate(int64_t seq_len) const;
@@ -76,7 +81,7 @@ class SyntheticTask {
   const std::string& name() const { return config_.name; }
 
   bool is_token_task() const { return input_dim() == 0; }
-  virtual int64_t vocab_size() const = 0;  // token tasks: ids are < this; vector tasks: 0
+  virtual int64_t vocab_size() const = 0;           // token tasks: ids are < this; vector tasks: 0
   virtual int64_t input_dim() const { return 0; }   // vector tasks: features per position
   virtual int64_t output_dim() const { return 0; }  // vector tasks: predicted features per position
   // The shortest sequence the config fits in.
@@ -84,6 +89,12 @@ class SyntheticTask {
   // ConfigError naming the task, train.seq_len and the bound when sequences of seq_len cannot hold
   // the task (too short; regression tasks: also odd). TaskConfig::validate() and batch() call it.
   virtual void check_seq_len(int64_t seq_len) const;
+
+  // Supervised fine-tuning (train/finetune.h, data/sft/sft_data.h): how many leading positions of
+  // a row of seq_len form the context, the same in every row; the answer is predicted from
+  // position context_length - 1 on (FocuSFT's bidirectional prefix is [0, context_length)).
+  // 0 (the default) when the task has no context / answer split (mqar, copy, regression).
+  virtual int64_t context_length(int64_t /*seq_len*/) const { return 0; }
 
   // Batch `index` of the stream `seed`; batch >= 1, seq_len >= min_seq_len() (ConfigError else).
   virtual TaskBatch batch(uint64_t seed, uint64_t index, int64_t batch, int64_t seq_len) const = 0;
