@@ -13,8 +13,9 @@
 //            TOOK, DROPPED, DOT, Q, A (= E + L + O + 0..6), filler words from E + L + O + 7;
 //            vocab_size() = E + L + O + 7 + W
 //   facts    "X WENT L DOT", "X TOOK O DOT", "X DROPPED O DOT" (4 tokens each), drawn by
-//            simulating a world: each step is WENT (1/2: a random entity to a random location
-//            other than its current one), TOOK (7/20: a random entity whose location is known takes
+//            simulating a world: each step is WENT (1/2: an entity to a random location other
+//            than its current one; the entity is, when anyone holds an object, with probability
+//            1/2 a random holder, else a random entity), TOOK (7/20: a random entity whose location is known takes
 //            a random free object that is either unplaced or lies where the entity is) or DROPPED
 //            (3/20: a random held object is dropped where its holder is); a step that cannot
 //            happen becomes WENT. A story without any TOOK is redrawn. The asked object is drawn
@@ -135,7 +136,17 @@ class FactChain final : public SyntheticTask {
           }
         }
         f.verb = kWent;
-        f.entity = rng.uniform_int(e_n);
+        // Half the moves (when anyone holds something) move a holder, so objects travel after
+        // being taken and the take alone often does not answer the question.
+        std::vector<int64_t> holders;
+        for (int64_t o = 0; o < o_n; ++o) {
+          const int64_t h = holder[static_cast<size_t>(o)];
+          if (h >= 0 && std::find(holders.begin(), holders.end(), h) == holders.end()) holders.push_back(h);
+        }
+        if (!holders.empty() && rng.uniform_int(2) == 0)
+          f.entity = holders[static_cast<size_t>(rng.uniform_int(static_cast<int64_t>(holders.size())))];
+        else
+          f.entity = rng.uniform_int(e_n);
         const int64_t here = loc[static_cast<size_t>(f.entity)];
         if (here < 0) {
           f.arg = rng.uniform_int(l_n);
