@@ -134,7 +134,7 @@ TEST_F(TttCli, EvalTttAndBadInput) {
 }
 
 TEST_F(TttCli, SampleTttAdaptsOnThePrompt) {
-  const Result t = run(train("--run.name=text --train.steps=4 --train.checkpoint_every=4 --train.eval_every=4"));
+  const Result t = run(train("--run.name=text --train.steps=4 --optim.warmup=1 --train.checkpoint_every=4 --train.eval_every=4"));
   ASSERT_EQ(t.code, 0) << t.err;
   const std::string text = (dir_ / "text").string();
   const Result r =
