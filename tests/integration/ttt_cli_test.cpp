@@ -133,8 +133,24 @@ TEST_F(TttCli, EvalTttAndBadInput) {
   }
 }
 
+// The shipped recipes: every key of ttt_pretrain.ini trains (2 steps), every key of ttt_needle.ini
+// is read (on the tiny model, one short length, one row).
+TEST_F(TttCli, ShippedRecipesRun) {
+  const std::string src = ATTNLAB_SOURCE_DIR;
+  const Result p = run("train " + src + "/recipes/ttt_pretrain.ini --run.dir=" + dir_.string() +
+                       " --train.steps=2 --optim.warmup=1 --train.eval_every=2 --train.eval_batches=1 "
+                       "--train.checkpoint_every=2 --data.eval_lengths=");
+  ASSERT_EQ(p.code, 0) << p.out << p.err;
+  const fs::path kv = train_kv();
+  const Result t = run("ttt " + src + "/recipes/ttt_needle.ini --run.dir=" + dir_.string() +
+                       " --ttt.init=" + kv.string() + " --ttt.steps=1 --ttt.examples=1 --data.eval_lengths=24");
+  ASSERT_EQ(t.code, 0) << t.out << t.err;
+  EXPECT_TRUE(fs::exists(dir_ / "ttt_needle" / "result.json"));
+}
+
 TEST_F(TttCli, SampleTttAdaptsOnThePrompt) {
-  const Result t = run(train("--run.name=text --train.steps=4 --optim.warmup=1 --train.checkpoint_every=4 --train.eval_every=4"));
+  const Result t =
+      run(train("--run.name=text --train.steps=4 --optim.warmup=1 --train.checkpoint_every=4 --train.eval_every=4"));
   ASSERT_EQ(t.code, 0) << t.err;
   const std::string text = (dir_ / "text").string();
   const Result r =
