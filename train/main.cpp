@@ -52,7 +52,7 @@ constexpr const char* kUsage =
     "  eval RUN_OR_CHECKPOINT [--batches N]\n"
     "                      validation loss and perplexity of a checkpoint; --ttt (task runs):\n"
     "                      answer accuracy plain and after test-time training (--ttt.* as sample,\n"
-    "                      --ttt.examples N rows)\n"
+    "                      --ttt.examples N rows, --ttt.spans context|answers)\n"
     "  ttt RECIPE.ini [--section.key=value ...]\n"
     "                      query-only test-time training of a task checkpoint at each length,\n"
     "                      against plain answers; writes <run.dir>/<run.name>/ (ttt.jsonl, results.md)\n"
@@ -184,7 +184,9 @@ struct TttFlags {
                                                                    "AdamW learning rate")(
         "ttt.span", po::value(&config.span), "context tokens per step")("ttt.params", po::value(&config.params),
                                                                         "wq | lora");
-    if (with_examples) desc.add_options()("ttt.examples", po::value(&examples), "validation rows");
+    if (with_examples)
+      desc.add_options()("ttt.examples", po::value(&examples), "validation rows")(
+          "ttt.spans", po::value(&config.spans), "context | answers (the context's answered questions)");
   }
   void check(const char* command, const std::vector<std::string>& args) const {
     if (on) return;

@@ -47,6 +47,10 @@ void TttConfig::validate() const {
                   params, "'");
   AL_CHECK_CONFIG(rank >= 1, "ttt.rank must be >= 1; got ", rank);
   AL_CHECK_CONFIG(std::isfinite(alpha) && alpha > 0, "ttt.alpha must be > 0; got ", alpha);
+  AL_CHECK_CONFIG(spans == "context" || spans == "answers",
+                  "ttt.spans must be context (next-token loss on random spans) or answers (on the context's answered "
+                  "questions); got '",
+                  spans, "'");
 }
 
 void check_ttt_model(const Gpt& model, const std::string& who) {
@@ -150,7 +154,7 @@ double answer_nll(const Tensor& logits, int64_t vocab, int32_t target) {
 }  // namespace
 
 ParameterOverrides adapt_queries(const Gpt& model, const std::vector<int32_t>& ids, const TttConfig& config,
-                                 Generator& gen, KvCache& cache) {
+                                 Generator& gen, KvCache& cache, const std::vector<int64_t>& answers) {
   config.validate();
   check_ttt_model(model, "ttt");
   const int64_t T = static_cast<int64_t>(ids.size());
@@ -173,16 +177,36 @@ ParameterOverrides adapt_queries(const Gpt& model, const std::vector<int32_t>& i
   ac.lr = config.lr;
   ac.weight_decay = config.weight_decay;
   AdamW opt(params, ac);
+  const bool on_answers = config.spans == "answers";
+  AL_CHECK_CONFIG(!on_answers || !answers.empty(),
+                  "ttt: ttt.spans = answers needs a context with answered questions (e.g. kv_retrieval with "
+                  "data.queries > 0); this one has none");
+  for (const int64_t p : answers)
+    AL_CHECK_CONFIG(p >= 0 && p < T - 1, "ttt: answer position ", p, " is outside the context's [0, ", T - 1, ")");
   const int64_t starts = T - config.span;  // start in [0, T - 1 - span]
   for (int64_t step = 0; step < config.steps; ++step) {
-    const int64_t start = randint(Shape{1}, starts, gen).item<int64_t>();
+    int64_t start = 0, len = config.span;
+    std::vector<int32_t> targets;
+    if (on_answers) {
+      // A span that ends at one answered question; the loss only on the answers inside it.
+      const int64_t p =
+          answers[static_cast<size_t>(randint(Shape{1}, static_cast<int64_t>(answers.size()), gen).item<int64_t>())];
+      start = std::max<int64_t>(0, p - config.span + 1);
+      len = p - start + 1;
+      targets.assign(static_cast<size_t>(len), kIgnoreTarget);
+      for (const int64_t a : answers)
+        if (a >= start && a <= p) targets[static_cast<size_t>(a - start)] = ids[static_cast<size_t>(a + 1)];
+    } else {
+      start = randint(Shape{1}, starts, gen).item<int64_t>();
+      targets.assign(ids.begin() + start + 1, ids.begin() + start + 1 + len);
+    }
     const ParameterOverrides o = adapter.overrides();
     Variable logits;
     {
       OverrideScope scope(o);
-      logits = model.forward_after(id_tensor(ids, start, config.span, device), cache, start);
+      logits = model.forward_after(id_tensor(ids, start, len, device), cache, start);
     }
-    const Variable loss = cross_entropy(logits, id_tensor(ids, start + 1, config.span, device));
+    const Variable loss = cross_entropy(logits, Variable(Tensor::from_vector(Shape{1, len}, targets).to(device)));
     opt.zero_grad();
     loss.backward();
     if (config.clip > 0) clip_grad_norm(params, config.clip);
@@ -255,10 +279,14 @@ LengthResult evaluate_length(const Gpt& model, const SyntheticTask& task, uint64
     AL_CHECK_CONFIG(p >= 0, "ttt: task ", task.name(), " gave a row with no scored position");
     const std::vector<int32_t> context(x.begin(), x.begin() + p + 1);
     const int32_t target = y[static_cast<size_t>(p)];
+    // The context's own answered questions (kv_retrieval's demos) for ttt.spans = answers.
+    std::vector<int64_t> answers;
+    for (int64_t i = 0; i < p; ++i)
+      if (mask[static_cast<size_t>(i)] > 0) answers.push_back(i);
     const Tensor plain = plain_answer_logits(model, context);
     Generator gen(ttt_seed ^ (static_cast<uint64_t>(length) << 32) ^ static_cast<uint64_t>(row));
     KvCache cache = model.make_cache(1);
-    const ParameterOverrides o = adapt_queries(model, context, config, gen, cache);
+    const ParameterOverrides o = adapt_queries(model, context, config, gen, cache, answers);
     const Tensor adapted = answer_logits(model, context.back(), o, cache);
     r.plain_correct += argmax(plain, vocab) == target ? 1 : 0;
     r.ttt_correct += argmax(adapted, vocab) == target ? 1 : 0;
@@ -375,6 +403,7 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
   config.weight_decay = recipe.get_double("ttt.weight_decay", config.weight_decay);
   config.clip = recipe.get_double("ttt.clip", config.clip);
   config.params = recipe.get_string("ttt.params", config.params);
+  config.spans = recipe.get_string("ttt.spans", config.spans);
   if (config.params == "lora") {
     config.rank = recipe.get_int("ttt.rank", config.rank);
     config.alpha = recipe.get_double("ttt.alpha", config.alpha);
@@ -448,7 +477,8 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
   write_file_atomic((run_dir / "recipe.ini").string(), recipe.resolved());
   out << "ttt: " << run.model_path << " (" << run.model->num_parameters() << " parameters), task " << task.name()
       << ", " << examples << " rows per length, steps " << config.steps << ", span " << config.span << ", lr "
-      << config.lr << ", params " << config.params << ", " << cpu::max_threads() << " threads\n"
+      << config.lr << ", params " << config.params << ", spans " << config.spans << ", " << cpu::max_threads()
+      << " threads\n"
       << std::flush;
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<LengthResult> results;
@@ -478,7 +508,7 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
   md << "# " << name << ": query-only test-time training\n\n"
      << "checkpoint " << run.model_path << ", task " << task.name() << ", " << examples << " rows per length; steps "
      << config.steps << ", span " << config.span << ", lr " << config.lr << ", weight_decay " << config.weight_decay
-     << ", clip " << config.clip << ", params " << config.params << "\n\n"
+     << ", clip " << config.clip << ", params " << config.params << ", spans " << config.spans << "\n\n"
      << "accuracy of the final answer, plain and after test-time training:\n\n"
      << table;
   write_file_atomic((run_dir / "results.md").string(), md.str());
@@ -527,7 +557,8 @@ void run_eval_ttt(const std::string& checkpoint, const TttConfig& config, int64_
                   " is too long for the run's sequences of ", seq_len, " (needs span <= seq_len - 1)");
   const uint64_t data_seed = validation_seed(static_cast<uint64_t>(base.get_int("run.seed", 1)));
   out << run.model_path << ": task " << t << ", " << examples << " validation rows of " << seq_len << ", ttt steps "
-      << config.steps << ", span " << config.span << ", lr " << config.lr << ", params " << config.params << "\n"
+      << config.steps << ", span " << config.span << ", lr " << config.lr << ", params " << config.params << ", spans "
+      << config.spans << "\n"
       << std::flush;
   const LengthResult r = evaluate_length(*run.model, *setup.task, data_seed, seed, seq_len, examples, config, out);
   out << results_table({r});

@@ -55,6 +55,11 @@ struct TttConfig {
   std::string params = "wq";  // wq (full W_Q rows, fp32 copy) | lora (on the W_Q rows)
   int64_t rank = 8;
   double alpha = 16.0;
+  // Which next-token targets train the queries: context = every token of a random span (the
+  // spec's default); answers = only the context's own answered questions (kv_retrieval's demo
+  // values), each step a span ending at one of them (spec 3.6's "spans restricted to the demo
+  // region", with the loss on the answers alone: keys and fillers are unpredictable noise).
+  std::string spans = "context";
   void validate() const;  // ConfigError naming the key (ttt.<field>)
 };
 
@@ -66,9 +71,10 @@ void check_ttt_model(const Gpt& model, const std::string& who);
 // Returns the overrides that hold the adaptation (use under an OverrideScope; constants, no graph)
 // and fills `cache` (made by model.make_cache(1); reset first) with the frozen prefill of
 // ids[0, T - 1). ConfigError for a context shorter than span + 1 or longer than model.context, or
-// a model check_ttt_model refuses.
+// a model check_ttt_model refuses. `answers` (spans = answers): the positions p < T - 1 whose next
+// token ids[p + 1] answers a question of the context; ConfigError when that mode gets none.
 ParameterOverrides adapt_queries(const Gpt& model, const std::vector<int32_t>& ids, const TttConfig& config,
-                                 Generator& gen, KvCache& cache);
+                                 Generator& gen, KvCache& cache, const std::vector<int64_t>& answers = {});
 
 // The logits [1, 1, Vp] (CPU) of the next token after `last`, fed through forward_cached on a cache
 // that holds the context before it, under `overrides` (empty: the plain model). Advances the cache.

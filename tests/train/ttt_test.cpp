@@ -168,6 +168,33 @@ TEST(Ttt, StepsLowerTheLossOnTheAdaptedContext) {
   }
 }
 
+TEST(Ttt, AnswerSpansTrainOnTheContextsAnswersOnly) {
+  Generator init(13);
+  Gpt model(tiny_model(), init);
+  const std::vector<int32_t> ids = context_ids(40, 14);
+  const std::vector<int64_t> answers = {9, 19, 29};
+  TttConfig c = small_config(30);
+  c.lr = 3e-2;
+  c.spans = "answers";
+  Generator gen(15);
+  KvCache cache = model.make_cache(1);
+  const ParameterOverrides o = adapt_queries(model, ids, c, gen, cache, answers);
+  // The loss of each answer, predicted from its position over the frozen prefix before it.
+  auto answer_loss = [&](const ParameterOverrides& with) {
+    double sum = 0;
+    for (const int64_t p : answers) sum += span_loss(model, ids, cache, p, 1, with);
+    return sum / static_cast<double>(answers.size());
+  };
+  const double before = answer_loss(ParameterOverrides()), after = answer_loss(o);
+  EXPECT_LT(after, before - 1e-3) << "before " << before << ", after " << after;
+
+  KvCache other = model.make_cache(1);
+  EXPECT_THROW(adapt_queries(model, ids, c, gen, other), ConfigError) << "answers mode without answers";
+  EXPECT_THROW(adapt_queries(model, ids, c, gen, other, {39}), ConfigError) << "an answer past the context";
+  c.spans = "demos";
+  EXPECT_THROW(c.validate(), ConfigError);
+}
+
 TEST(Ttt, SameSeedSameAdaptation) {
   Generator init(16);
   Gpt model(tiny_model(), init);
