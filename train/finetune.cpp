@@ -263,39 +263,67 @@ struct FinetuneData {
 
 // Checks that the init model can be fine-tuned as the recipe says: its vocabulary is the task's,
 // every length fits its context, its layers take the masks asked for, the LoRA targets exist.
-void check_model(const FinetuneConfig& c, const LoadedModel& m, const std::string& src) {
+// `what` names the model in messages (a checkpoint, or the recipe that will train it).
+void check_model(const FinetuneConfig& c, const std::string& src, const std::string& what, const GptConfig& mc,
+                 const std::string& tokenizer, const Gpt& model) {
   const SyntheticTask& task = *c.task_setup.task;
-  AL_CHECK_CONFIG(m.tokenizer == kTaskTokenizer && !m.config.vector_mode(), "recipe ", src, ": finetune.init ",
-                  m.model_path, " was trained on ",
-                  m.tokenizer == kTaskTokenizer ? "a vector task" : "text (" + m.tokenizer + " tokenizer)",
+  AL_CHECK_CONFIG(tokenizer == kTaskTokenizer && !mc.vector_mode(), "recipe ", src, ": ", what, " is trained on ",
+                  tokenizer == kTaskTokenizer ? "a vector task" : "text (" + tokenizer + " tokenizer)",
                   "; data.task = ", c.task, " needs a model trained on task token ids");
-  AL_CHECK_CONFIG(m.config.vocab_size == task.vocab_size(), "recipe ", src, ": finetune.init ", m.model_path,
-                  " has vocab_size ", m.config.vocab_size, " but data.task = ", c.task, " with these data keys has ",
-                  task.vocab_size(), " token ids (use the data.vocab of the pretraining recipe)");
+  AL_CHECK_CONFIG(mc.vocab_size == task.vocab_size(), "recipe ", src, ": ", what, " has vocab_size ", mc.vocab_size,
+                  " but data.task = ", c.task, " with these data keys (data.vocab) has ", task.vocab_size(),
+                  " token ids; use the data keys of the pretraining recipe");
   std::vector<int64_t> lengths = c.task_setup.eval_lengths;
   lengths.push_back(c.seq_len);
   for (const int64_t len : lengths) {
-    AL_CHECK_CONFIG(len <= m.config.context, "recipe ", src, ": sequence length ", len,
-                    " (train.seq_len or data.eval_lengths) is longer than the init model's context ", m.config.context);
+    AL_CHECK_CONFIG(len <= mc.context, "recipe ", src, ": sequence length ", len,
+                    " (train.seq_len or data.eval_lengths) is longer than the context ", mc.context, " of ", what);
     AL_CHECK_CONFIG(task_context(task, len) > 0, "recipe ", src, ": data.task = ", c.task,
                     " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
   }
   bool prefix = c.train_prefix();
   for (const std::string& e : c.eval_masks) prefix = prefix || e == "prefix";
   if (prefix) {
-    const std::string why = m.model->prefix_mask_unsupported();
+    const std::string why = model.prefix_mask_unsupported();
     AL_CHECK_CONFIG(why.empty(), "recipe ", src, ": the prefix mask (finetune.mask or finetune.eval_masks) needs ",
                     "bidirectional attention over the context, but ", why);
   }
   if (c.focusft()) {
     try {
-      LoraSet probe(*m.model, c.lora);
+      LoraSet probe(model, c.lora);
     } catch (const ConfigError& e) {
-      std::string what = e.what();
-      if (what.rfind("lora: ", 0) == 0) what = "focusft." + what.substr(6);
-      detail::throw_error<ConfigError>("recipe ", src, ": ", what);
+      std::string msg = e.what();
+      if (msg.rfind("lora: ", 0) == 0) msg = "focusft." + msg.substr(6);
+      detail::throw_error<ConfigError>("recipe ", src, ": ", msg);
     }
   }
+}
+
+// Checks finetune.init against the recipe before anything is written: the checkpoint when it is
+// there, else the model finetune.init_recipe would train (built untrained, to check against).
+void check_init(const FinetuneConfig& c, const std::string& src) {
+  if (needs_pretraining(c)) {
+    TrainRecipeModel pre;
+    try {
+      Recipe r = init_train_recipe(c);
+      pre = train_recipe_model(r);
+    } catch (const Error& e) {
+      if (!dynamic_cast<const ConfigError*>(&e) && !dynamic_cast<const IoError*>(&e)) throw;
+      detail::throw_error<ConfigError>("recipe ", src, ": finetune.init_recipe = ", c.init_recipe, ": ", e.what());
+    }
+    Generator gen(0);
+    const Gpt model(pre.config, gen);
+    check_model(c, src, "the model of finetune.init_recipe = " + c.init_recipe, pre.config, pre.tokenizer, model);
+    return;
+  }
+  LoadedModel m;
+  try {
+    m = load_model(c.init);
+  } catch (const IoError& e) {
+    detail::throw_error<ConfigError>("recipe ", src, ": finetune.init = ", c.init, ": ", e.what(),
+                                     c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
+  }
+  check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
 }
 
 // ---- evaluation ---------------------------------------------------------------------------
@@ -516,7 +544,8 @@ void write_result(const FinetuneConfig& c, const GptConfig& mc, const std::strin
   write_file_atomic((fs::path(run_dir) / kResultFile).string(), j.dump(2) + "\n");
 }
 
-// Loads finetune.init (training it first from finetune.init_recipe when asked to) and checks it.
+// Loads finetune.init, training it first from finetune.init_recipe when asked to (check_init
+// has checked both).
 LoadedModel load_init(const FinetuneConfig& c, const std::string& src, std::ostream& out) {
   if (needs_pretraining(c)) {
     Recipe pre = init_train_recipe(c);
@@ -527,14 +556,8 @@ LoadedModel load_init(const FinetuneConfig& c, const std::string& src, std::ostr
         << std::flush;
     run_train(pre, o, out);
   }
-  LoadedModel m;
-  try {
-    m = load_model(c.init);
-  } catch (const IoError& e) {
-    detail::throw_error<IoError>("recipe ", src, ": finetune.init = ", c.init, ": ", e.what(),
-                                 c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
-  }
-  check_model(c, m, src);
+  LoadedModel m = load_model(c.init);
+  check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
   return m;
 }
 
@@ -542,27 +565,7 @@ LoadedModel load_init(const FinetuneConfig& c, const std::string& src, std::ostr
 
 void check_finetune_recipe(Recipe& recipe) {
   const FinetuneConfig c = read_config(recipe);
-  if (needs_pretraining(c)) {
-    try {
-      Recipe pre = init_train_recipe(c);
-      check_train_recipe(pre);
-    } catch (const ConfigError& e) {
-      detail::throw_error<ConfigError>("recipe ", recipe.source(), ": finetune.init_recipe = ", c.init_recipe, ": ",
-                                       e.what());
-    } catch (const IoError& e) {
-      detail::throw_error<ConfigError>("recipe ", recipe.source(), ": finetune.init_recipe = ", c.init_recipe, ": ",
-                                       e.what());
-    }
-    return;
-  }
-  LoadedModel m;
-  try {
-    m = load_model(c.init);
-  } catch (const IoError& e) {
-    detail::throw_error<ConfigError>("recipe ", recipe.source(), ": finetune.init = ", c.init, ": ", e.what(),
-                                     c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
-  }
-  check_model(c, m, recipe.source());
+  check_init(c, recipe.source());
 }
 
 TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
@@ -574,11 +577,7 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
                   " already has checkpoints; pass --resume to continue it, or choose another run.name");
   AL_CHECK_CONFIG(!options.resume || fs::exists(ckpt_latest), "--resume: ", run_dir,
                   " has no checkpoint to resume from");
-  if (needs_pretraining(c)) {
-    // Checked before the pretraining run writes anything.
-    Recipe pre = init_train_recipe(c);
-    check_train_recipe(pre);
-  }
+  check_init(c, src);
   const auto t_run = std::chrono::steady_clock::now();
   LoadedModel init = load_init(c, src, out);
   Gpt& model = *init.model;

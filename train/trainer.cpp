@@ -925,6 +925,11 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
 
 void check_train_recipe(Recipe& recipe) { read_config(recipe); }
 
+TrainRecipeModel train_recipe_model(Recipe& recipe) {
+  const RunConfig c = read_config(recipe);
+  return {c.model, c.tokenizer_meta()};
+}
+
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
   AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);
   LoadedModel run = load_model(checkpoint);

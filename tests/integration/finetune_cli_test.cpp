@@ -178,14 +178,16 @@ TEST_F(FinetuneCli, BadKeysExitTwoNamingTheKeyAndWriteNothing) {
       {"--train.grad_accum=0", "train.grad_accum"},
       {"--data.task=mqar", "mqar"},
       {"--finetune.init_recipe=" + std::string("/nonexistent/x.ini"), "finetune.init_recipe"},
-      // Found only once the init model exists: this one pretrains it first (into pre/, not ft/).
-      {"--data.vocab=12", "vocab"},
+      {"--data.vocab=12", "data.vocab"},
+      {"--data.eval_lengths=16,64", "context"},
   };
   for (const auto& c : cases) {
     const Result r = finetune("ft_focusft.ini", c.override_);
     EXPECT_EQ(r.code, 2) << c.override_ << ": " << r.out << r.err;
     EXPECT_NE(r.err.find(c.named), std::string::npos) << c.override_ << ": " << r.err;
     EXPECT_FALSE(fs::exists(dir_ / "runs" / "ft")) << c.override_;
+    // Checked against the model the init recipe would train, before training it.
+    EXPECT_FALSE(fs::exists(dir_ / "pre")) << c.override_;
   }
   // No init and no recipe to make it.
   write_text(dir_ / "no_init.ini", "[run]\nname = x\n[finetune]\ninit = " + (dir_ / "missing").string() +

@@ -219,7 +219,9 @@ TEST(Focusft, PerTensorClipBoundsEachInnerUpdate) {
     EXPECT_LE(d1, bound * (1 + 1e-9)) << name;
     EXPECT_LE(d2, bound * (1 + 1e-9)) << name;
     // Clipped, not vanishing: a tensor with a gradient moves by exactly lr * clip.
-    if (name.find("lora_B") != std::string::npos) EXPECT_NEAR(d1, bound, bound * 1e-6) << name;
+    if (name.find("lora_B") != std::string::npos) {
+      EXPECT_NEAR(d1, bound, bound * 1e-6) << name;
+    }
     EXPECT_NEAR(d2, bound, bound * 1e-6) << name;
   }
 }
