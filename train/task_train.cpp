@@ -22,6 +22,8 @@ const std::map<std::string, std::set<std::string>>& task_fields() {
       {"selective_copy", {"vocab", "copy_tokens"}},
       {"regression", {"dim", "out_dim", "noise"}},
       {"piecewise_regression", {"dim", "out_dim", "noise", "segments"}},
+      {"needle", {"vocab", "pairs"}},
+      {"fact_chain", {"vocab", "entities", "locations", "objects", "facts"}},
   };
   return fields;
 }
@@ -69,6 +71,10 @@ TaskSetup read_task_recipe(Recipe& r, const std::string& name, int64_t seq_len, 
   if (wants("out_dim")) tc.out_dim = r.get_int("data.out_dim", tc.out_dim);
   if (wants("noise")) tc.noise = r.get_double("data.noise", tc.noise);
   if (wants("segments")) tc.segments = r.get_int("data.segments", tc.segments);
+  if (wants("entities")) tc.entities = r.get_int("data.entities", tc.entities);
+  if (wants("locations")) tc.locations = r.get_int("data.locations", tc.locations);
+  if (wants("objects")) tc.objects = r.get_int("data.objects", tc.objects);
+  if (wants("facts")) tc.facts = r.get_int("data.facts", tc.facts);
   TaskSetup setup;
   setup.eval_lengths = parse_lengths(r, r.get_string("data.eval_lengths", ""));
   try {

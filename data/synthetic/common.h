@@ -61,7 +61,7 @@ template <typename... Parts>
 // The largest content alphabet a token task accepts (ids stay far inside i32; logits stay sane).
 inline constexpr int64_t kMaxVocab = int64_t{1} << 20;
 
-// The key-value tasks (mqar, kv_retrieval): keys from [0, vocab / 2), values from [vocab / 2,
+// The key-value tasks (mqar, kv_retrieval, needle): keys from [0, vocab / 2), values from [vocab / 2,
 // vocab), so vocab is even and the `pairs` keys of a sequence, being distinct, fit in vocab / 2.
 inline void check_key_value_config(const TaskConfig& c) {
   const int64_t v = c.vocab;
@@ -127,5 +127,7 @@ std::unique_ptr<SyntheticTask> make_kv_retrieval(const TaskConfig& config);
 std::unique_ptr<SyntheticTask> make_selective_copy(const TaskConfig& config);
 std::unique_ptr<SyntheticTask> make_regression(const TaskConfig& config);
 std::unique_ptr<SyntheticTask> make_piecewise_regression(const TaskConfig& config);
+std::unique_ptr<SyntheticTask> make_needle(const TaskConfig& config);
+std::unique_ptr<SyntheticTask> make_fact_chain(const TaskConfig& config);
 
 }  // namespace attnlab::synthetic

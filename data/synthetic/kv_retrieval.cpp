@@ -14,7 +14,8 @@
 //            the final "Q k* A" ending at position seq_len - 1
 //   y        at each A position: the value that follows (demos: v_j; the final A: v*); else ignored
 //   mask     1 exactly at the A positions (Q + 1 per row)
-//   min_seq_len() = 1 + 2P + 4Q + 3
+//   min_seq_len() = 1 + 2P + 4Q + 3; context_length(seq_len) = seq_len (SFT: the demos' targets
+//            lie inside the context and are dropped; the final answer is the one target)
 // score(): accuracy over all answers (demos included), plus part "final": the final answer alone.
 // Draws per row, in order: P distinct keys, P values, Q + 1 distinct pair picks (needle first),
 // P - 1 filler cut points, F filler tokens; everything before the cuts is independent of seq_len.
@@ -45,6 +46,8 @@ class KvRetrieval final : public SyntheticTask {
 
   int64_t vocab_size() const override { return config().vocab + 4 + kFillers; }
   int64_t min_seq_len() const override { return 1 + 2 * config().pairs + 4 * config().queries + 3; }
+  // The whole row is context: the final A is the last position and its answer is never in x.
+  int64_t context_length(int64_t seq_len) const override { return seq_len; }
 
   void check_seq_len(int64_t seq_len) const override {
     if (seq_len < min_seq_len())

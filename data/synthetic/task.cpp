@@ -159,7 +159,7 @@ TaskScore SyntheticTask::score(const TaskBatch& batch, const Tensor& output) con
 }
 
 std::vector<std::string> task_names() {
-  return {"mqar", "kv_retrieval", "selective_copy", "regression", "piecewise_regression"};
+  return {"mqar", "kv_retrieval", "selective_copy", "regression", "piecewise_regression", "needle", "fact_chain"};
 }
 
 std::unique_ptr<SyntheticTask> make_task(const TaskConfig& config) {
@@ -168,6 +168,8 @@ std::unique_ptr<SyntheticTask> make_task(const TaskConfig& config) {
   if (config.name == "selective_copy") return synthetic::make_selective_copy(config);
   if (config.name == "regression") return synthetic::make_regression(config);
   if (config.name == "piecewise_regression") return synthetic::make_piecewise_regression(config);
+  if (config.name == "needle") return synthetic::make_needle(config);
+  if (config.name == "fact_chain") return synthetic::make_fact_chain(config);
   std::string valid;
   for (const std::string& n : task_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw ConfigError("data.task: unknown task '" + config.name + "'; valid: " + valid);

@@ -43,14 +43,19 @@ inline constexpr int32_t kIgnoreTarget = -100;  // cross_entropy's default ignor
 // Every task's parameters (recipe keys data.<field>); each task reads the ones it uses.
 struct TaskConfig {
   std::string name;         // one of task_names()
-  int64_t vocab = 64;       // token tasks: size of the content alphabet (specials come on top)
-  int64_t pairs = 8;        // mqar, kv_retrieval: key-value pairs per sequence
+  int64_t vocab = 64;       // token tasks: size of the content alphabet (specials come on top;
+                            // fact_chain: the filler words)
+  int64_t pairs = 8;        // mqar, kv_retrieval: key-value pairs per sequence; needle: needles
   int64_t queries = 0;      // mqar: queries per sequence (0 = one per pair); kv_retrieval: demo queries
   int64_t copy_tokens = 8;  // selective_copy: content tokens to copy
   int64_t dim = 8;          // regression tasks: dimension of x
   int64_t out_dim = 1;      // regression tasks: dimension of y
   double noise = 0.0;       // regression tasks: std of the Gaussian noise added to y
   int64_t segments = 2;     // piecewise_regression: segments, each with its own map
+  int64_t entities = 20;    // fact_chain: entities that move and carry objects
+  int64_t locations = 10;   // fact_chain: locations (the answers)
+  int64_t objects = 10;     // fact_chain: objects (the questions)
+  int64_t facts = 8;        // fact_chain: facts per story
   // ConfigError naming the field and the task when a value is out of range or when sequences of
   // seq_len cannot hold the task (e.g. mqar needs seq_len >= 2 * (pairs + queries)).
   void validate(int64_t seq_len) const;
