@@ -105,14 +105,9 @@ Recipe init_train_recipe(const FinetuneConfig& c) {
   return Recipe::load(c.init_recipe, {"--run.dir=" + dir, "--run.name=" + name});
 }
 
-// The task's context length at seq_len: the bidirectional prefix and where the answers start.
-int64_t task_context(const SyntheticTask& task, int64_t seq_len) {
-  int64_t n = task.context_length(seq_len);
-  // kv_retrieval before it declared its split: the final "Q k A" ends the row, the answer is
-  // predicted from the last position, so the whole row is context.
-  if (n == 0 && task.name() == "kv_retrieval") n = seq_len;
-  return n;
-}
+// The task's context length at seq_len: the bidirectional prefix; the answers are predicted from
+// its last position on (0: the task has no context / answer split).
+int64_t task_context(const SyntheticTask& task, int64_t seq_len) { return task.context_length(seq_len); }
 
 FinetuneConfig read_config(Recipe& r) {
   FinetuneConfig c;
@@ -225,37 +220,15 @@ FinetuneConfig read_config(Recipe& r) {
 
 // ---- data ---------------------------------------------------------------------------------
 
-// A task batch as an SFT batch: only the targets predicted from positions >= context - 1 stay.
-SftBatch task_sft_batch(const SyntheticTask& task, TaskBatch b) {
-  const int64_t B = b.x.size(0), T = b.x.size(1);
-  const int64_t context = task_context(task, T);
-  AL_CHECK_CONFIG(context > 0, "data.task = ", task.name(),
-                  " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
-  std::vector<int32_t> y = b.y.to_vector<int32_t>();
-  std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t t = 0; t < T; ++t) {
-      const size_t at = static_cast<size_t>(i * T + t);
-      if (t < context - 1) y[at] = kIgnoreTarget;
-      mask[at] = y[at] == kIgnoreTarget ? 0.0f : 1.0f;
-    }
-  SftBatch s;
-  s.batch.x = b.x;
-  s.batch.y = Tensor::from_vector(Shape{B, T}, y);
-  s.batch.mask = Tensor::from_vector(Shape{B, T}, mask);
-  s.prefix = context;
-  return s;
-}
-
 struct FinetuneData {
   const SyntheticTask* task = nullptr;
   uint64_t seed = 1;
   int64_t batch = 1;
   SftBatch train(uint64_t index, int64_t seq_len) const {
-    return task_sft_batch(*task, task->batch(seed, index, batch, seq_len));
+    return sft_from_task(*task, task->batch(seed, index, batch, seq_len));
   }
   SftBatch val(uint64_t index, int64_t seq_len) const {
-    return task_sft_batch(*task, task->batch(validation_seed(seed), index, batch, seq_len));
+    return sft_from_task(*task, task->batch(validation_seed(seed), index, batch, seq_len));
   }
 };
 

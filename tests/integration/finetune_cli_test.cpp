@@ -217,5 +217,20 @@ TEST_F(FinetuneCli, AblateOverAFinetuneRecipePlansFinetuneCells) {
   EXPECT_NE(bad.err.find("finetune.method"), std::string::npos) << bad.err;
 }
 
+// The shipped comparison plans three finetune cells, each checked against the model its
+// pretraining recipe would build; nothing is written or trained.
+TEST_F(FinetuneCli, ShippedRecipeDryRun) {
+  const fs::path recipes = fs::path(ATTNLAB_SOURCE_DIR) / "recipes";
+  const Result r = run("ablate " + (recipes / "focusft_kv.ini").string() + " --dry-run --run.dir=" +
+                       (dir_ / "runs").string() + " --finetune.init=" + (dir_ / "pre").string() +
+                       " --finetune.init_recipe=" + (recipes / "focusft_pretrain.ini").string());
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("3 finetune cells"), std::string::npos) << r.out;
+  for (const char* cell : {"method-sft", "method-focusft", "mask-prefix"})
+    EXPECT_NE(r.out.find(cell), std::string::npos) << cell << "\n" << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));
+  EXPECT_FALSE(fs::exists(dir_ / "pre"));
+}
+
 }  // namespace
 }  // namespace attnlab::test
