@@ -541,6 +541,34 @@ void check_finetune_recipe(Recipe& recipe) {
   check_init(c, recipe.source());
 }
 
+bool is_finetune_recipe(const Recipe& recipe) {
+  for (const auto& [key, value] : recipe.values())
+    if (key.rfind("finetune.", 0) == 0) return true;
+  return false;
+}
+
+void eval_finetune_checkpoint(const std::string& model_path, const Gpt& model, Recipe& recipe, int64_t max_batches,
+                              std::ostream& out) {
+  const FinetuneConfig c = read_config(recipe);
+  const int64_t batches = max_batches < 0 ? c.eval_batches : max_batches;
+  const FinetuneData data{c.task_setup.task.get(), c.seed, c.batch};
+  std::vector<int64_t> lengths = {c.seq_len};
+  for (const int64_t len : c.task_setup.eval_lengths)
+    if (std::find(lengths.begin(), lengths.end(), len) == lengths.end()) lengths.push_back(len);
+  char line[256];
+  std::snprintf(line, sizeof line, "%s: finetune (%s, %s mask) on task %s, answer accuracy (%lld batches of %lld)\n",
+                model_path.c_str(), c.method.c_str(), c.mask.c_str(), c.task.c_str(), static_cast<long long>(batches),
+                static_cast<long long>(c.batch));
+  out << line;
+  for (const std::string& mask : c.eval_masks)
+    for (const int64_t len : lengths) {
+      const MaskEval e = evaluate_mask(model, data, len, mask == "prefix", batches);
+      std::snprintf(line, sizeof line, "  %-6s mask, length %4lld: accuracy %.4f, loss %.4f\n", mask.c_str(),
+                    static_cast<long long>(len), e.accuracy(), e.loss);
+      out << line;
+    }
+}
+
 TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
   const FinetuneConfig c = read_config(recipe);
   const std::string src = recipe.source();

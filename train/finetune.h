@@ -27,6 +27,7 @@
 #include <iosfwd>
 #include <string>
 
+#include "layers/gpt.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
 
@@ -36,5 +37,14 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
 
 // Reads and checks every key as run_finetune would, touching nothing (ablate checks cells with it).
 void check_finetune_recipe(Recipe& recipe);
+
+// Whether a run's recipe is a finetune recipe (it has [finetune] keys).
+bool is_finetune_recipe(const Recipe& recipe);
+
+// `attnlab eval` of a finetune run's checkpoint (`recipe`: the run's recipe.ini): the answer
+// accuracy and loss under each finetune.eval_masks at train.seq_len and each data.eval_lengths,
+// on `max_batches` validation batches (train.eval_batches when < 0).
+void eval_finetune_checkpoint(const std::string& model_path, const Gpt& model, Recipe& recipe, int64_t max_batches,
+                              std::ostream& out);
 
 }  // namespace attnlab

@@ -129,6 +129,10 @@ TEST_F(FinetuneCli, FocusftTrainsItsInitThenSftReusesItCheckpointsHoldBaseWeight
   for (const std::string& n : names) EXPECT_EQ(n.find("lora"), std::string::npos) << n;
   const LoadedModel m = load_model(ft.string());
   EXPECT_EQ(m.config.layers, 2);
+  const Result eval = run("eval " + ft.string() + " --batches 2");
+  ASSERT_EQ(eval.code, 0) << eval.out << eval.err;
+  for (const char* want : {"causal mask, length   16: accuracy", "prefix mask, length   24: accuracy"})
+    EXPECT_NE(eval.out.find(want), std::string::npos) << want << "\n" << eval.out;
 
   const Result sft = finetune("ft_sft.ini", "--run.name=sft");
   ASSERT_EQ(sft.code, 0) << sft.out << sft.err;
@@ -221,9 +225,10 @@ TEST_F(FinetuneCli, AblateOverAFinetuneRecipePlansFinetuneCells) {
 // pretraining recipe would build; nothing is written or trained.
 TEST_F(FinetuneCli, ShippedRecipeDryRun) {
   const fs::path recipes = fs::path(ATTNLAB_SOURCE_DIR) / "recipes";
-  const Result r = run("ablate " + (recipes / "focusft_kv.ini").string() + " --dry-run --run.dir=" +
-                       (dir_ / "runs").string() + " --finetune.init=" + (dir_ / "pre").string() +
-                       " --finetune.init_recipe=" + (recipes / "focusft_pretrain.ini").string());
+  const Result r =
+      run("ablate " + (recipes / "focusft_kv.ini").string() + " --dry-run --run.dir=" + (dir_ / "runs").string() +
+          " --finetune.init=" + (dir_ / "pre").string() +
+          " --finetune.init_recipe=" + (recipes / "focusft_pretrain.ini").string());
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("3 finetune cells"), std::string::npos) << r.out;
   for (const char* cell : {"method-sft", "method-focusft", "mask-prefix"})
