@@ -24,6 +24,8 @@
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
+#include "data/bpe.h"
+#include "data/byte_tokenizer.h"
 #include "layers/lora.h"
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
@@ -55,9 +57,10 @@ struct FinetuneConfig {
   // [focusft]
   FocusftSettings inner;
   LoraConfig lora;
-  // [data]
+  // [data]: a synthetic task, or JSONL files (task = "")
   std::string task;
   TaskSetup task_setup;
+  std::string train_file, val_file;
   // [optim]
   WarmupCosine schedule;
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
@@ -68,6 +71,7 @@ struct FinetuneConfig {
 
   std::string run_dir() const { return (fs::path(dir) / name).string(); }
   bool focusft() const { return method == "focusft"; }
+  bool files() const { return !train_file.empty(); }
   // The training mask: prefix (bidirectional context) or causal.
   bool train_prefix() const { return mask == "prefix"; }
 };
@@ -190,13 +194,25 @@ FinetuneConfig read_config(Recipe& r) {
   AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", src,
                   ": train.checkpoint_every must be >= 0 (0: only at the end); got ", c.checkpoint_every);
 
-  c.task = r.require_string("data.task");
-  AL_CHECK_CONFIG(c.task != kCorpusTask, "recipe ", src,
-                  ": data.task = corpus has no answers to fine-tune on; use kv_retrieval, needle or fact_chain");
-  // The model's context is known once the init checkpoint is read (check_model below).
-  c.task_setup = read_task_recipe(r, c.task, c.seq_len, std::numeric_limits<int64_t>::max());
-  AL_CHECK_CONFIG(task_context(*c.task_setup.task, c.seq_len) > 0, "recipe ", src, ": data.task = ", c.task,
-                  " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
+  if (r.has("data.train_file") || r.has("data.val_file")) {
+    // JSONL examples (data/sft/sft_data.h), read once the model's tokenizer is known.
+    AL_CHECK_CONFIG(!r.has("data.task"), "recipe ", src,
+                    ": data.task and data.train_file are two sources of data; give one of them");
+    c.train_file = r.require_string("data.train_file");
+    c.val_file = r.require_string("data.val_file");
+    for (const auto& [key, path] : {std::pair{"data.train_file", c.train_file}, {"data.val_file", c.val_file}})
+      AL_CHECK_CONFIG(fs::is_regular_file(path), "recipe ", src, ": ", key, " = ", path,
+                      ": no such file (expected a JSONL file of examples, data/sft/sft_data.h)");
+  } else {
+    c.task = r.require_string("data.task");
+    AL_CHECK_CONFIG(c.task != kCorpusTask, "recipe ", src,
+                    ": data.task = corpus has no answers to fine-tune on; use kv_retrieval, needle or fact_chain, "
+                    "or JSONL examples (data.train_file, data.val_file)");
+    // The model's context is known once the init checkpoint is read (check_model below).
+    c.task_setup = read_task_recipe(r, c.task, c.seq_len, std::numeric_limits<int64_t>::max());
+    AL_CHECK_CONFIG(task_context(*c.task_setup.task, c.seq_len) > 0, "recipe ", src, ": data.task = ", c.task,
+                    " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
+  }
 
   c.schedule.peak = r.get_double("optim.lr", 3e-4);
   c.schedule.min_lr = r.get_double("optim.min_lr", c.schedule.peak * 0.1);
@@ -220,17 +236,50 @@ FinetuneConfig read_config(Recipe& r) {
 
 // ---- data ---------------------------------------------------------------------------------
 
+// The batches of a run: a synthetic task's (one batch of `batch` rows per index, any length), or
+// JSONL examples' (`batch` rows per index, split by context length into one SftBatch each; the
+// files' own lengths, cut at train.seq_len).
 struct FinetuneData {
   const SyntheticTask* task = nullptr;
+  std::vector<SftExample> train_examples, val_examples;
   uint64_t seed = 1;
   int64_t batch = 1;
-  SftBatch train(uint64_t index, int64_t seq_len) const {
-    return sft_from_task(*task, task->batch(seed, index, batch, seq_len));
+
+  std::vector<SftBatch> train(uint64_t index, int64_t seq_len) const {
+    if (task) return {sft_from_task(*task, task->batch(seed, index, batch, seq_len))};
+    const int64_t n = static_cast<int64_t>(train_examples.size());
+    return make_sft_batches(train_examples, sft_batch_indices(seed, index, std::min(batch, n), n), /*pad_id=*/0);
   }
-  SftBatch val(uint64_t index, int64_t seq_len) const {
-    return sft_from_task(*task, task->batch(validation_seed(seed), index, batch, seq_len));
+  // Validation batch `index`; empty past the end of a file.
+  std::vector<SftBatch> val(uint64_t index, int64_t seq_len) const {
+    if (task) return {sft_from_task(*task, task->batch(validation_seed(seed), index, batch, seq_len))};
+    std::vector<int64_t> rows;
+    const int64_t n = static_cast<int64_t>(val_examples.size());
+    for (int64_t i = static_cast<int64_t>(index) * batch; i < std::min(n, static_cast<int64_t>(index + 1) * batch); ++i)
+      rows.push_back(i);
+    return rows.empty() ? std::vector<SftBatch>{} : make_sft_batches(val_examples, rows, /*pad_id=*/0);
   }
 };
+
+// The model's tokenizer for JSONL text: null for task-id models (the files then hold *_ids).
+std::unique_ptr<Tokenizer> sft_tokenizer(const std::string& kind, const std::string& run_dir) {
+  if (kind == "byte") return std::make_unique<ByteTokenizer>();
+  if (kind == "bpe")
+    return std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run_dir) / "tokenizer.bpe").string()));
+  return nullptr;
+}
+
+FinetuneData make_data(const FinetuneConfig& c, const Tokenizer* tokenizer, int64_t vocab) {
+  FinetuneData d;
+  d.task = c.task_setup.task.get();
+  d.seed = c.seed;
+  d.batch = c.batch;
+  if (c.files()) {
+    d.train_examples = read_sft_jsonl(c.train_file, tokenizer, c.seq_len, vocab);
+    d.val_examples = read_sft_jsonl(c.val_file, tokenizer, c.seq_len, vocab);
+  }
+  return d;
+}
 
 // ---- the model ----------------------------------------------------------------------------
 
@@ -239,21 +288,24 @@ struct FinetuneData {
 // `what` names the model in messages (a checkpoint, or the recipe that will train it).
 void check_model(const FinetuneConfig& c, const std::string& src, const std::string& what, const GptConfig& mc,
                  const std::string& tokenizer, const Gpt& model) {
-  const SyntheticTask& task = *c.task_setup.task;
-  AL_CHECK_CONFIG(tokenizer == kTaskTokenizer && !mc.vector_mode(), "recipe ", src, ": ", what, " is trained on ",
-                  tokenizer == kTaskTokenizer ? "a vector task" : "text (" + tokenizer + " tokenizer)",
-                  "; data.task = ", c.task, " needs a model trained on task token ids");
-  AL_CHECK_CONFIG(mc.vocab_size == task.vocab_size(), "recipe ", src, ": ", what, " has vocab_size ", mc.vocab_size,
-                  " but data.task = ", c.task, " with these data keys (data.vocab) has ", task.vocab_size(),
-                  " token ids; use the data keys of the pretraining recipe");
+  AL_CHECK_CONFIG(!mc.vector_mode(), "recipe ", src, ": ", what,
+                  " is a vector model; fine-tuning needs a model of token ids");
+  if (!c.files()) {
+    const SyntheticTask& task = *c.task_setup.task;
+    AL_CHECK_CONFIG(tokenizer == kTaskTokenizer, "recipe ", src, ": ", what, " is trained on text (", tokenizer,
+                    " tokenizer); data.task = ", c.task, " needs a model trained on task token ids");
+    AL_CHECK_CONFIG(mc.vocab_size == task.vocab_size(), "recipe ", src, ": ", what, " has vocab_size ", mc.vocab_size,
+                    " but data.task = ", c.task, " with these data keys (data.vocab) has ", task.vocab_size(),
+                    " token ids; use the data keys of the pretraining recipe");
+    for (const int64_t len : c.task_setup.eval_lengths)
+      AL_CHECK_CONFIG(task_context(task, len) > 0, "recipe ", src, ": data.task = ", c.task,
+                      " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
+  }
   std::vector<int64_t> lengths = c.task_setup.eval_lengths;
   lengths.push_back(c.seq_len);
-  for (const int64_t len : lengths) {
+  for (const int64_t len : lengths)
     AL_CHECK_CONFIG(len <= mc.context, "recipe ", src, ": sequence length ", len,
                     " (train.seq_len or data.eval_lengths) is longer than the context ", mc.context, " of ", what);
-    AL_CHECK_CONFIG(task_context(task, len) > 0, "recipe ", src, ": data.task = ", c.task,
-                    " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
-  }
   bool prefix = c.train_prefix();
   for (const std::string& e : c.eval_masks) prefix = prefix || e == "prefix";
   if (prefix) {
@@ -287,6 +339,11 @@ void check_init(const FinetuneConfig& c, const std::string& src) {
     Generator gen(0);
     const Gpt model(pre.config, gen);
     check_model(c, src, "the model of finetune.init_recipe = " + c.init_recipe, pre.config, pre.tokenizer, model);
+    // JSONL files are read with the model's tokenizer: a BPE one exists only once it is trained.
+    if (c.files() && pre.tokenizer != "bpe") {
+      const std::unique_ptr<Tokenizer> tok = sft_tokenizer(pre.tokenizer, "");
+      make_data(c, tok.get(), pre.config.vocab_size);
+    }
     return;
   }
   LoadedModel m;
@@ -297,6 +354,10 @@ void check_init(const FinetuneConfig& c, const std::string& src) {
                                      c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
   }
   check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
+  if (c.files()) {
+    const std::unique_ptr<Tokenizer> tok = sft_tokenizer(m.tokenizer, m.run_dir);
+    make_data(c, tok.get(), m.config.vocab_size);
+  }
 }
 
 // ---- evaluation ---------------------------------------------------------------------------
@@ -312,24 +373,30 @@ MaskEval evaluate_mask(const Gpt& model, const FinetuneData& data, int64_t seq_l
   NoGradGuard no_grad;
   MaskEval e;
   const int64_t V = model.config().vocab_size;
-  for (int64_t i = 0; i < batches; ++i) {
-    const SftBatch b = data.val(static_cast<uint64_t>(i), seq_len);
-    const Variable logits = model.forward(Variable(b.batch.x.to(model.device())), nullptr, prefix ? b.prefix : 0);
-    e.loss += cross_entropy(logits, Variable(b.batch.y.to(model.device())), kIgnoreTarget).data().item<double>();
-    const std::vector<double> z = logits.data().to(Device::cpu()).to_vector<double>();
-    const std::vector<int32_t> y = b.batch.y.to_vector<int32_t>();
-    const int64_t Vp = logits.size(2);
-    for (size_t at = 0; at < y.size(); ++at) {
-      if (y[at] == kIgnoreTarget) continue;
-      const double* row = z.data() + at * static_cast<size_t>(Vp);
-      int64_t best = 0;
-      for (int64_t v = 1; v < V; ++v)
-        if (row[v] > row[best]) best = v;
-      e.correct += best == y[at] ? 1.0 : 0.0;
-      e.answers += 1.0;
+  double loss_sum = 0;
+  for (int64_t i = 0; i < batches; ++i)
+    for (const SftBatch& b : data.val(static_cast<uint64_t>(i), seq_len)) {
+      const Variable logits = model.forward(Variable(b.batch.x.to(model.device())), nullptr, prefix ? b.prefix : 0);
+      const double ce =
+          cross_entropy(logits, Variable(b.batch.y.to(model.device())), kIgnoreTarget).data().item<double>();
+      const std::vector<double> z = logits.data().to(Device::cpu()).to_vector<double>();
+      const std::vector<int32_t> y = b.batch.y.to_vector<int32_t>();
+      const int64_t Vp = logits.size(2);
+      double answers = 0;
+      for (size_t at = 0; at < y.size(); ++at) {
+        if (y[at] == kIgnoreTarget) continue;
+        const double* row = z.data() + at * static_cast<size_t>(Vp);
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; ++v)
+          if (row[v] > row[best]) best = v;
+        e.correct += best == y[at] ? 1.0 : 0.0;
+        answers += 1.0;
+      }
+      // The mean over answer tokens of the whole set (batches of different sizes weigh by it).
+      loss_sum += ce * answers;
+      e.answers += answers;
     }
-  }
-  e.loss /= static_cast<double>(std::max<int64_t>(batches, 1));
+  e.loss = e.answers > 0 ? loss_sum / e.answers : 0.0;
   return e;
 }
 
@@ -393,7 +460,7 @@ EvalOutcome evaluate_run(const FinetuneConfig& c, const Gpt& model, const Finetu
     }
   }
   // Sink mass and context engagement per layer on a fixed probe batch.
-  const SftBatch probe_batch = data.val(0, c.seq_len);
+  const SftBatch probe_batch = data.val(0, c.seq_len).front();
   const MassProbe probe = make_probe(probe_batch, c.train_prefix());
   const std::vector<AttentionMass> masses =
       model.attention_mass(Variable(probe_batch.batch.x.to(model.device())), probe);
@@ -495,7 +562,7 @@ void write_result(const FinetuneConfig& c, const GptConfig& mc, const std::strin
             {"higher_is_better", true},
             {"attention", mc.layer_pattern.empty() ? mc.attention : mc.layer_pattern},
             {"residual", mc.residual.mode},
-            {"task", c.task},
+            {"task", c.files() ? "jsonl" : c.task},
             {"method", c.method},
             {"mask", c.mask},
             {"init", c.init},
@@ -547,18 +614,20 @@ bool is_finetune_recipe(const Recipe& recipe) {
   return false;
 }
 
-void eval_finetune_checkpoint(const std::string& model_path, const Gpt& model, Recipe& recipe, int64_t max_batches,
-                              std::ostream& out) {
+void eval_finetune_checkpoint(const LoadedModel& run, Recipe& recipe, int64_t max_batches, std::ostream& out) {
   const FinetuneConfig c = read_config(recipe);
   const int64_t batches = max_batches < 0 ? c.eval_batches : max_batches;
-  const FinetuneData data{c.task_setup.task.get(), c.seed, c.batch};
+  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(run.tokenizer, run.run_dir);
+  const FinetuneData data = make_data(c, tok.get(), run.config.vocab_size);
+  const std::string& model_path = run.model_path;
+  const Gpt& model = *run.model;
   std::vector<int64_t> lengths = {c.seq_len};
   for (const int64_t len : c.task_setup.eval_lengths)
     if (std::find(lengths.begin(), lengths.end(), len) == lengths.end()) lengths.push_back(len);
   char line[256];
-  std::snprintf(line, sizeof line, "%s: finetune (%s, %s mask) on task %s, answer accuracy (%lld batches of %lld)\n",
-                model_path.c_str(), c.method.c_str(), c.mask.c_str(), c.task.c_str(), static_cast<long long>(batches),
-                static_cast<long long>(c.batch));
+  std::snprintf(line, sizeof line, "%s: finetune (%s, %s mask) on %s, answer accuracy (%lld batches of %lld)\n",
+                model_path.c_str(), c.method.c_str(), c.mask.c_str(), c.files() ? c.train_file.c_str() : c.task.c_str(),
+                static_cast<long long>(batches), static_cast<long long>(c.batch));
   out << line;
   for (const std::string& mask : c.eval_masks)
     for (const int64_t len : lengths) {
@@ -584,7 +653,8 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   Gpt& model = *init.model;
   model.to(c.device);
   model.set_training(true);
-  const FinetuneData data{c.task_setup.task.get(), c.seed, c.batch};
+  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(init.tokenizer, init.run_dir);
+  const FinetuneData data = make_data(c, tok.get(), init.config.vocab_size);
   std::unique_ptr<LoraSet> lora;
   if (c.focusft()) lora = std::make_unique<LoraSet>(model, c.lora);
 
@@ -620,6 +690,10 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   fs::create_directories(run_dir);
   fs::remove(fs::path(run_dir) / kResultFile);
   write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
+  // A BPE model's tokenizer travels with its checkpoints (`attnlab sample` and `eval` read it).
+  if (init.tokenizer == "bpe")
+    fs::copy_file(fs::path(init.run_dir) / "tokenizer.bpe", fs::path(run_dir) / "tokenizer.bpe",
+                  fs::copy_options::overwrite_existing);
   const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
   if (options.resume) {
     truncate_metrics(metrics_path, step);
@@ -628,11 +702,15 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
     fs::remove(metrics_path);
   }
   const int64_t tokens_per_step = c.batch * c.grad_accum * c.seq_len;
-  const int64_t first_context = task_context(*data.task, c.seq_len);
+  const SftBatch first = data.val(0, c.seq_len).front();
   out << "attnlab finetune: " << run_dir << " (" << c.method << ", " << c.mask << " mask)\n"
       << "  init: " << init.model_path << ": " << model.num_parameters() << " parameters, " << init.config.layers
       << " layers, d_model " << init.config.d_model << "\n"
-      << "  data: task " << c.task << ", context " << first_context << " of " << c.seq_len
+      << "  data: "
+      << (c.files() ? c.train_file + " (" + std::to_string(data.train_examples.size()) + " examples), " + c.val_file +
+                          " (" + std::to_string(data.val_examples.size()) + ")"
+                    : "task " + c.task)
+      << "; first validation batch: context " << first.prefix << " of " << first.batch.x.size(1)
       << " tokens, answers after it; eval masks";
   for (const std::string& m : c.eval_masks) out << " " << m;
   out << "\n";
@@ -677,16 +755,23 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
     double loss_value = 0, inner_first = 0, inner_last = 0;
     int64_t inner_skipped = 0;
     for (int64_t m = 0; m < c.grad_accum; ++m) {
-      const SftBatch b = data.train(static_cast<uint64_t>(step * c.grad_accum + m), c.seq_len);
-      const int64_t prefix = c.train_prefix() ? b.prefix : 0;
-      const StepLosses s =
-          lora ? focusft_step(model, *lora, b, prefix, c.inner, fast_gen, scale) : sft_step(model, b, prefix, scale);
-      loss_value += s.outer * scale;
-      if (!s.inner.empty()) {
-        inner_first += s.inner.front() * scale;
-        inner_last += s.inner.back() * scale;
+      // One micro-batch; JSONL rows of different context lengths come as several SftBatches,
+      // each weighted by its share of the rows (a task's is one batch).
+      const std::vector<SftBatch> parts = data.train(static_cast<uint64_t>(step * c.grad_accum + m), c.seq_len);
+      double rows = 0;
+      for (const SftBatch& b : parts) rows += static_cast<double>(b.batch.x.size(0));
+      for (const SftBatch& b : parts) {
+        const double w = scale * static_cast<double>(b.batch.x.size(0)) / rows;
+        const int64_t prefix = c.train_prefix() ? b.prefix : 0;
+        const StepLosses s =
+            lora ? focusft_step(model, *lora, b, prefix, c.inner, fast_gen, w) : sft_step(model, b, prefix, w);
+        loss_value += s.outer * w;
+        if (!s.inner.empty()) {
+          inner_first += s.inner.front() * w;
+          inner_last += s.inner.back() * w;
+        }
+        inner_skipped += s.inner_skipped;
       }
-      inner_skipped += s.inner_skipped;
     }
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
     ++step;

@@ -937,7 +937,7 @@ void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& 
   Recipe recipe = Recipe::load((fs::path(run.run_dir) / "recipe.ini").string());
   if (is_finetune_recipe(recipe)) {
     // A fine-tuned model: its answers under each eval mask (train/finetune.h).
-    eval_finetune_checkpoint(run.model_path, *run.model, recipe, max_batches, out);
+    eval_finetune_checkpoint(run, recipe, max_batches, out);
     return;
   }
   const RunConfig c = read_config(recipe);

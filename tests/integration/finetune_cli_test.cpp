@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "tests/support/cli_run_dir.h"
@@ -219,6 +220,49 @@ TEST_F(FinetuneCli, AblateOverAFinetuneRecipePlansFinetuneCells) {
       run("ablate " + (dir_ / "bad.ini").string() + " --run.dir=" + (dir_ / "runs").string() + " --dry-run");
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("finetune.method"), std::string::npos) << bad.err;
+}
+
+// JSONL examples (pre-tokenized ids for the task model) of several context lengths: sft and
+// focusft train on them (one SftBatch per context length in a micro-batch) and evaluate under
+// both masks; a malformed line is an error naming file and line before anything is written.
+TEST_F(FinetuneCli, JsonlExamplesTrainBothMethods) {
+  ASSERT_EQ(finetune("ft_sft.ini", "--run.name=warm --train.steps=1").code, 0);  // trains pre/
+  auto examples = [](int n, int seed) {
+    std::ostringstream text;
+    for (int i = 0; i < n; ++i) {
+      const int len = 5 + (i + seed) % 3;  // contexts of 5, 6, 7 ids
+      text << "{\"context_ids\": [";
+      for (int t = 0; t < len; ++t) text << (t ? "," : "") << (i * 7 + t * 3 + seed) % 8;
+      text << "], \"answer_ids\": [" << 8 + i % 4 << ", " << i % 8 << "]}\n";
+    }
+    return text.str();
+  };
+  write_text(dir_ / "train.jsonl", examples(12, 1));
+  write_text(dir_ / "val.jsonl", examples(5, 2));
+  std::string recipe = finetune_recipe(dir_, "focusft");
+  const size_t data = recipe.find("[data]"), optim = recipe.find("[optim]");
+  recipe = recipe.substr(0, data) + "[data]\ntrain_file = " + (dir_ / "train.jsonl").string() +
+           "\nval_file = " + (dir_ / "val.jsonl").string() + "\n" + recipe.substr(optim);
+  write_text(dir_ / "jsonl.ini", recipe);
+  for (const char* method : {"focusft", "sft"}) {
+    std::ostringstream args;
+    args << "--run.name=j_" << method << " --finetune.method=" << method;
+    const Result r = finetune("jsonl.ini", args.str());
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+    const fs::path run = dir_ / "runs" / ("j_" + std::string(method));
+    const json res = json::parse(read_text(run / "result.json"));
+    EXPECT_EQ(res["task"], "jsonl");
+    EXPECT_TRUE(res["metric_by_mask"].contains("prefix"));
+    EXPECT_TRUE(res.contains("sink_mass"));
+    const std::vector<json> rows = read_metrics(run);
+    ASSERT_FALSE(rows.empty());
+    EXPECT_TRUE(rows.back().contains("val_accuracy_causal")) << rows.back().dump();
+  }
+  write_text(dir_ / "bad.jsonl", examples(2, 1) + "{\"context_ids\": [1, 2]}\n");
+  const Result bad = finetune("jsonl.ini", "--run.name=bad --data.val_file=" + (dir_ / "bad.jsonl").string());
+  EXPECT_EQ(bad.code, 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("bad.jsonl:3"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(dir_ / "runs" / "bad"));
 }
 
 // The shipped comparison plans three finetune cells, each checked against the model its
