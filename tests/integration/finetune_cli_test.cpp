@@ -214,6 +214,20 @@ TEST_F(FinetuneCli, AblateOverAFinetuneRecipePlansFinetuneCells) {
   EXPECT_NE(r.out.find("finetune.method=focusft"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir_ / "runs"));
   EXPECT_FALSE(fs::exists(dir_ / "pre"));  // checked, not trained
+
+  // Run for real (two steps a cell): the first cell trains the init model, every cell is a
+  // finetune run with its result.json, and the ablation's tables list them.
+  write_text(dir_ / "run.ini", finetune_recipe(dir_, "sft") + "[ablate]\nname = cmp\nfinetune.method = sft, focusft\n");
+  const Result ran = run("ablate " + (dir_ / "run.ini").string() + " --run.dir=" + (dir_ / "runs").string() +
+                         " --train.steps=2 --train.eval_every=2 --train.checkpoint_every=0");
+  ASSERT_EQ(ran.code, 0) << ran.out << ran.err;
+  for (const char* cell : {"method-sft", "method-focusft"}) {
+    const json r = json::parse(read_text(dir_ / "runs" / "cmp" / cell / "result.json"));
+    EXPECT_EQ(r["method"], std::string(cell).substr(7)) << cell;
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "pre" / "result.json"));
+  const std::string table = read_text(dir_ / "runs" / "cmp" / "results.md");
+  EXPECT_NE(table.find("focusft"), std::string::npos) << table;
   // A cell's bad value is caught by the finetune check.
   write_text(dir_ / "bad.ini", finetune_recipe(dir_, "sft") + "[ablate]\nfinetune.method = sft, maml\n");
   const Result bad =
