@@ -4,7 +4,9 @@
 //   attnlab finetune RECIPE.ini [--section.key=value ...] [--resume]
 //   attnlab ablate RECIPE.ini [--section.key=value ...] [--dry-run]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
-//   attnlab eval RUN_OR_CHECKPOINT [--batches N]
+//                  [--ttt [--ttt.steps N] [--ttt.lr LR] [--ttt.span K] [--ttt.params wq|lora]]
+//   attnlab eval RUN_OR_CHECKPOINT [--batches N] [--ttt [--ttt.steps N] ... [--ttt.examples N]]
+//   attnlab ttt RECIPE.ini [--section.key=value ...]        query-only test-time training vs plain
 //   attnlab op NAME --in CASE.safetensors --out RESULT.safetensors [--opt k=v ...] [--device D]
 //   attnlab op --list                                       the attention ops and their inputs
 //   attnlab gradcheck [OP ...]                              float64 gradcheck of registered ops
@@ -31,6 +33,7 @@
 #include "train/op_command.h"
 #include "train/report.h"
 #include "train/trainer.h"
+#include "train/ttt.h"
 
 namespace {
 
@@ -48,9 +51,16 @@ constexpr const char* kUsage =
     "                      <run.dir>/<name>/ with results.csv, results.md and report.html; rerun\n"
     "                      to continue (finished cells are skipped); --dry-run lists the cells\n"
     "  sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]\n"
-    "                      generate text from a checkpoint (a run directory means its latest)\n"
+    "                      generate text from a checkpoint (a run directory means its latest);\n"
+    "                      --ttt first adapts the query projections to the prompt (test-time\n"
+    "                      training: --ttt.steps, --ttt.lr, --ttt.span, --ttt.params wq|lora)\n"
     "  eval RUN_OR_CHECKPOINT [--batches N]\n"
-    "                      validation loss and perplexity of a checkpoint\n"
+    "                      validation loss and perplexity of a checkpoint; --ttt (task runs):\n"
+    "                      answer accuracy plain and after test-time training (--ttt.* as sample,\n"
+    "                      --ttt.examples N rows)\n"
+    "  ttt RECIPE.ini [--section.key=value ...]\n"
+    "                      query-only test-time training of a task checkpoint at each length,\n"
+    "                      against plain answers; writes <run.dir>/<run.name>/ (ttt.jsonl, results.md)\n"
     "  compare-devices RECIPE.ini --run.device=cuda [--steps N] [--section.key=value ...]\n"
     "                      train N steps (default 1) on the CPU and on the device from the same\n"
     "                      weights and batches; compare losses, gradients and weights (exit 1 if\n"
@@ -187,17 +197,46 @@ int cmd_compare_devices(const std::vector<std::string>& args) {
   return attnlab::run_compare_devices(recipe, steps, std::cout) ? 0 : 1;
 }
 
+// The --ttt flags of eval and sample: --ttt switches test-time training on, --ttt.<key> sets one
+// of its settings (an error without --ttt).
+struct TttFlags {
+  bool on = false;
+  attnlab::TttConfig config;
+  int64_t examples = 64;
+  void add_to(boost::program_options::options_description& desc, bool with_examples) {
+    namespace po = boost::program_options;
+    desc.add_options()("ttt", po::bool_switch(&on), "query-only test-time training")(
+        "ttt.steps", po::value(&config.steps), "adaptation steps")("ttt.lr", po::value(&config.lr),
+                                                                   "AdamW learning rate")(
+        "ttt.span", po::value(&config.span), "context tokens per step")("ttt.params", po::value(&config.params),
+                                                                        "wq | lora");
+    if (with_examples) desc.add_options()("ttt.examples", po::value(&examples), "validation rows");
+  }
+  void check(const char* command, const std::vector<std::string>& args) const {
+    if (on) return;
+    for (const std::string& a : args)
+      if (a.rfind("--ttt.", 0) == 0)
+        throw UsageError(std::string(command) + ": " + a.substr(0, a.find('=')) + " needs --ttt");
+  }
+};
+
 int cmd_sample(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   attnlab::SampleCommand cmd;
+  TttFlags ttt;
   po::options_description desc("sample options");
   desc.add_options()("checkpoint", po::value(&cmd.checkpoint)->required(), "run directory or checkpoint")(
       "prompt", po::value(&cmd.prompt), "text to continue")("tokens", po::value(&cmd.tokens), "tokens to generate")(
       "temperature", po::value(&cmd.temperature), "softmax temperature")(
       "top_k", po::value(&cmd.top_k), "sample from the k most likely (0: all)")("seed", po::value(&cmd.seed),
                                                                                 "random seed");
+  ttt.add_to(desc, false);
   parse_with_checkpoint("sample", desc, args);
-  attnlab::run_sample(cmd, std::cout);
+  ttt.check("sample", args);
+  if (ttt.on)
+    attnlab::run_sample_ttt(cmd, ttt.config, std::cout);
+  else
+    attnlab::run_sample(cmd, std::cout);
   return 0;
 }
 
@@ -205,11 +244,38 @@ int cmd_eval(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   std::string checkpoint;
   int64_t batches = -1;
+  uint64_t seed = 1;
+  TttFlags ttt;
   po::options_description desc("eval options");
   desc.add_options()("checkpoint", po::value(&checkpoint)->required(), "run directory or checkpoint")(
       "batches", po::value(&batches), "evaluate only the first N validation batches");
+  ttt.add_to(desc, true);
+  desc.add_options()("ttt.seed", po::value(&seed), "seed of the span draws");
   parse_with_checkpoint("eval", desc, args);
-  attnlab::run_eval(checkpoint, batches, std::cout);
+  ttt.check("eval", args);
+  if (ttt.on) {
+    if (batches != -1) throw UsageError("eval: --batches is for plain eval; with --ttt the rows are --ttt.examples");
+    attnlab::run_eval_ttt(checkpoint, ttt.config, ttt.examples, seed, std::cout);
+  } else {
+    attnlab::run_eval(checkpoint, batches, std::cout);
+  }
+  return 0;
+}
+
+int cmd_ttt(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> overrides;
+  for (const std::string& a : args) {
+    if (a.rfind("--", 0) == 0)
+      overrides.push_back(a);
+    else if (path.empty())
+      path = a;
+    else
+      throw UsageError("ttt: more than one recipe given ('" + path + "' and '" + a + "')");
+  }
+  if (path.empty()) throw UsageError("ttt: no recipe given; usage: attnlab ttt RECIPE.ini [--section.key=value ...]");
+  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
+  attnlab::run_ttt(recipe, std::cout);
   return 0;
 }
 
@@ -315,6 +381,7 @@ int main(int argc, char** argv) {
     if (cmd == "ablate") return cmd_ablate(args);
     if (cmd == "sample") return cmd_sample(args);
     if (cmd == "eval") return cmd_eval(args);
+    if (cmd == "ttt") return cmd_ttt(args);
     if (cmd == "compare-devices") return cmd_compare_devices(args);
     if (cmd == "gradcheck") return cmd_gradcheck(args);
     if (cmd == "ops") return cmd_ops();
@@ -324,8 +391,9 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
-    throw UsageError("unknown command '" + cmd +
-                     "'; commands: train, finetune, ablate, sample, eval, compare-devices, op, gradcheck, ops, report, help");
+    throw UsageError(
+        "unknown command '" + cmd +
+        "'; commands: train, finetune, ablate, sample, eval, ttt, compare-devices, op, gradcheck, ops, report, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

@@ -3,9 +3,10 @@
 // trained on, and the validation metric at the training length and at longer ones.
 //
 // Recipe keys (read only when the task uses them, so a key the task ignores stays an unknown-key
-// error): data.vocab, data.pairs, data.queries, data.copy_tokens, data.dim, data.out_dim,
-// data.noise, data.segments (the TaskConfig fields) and data.eval_lengths (a comma list of extra
-// sequence lengths to evaluate the metric at).
+// error): data.vocab (fact_chain: the filler-word alphabet), data.pairs, data.queries,
+// data.copy_tokens, data.dim, data.out_dim, data.noise, data.segments, data.entities,
+// data.locations, data.objects, data.facts (the TaskConfig fields) and data.eval_lengths (a comma
+// list of extra sequence lengths to evaluate the metric at).
 //
 // Batches: training batch `step` is task.batch(run.seed, step, B, T), so a resumed run draws
 // exactly what an uninterrupted one would; validation batch i is task.batch(validation_seed(run.seed),
