@@ -1,5 +1,6 @@
 // `attnlab ablate`: expands a recipe's [ablate] section into cells, checks every cell's recipe,
-// then runs each cell as an `attnlab train` child process, skipping finished cells, and rewrites
+// then runs each cell as an `attnlab train` child process (`attnlab finetune` when the recipe has
+// a [finetune] section), skipping finished cells, and rewrites
 // results.csv / results.md after each one.
 #include "train/ablate.h"
 
@@ -22,6 +23,7 @@
 #include <set>
 
 #include "lib/file_io.h"
+#include "train/finetune.h"
 #include "train/report.h"
 #include "train/results.h"
 #include "train/trainer.h"
@@ -393,6 +395,11 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
   const std::string abl = (fs::path(value_of("run.dir", "runs")) / plan.name).string();
   const std::string recipe_copy = (fs::path(abl) / "recipe.ini").string();
 
+  // A recipe with a [finetune] section ablates fine-tuning runs: its cells run `attnlab finetune`.
+  bool finetune = false;
+  for (const auto& [key, value] : base.values()) finetune = finetune || key.rfind("finetune.", 0) == 0;
+  const std::string command = finetune ? "finetune" : "train";
+
   // Every cell's recipe is checked before anything is written or run.
   for (const AblateCell& cell : plan.cells) {
     std::vector<std::string> args = overrides;
@@ -401,13 +408,16 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
     args.push_back("--run.name=" + cell.name);
     try {
       Recipe r = Recipe::parse(split.rest, source, args);
-      check_train_recipe(r);
+      if (finetune)
+        check_finetune_recipe(r);
+      else
+        check_train_recipe(r);
     } catch (const ConfigError& e) {
       detail::throw_error<ConfigError>("ablation cell ", cell.name, ": ", e.what());
     }
   }
   if (options.dry_run) {
-    out << "ablation " << plan.name << ": " << plan.cells.size() << " cells (" << plan.design
+    out << "ablation " << plan.name << ": " << plan.cells.size() << (finetune ? " finetune" : "") << " cells (" << plan.design
         << "), every cell's recipe checked; would run in " << abl << "\n";
     for (size_t i = 0; i < plan.cells.size(); ++i) {
       out << "  cell " << i + 1 << "/" << plan.cells.size() << " " << plan.cells[i].name << ":";
@@ -464,7 +474,7 @@ int run_ablate(const AblateOptions& options, std::ostream& out) {
     const bool resume = fs::exists(dir / "checkpoints" / "latest");
     fs::create_directories(dir);
     fs::remove(dir / kFailedFile);
-    std::vector<std::string> argv = {options.attnlab_binary, "train", recipe_copy};
+    std::vector<std::string> argv = {options.attnlab_binary, command, recipe_copy};
     argv.insert(argv.end(), overrides.begin(), overrides.end());
     for (const auto& [k, v] : cell.settings) argv.push_back("--" + k + "=" + v);
     argv.push_back("--run.dir=" + abl);

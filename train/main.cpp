@@ -1,6 +1,7 @@
 // The attnlab command line.
 //
 //   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
+//   attnlab finetune RECIPE.ini [--section.key=value ...] [--resume]
 //   attnlab ablate RECIPE.ini [--section.key=value ...] [--dry-run]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
 //                  [--ttt [--ttt.steps N] [--ttt.lr LR] [--ttt.span K] [--ttt.params wq|lora]]
@@ -28,6 +29,7 @@
 #include "layers/all_ops.h"
 #include "lib/error.h"
 #include "train/ablate.h"
+#include "train/finetune.h"
 #include "train/op_command.h"
 #include "train/report.h"
 #include "train/trainer.h"
@@ -41,8 +43,12 @@ constexpr const char* kUsage =
     "commands:\n"
     "  train RECIPE.ini [--section.key=value ...] [--resume]\n"
     "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints)\n"
+    "  finetune RECIPE.ini [--section.key=value ...] [--resume]\n"
+    "                      fine-tune a trained model on answers (finetune.method = sft | focusft);\n"
+    "                      writes runs/<run.name>/ like train (base weights only in checkpoints)\n"
     "  ablate RECIPE.ini [--section.key=value ...] [--dry-run]\n"
-    "                      run the recipe's [ablate] grid, one train run per cell, under\n"
+    "                      run the recipe's [ablate] grid, one train run per cell (finetune\n"
+    "                      runs for a recipe with a [finetune] section), under\n"
     "                      <run.dir>/<name>/ with results.csv, results.md and report.html; rerun\n"
     "                      to continue (finished cells are skipped); --dry-run lists the cells\n"
     "  sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]\n"
@@ -110,6 +116,27 @@ int cmd_train(const std::vector<std::string>& args) {
     throw UsageError("train: no recipe given; usage: attnlab train RECIPE.ini [--section.key=value ...]");
   attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
   attnlab::run_train(recipe, options, std::cout);
+  return 0;
+}
+
+int cmd_finetune(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> overrides;
+  attnlab::TrainOptions options;
+  for (const std::string& a : args) {
+    if (a == "--resume")
+      options.resume = true;
+    else if (a.rfind("--", 0) == 0)
+      overrides.push_back(a);
+    else if (path.empty())
+      path = a;
+    else
+      throw UsageError("finetune: more than one recipe given ('" + path + "' and '" + a + "')");
+  }
+  if (path.empty())
+    throw UsageError("finetune: no recipe given; usage: attnlab finetune RECIPE.ini [--section.key=value ...]");
+  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
+  attnlab::run_finetune(recipe, options, std::cout);
   return 0;
 }
 
@@ -353,6 +380,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(all.begin() + 1, all.end());
   try {
     if (cmd == "train") return cmd_train(args);
+    if (cmd == "finetune") return cmd_finetune(args);
     if (cmd == "ablate") return cmd_ablate(args);
     if (cmd == "sample") return cmd_sample(args);
     if (cmd == "eval") return cmd_eval(args);
@@ -368,7 +396,7 @@ int main(int argc, char** argv) {
     }
     throw UsageError(
         "unknown command '" + cmd +
-        "'; commands: train, ablate, sample, eval, ttt, compare-devices, op, gradcheck, ops, report, help");
+        "'; commands: train, finetune, ablate, sample, eval, ttt, compare-devices, op, gradcheck, ops, report, help");
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);

@@ -31,6 +31,7 @@
 #include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
+#include "train/finetune.h"
 #include "train/model_io.h"
 #include "train/residual_train.h"
 #include "train/results.h"
@@ -925,10 +926,20 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
 
 void check_train_recipe(Recipe& recipe) { read_config(recipe); }
 
+TrainRecipeModel train_recipe_model(Recipe& recipe) {
+  const RunConfig c = read_config(recipe);
+  return {c.model, c.tokenizer_meta()};
+}
+
 void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& out) {
   AL_CHECK_CONFIG(max_batches == -1 || max_batches > 0, "eval: --batches must be positive; got ", max_batches);
   LoadedModel run = load_model(checkpoint);
   Recipe recipe = Recipe::load((fs::path(run.run_dir) / "recipe.ini").string());
+  if (is_finetune_recipe(recipe)) {
+    // A fine-tuned model: its answers under each eval mask (train/finetune.h).
+    eval_finetune_checkpoint(run, recipe, max_batches, out);
+    return;
+  }
   const RunConfig c = read_config(recipe);
   if (c.is_task()) {
     // A task's validation set is the fixed seed's stream: --batches of it (train.eval_batches by default).

@@ -14,6 +14,7 @@
 #include <ostream>
 #include <string>
 
+#include "layers/gpt.h"
 #include "train/recipe.h"
 
 namespace attnlab {
@@ -37,6 +38,15 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
 // Reads and checks every key of a train recipe as run_train would, touching no file and building
 // no data: ConfigError for the first bad key or value (`attnlab ablate` checks every cell first).
 void check_train_recipe(Recipe& recipe);
+
+// The model a train recipe would build, checked as check_train_recipe checks it, and the
+// tokenizer its checkpoints name ("byte", "bpe" or kTaskTokenizer): `attnlab finetune` checks its
+// own recipe against a model before training it.
+struct TrainRecipeModel {
+  GptConfig config = {};
+  std::string tokenizer = {};
+};
+TrainRecipeModel train_recipe_model(Recipe& recipe);
 
 // `attnlab compare-devices`: the recipe's model trained for `steps` steps twice from the same
 // initial weights and batches, on the CPU and on run.device (e.g. cuda), printing per step the

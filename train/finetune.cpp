@@ -1,0 +1,858 @@
+// `attnlab finetune` (train/finetune.h): recipe, data, the outer loop around the SFT / FocuSFT
+// micro-batch steps of train/focusft.h, evaluation under several masks, checkpoints of the base
+// weights, result.json.
+//
+// Batches: training micro-batch m of optimizer step s is example batch s * grad_accum + m of the
+// training stream (a synthetic task: task.batch(run.seed, index, B, T) cut to its answer), so a
+// resumed run draws exactly what an uninterrupted one would; validation batch i at length L is
+// batch i of the validation seed's stream (train/task_train.h validation_seed).
+#include "train/finetune.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "autograd/ops.h"
+#include "data/bpe.h"
+#include "data/byte_tokenizer.h"
+#include "layers/lora.h"
+#include "lib/cpu/parallel.h"
+#include "lib/error.h"
+#include "lib/file_io.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/focusft.h"
+#include "train/model_io.h"
+#include "train/results.h"
+#include "train/task_train.h"
+
+namespace attnlab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// ---- configuration ----------------------------------------------------------------------
+
+struct FinetuneConfig {
+  std::string name, dir;
+  uint64_t seed = 1;
+  Device device;
+  // [finetune]
+  std::string init, init_recipe, method = "sft", mask = "auto";
+  std::vector<std::string> eval_masks;  // causal | prefix, the first one ranks the run
+  // [focusft]
+  FocusftSettings inner;
+  LoraConfig lora;
+  // [data]: a synthetic task, or JSONL files (task = "")
+  std::string task;
+  TaskSetup task_setup;
+  std::string train_file, val_file;
+  // [optim]
+  WarmupCosine schedule;
+  double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
+  bool decay_all = false;
+  // [train]
+  int64_t batch = 8, seq_len = 128, steps = 100, grad_accum = 1, log_every = 10, eval_every = 100, eval_batches = 8;
+  int64_t checkpoint_every = 0, max_bad_steps = 5;
+
+  std::string run_dir() const { return (fs::path(dir) / name).string(); }
+  bool focusft() const { return method == "focusft"; }
+  bool files() const { return !train_file.empty(); }
+  // The training mask: prefix (bidirectional context) or causal.
+  bool train_prefix() const { return mask == "prefix"; }
+};
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!trim(item).empty()) out.push_back(trim(item));
+  return out;
+}
+
+// finetune.init as the run directory a pretraining run writes: {run.dir, run.name}.
+std::pair<std::string, std::string> init_run_location(const std::string& init) {
+  fs::path p = fs::path(init).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  const std::string parent = p.parent_path().string();
+  return {parent.empty() ? "." : parent, p.filename().string()};
+}
+
+// Whether finetune.init must first be trained from finetune.init_recipe: it names a directory
+// (or nothing yet) that holds no finished run.
+bool needs_pretraining(const FinetuneConfig& c) {
+  if (c.init_recipe.empty()) return false;
+  const fs::path p(c.init);
+  if (fs::exists(p) && !fs::is_directory(p)) return false;  // a checkpoint file
+  if (fs::exists(p / kResultFile)) return false;
+  // A checkpoints directory given directly counts as trained when it has a latest.
+  if (fs::exists(p / "latest")) return false;
+  return true;
+}
+
+Recipe init_train_recipe(const FinetuneConfig& c) {
+  const auto [dir, name] = init_run_location(c.init);
+  return Recipe::load(c.init_recipe, {"--run.dir=" + dir, "--run.name=" + name});
+}
+
+// The task's context length at seq_len: the bidirectional prefix; the answers are predicted from
+// its last position on (0: the task has no context / answer split).
+int64_t task_context(const SyntheticTask& task, int64_t seq_len) { return task.context_length(seq_len); }
+
+FinetuneConfig read_config(Recipe& r) {
+  FinetuneConfig c;
+  const std::string src = r.source();
+  const std::string stem = fs::path(src).stem().string();
+  c.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? "finetune" : stem);
+  c.dir = r.get_string("run.dir", "runs");
+  c.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
+  const std::string device = r.get_string("run.device", "cpu");
+  try {
+    c.device = Device::parse(device);
+  } catch (const Error& e) {
+    detail::throw_error<ConfigError>("recipe ", src, ": run.device = ", device, ": ", e.what());
+  }
+#if !ATTNLAB_WITH_CUDA
+  AL_CHECK_CONFIG(!c.device.is_cuda(), "recipe ", src, ": run.device = ", device,
+                  ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
+#endif
+  AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
+                  "recipe ", src, ": run.name must be a plain directory name; got '", c.name, "'");
+
+  c.init = r.require_string("finetune.init");
+  if (r.has("finetune.init_recipe")) c.init_recipe = r.get_string("finetune.init_recipe", "");
+  c.method = r.get_string("finetune.method", "sft");
+  AL_CHECK_CONFIG(c.method == "sft" || c.method == "focusft", "recipe ", src,
+                  ": finetune.method must be sft or focusft; got '", c.method, "'");
+  c.mask = r.get_string("finetune.mask", "auto");
+  AL_CHECK_CONFIG(c.mask == "auto" || c.mask == "causal" || c.mask == "prefix", "recipe ", src,
+                  ": finetune.mask must be auto, causal or prefix; got '", c.mask, "'");
+  if (c.mask == "auto") c.mask = c.focusft() ? "prefix" : "causal";
+  const std::string eval_masks = r.get_string("finetune.eval_masks", "causal,prefix");
+  c.eval_masks = split_list(eval_masks);
+  AL_CHECK_CONFIG(!c.eval_masks.empty(), "recipe ", src,
+                  ": finetune.eval_masks must list causal and/or prefix, e.g. causal,prefix; got '", eval_masks, "'");
+  for (size_t i = 0; i < c.eval_masks.size(); ++i) {
+    const std::string& m = c.eval_masks[i];
+    AL_CHECK_CONFIG(m == "causal" || m == "prefix", "recipe ", src, ": finetune.eval_masks entry '", m,
+                    "' is not a mask; expected causal or prefix (e.g. causal,prefix)");
+    for (size_t j = 0; j < i; ++j)
+      AL_CHECK_CONFIG(c.eval_masks[j] != m, "recipe ", src, ": finetune.eval_masks names ", m, " twice");
+  }
+
+  // [focusft] is read for every method, so an ablation over finetune.method shares one recipe.
+  c.inner.inner_steps = r.get_int("focusft.inner_steps", c.inner.inner_steps);
+  c.inner.inner_lr = r.get_double("focusft.inner_lr", c.inner.inner_lr);
+  c.inner.inner_clip = r.get_double("focusft.inner_clip", c.inner.inner_clip);
+  c.lora.rank = r.get_int("focusft.rank", c.lora.rank);
+  c.lora.alpha = r.get_double("focusft.alpha", c.lora.alpha);
+  c.lora.top_fraction = r.get_double("focusft.top_fraction", c.lora.top_fraction);
+  const std::string targets = r.get_string("focusft.targets", "mlp");
+  c.lora.targets = split_list(targets);
+  try {
+    c.inner.validate();
+    c.lora.validate();
+  } catch (const ConfigError& e) {
+    // LoraConfig says "lora: rank ..."; the recipe keys are focusft.<field>.
+    std::string what = e.what();
+    if (what.rfind("lora: ", 0) == 0) what = "focusft." + what.substr(6);
+    detail::throw_error<ConfigError>("recipe ", src, ": ", what);
+  }
+
+  c.batch = r.get_int("train.batch", c.batch);
+  c.seq_len = r.get_int("train.seq_len", c.seq_len);
+  c.steps = r.get_int("train.steps", c.steps);
+  c.grad_accum = r.get_int("train.grad_accum", c.grad_accum);
+  c.log_every = r.get_int("train.log_every", c.log_every);
+  c.eval_every = r.get_int("train.eval_every", c.eval_every);
+  c.eval_batches = r.get_int("train.eval_batches", c.eval_batches);
+  c.checkpoint_every = r.get_int("train.checkpoint_every", 0);
+  c.max_bad_steps = r.get_int("train.max_bad_steps", c.max_bad_steps);
+  for (auto [key, v] : {std::pair{"train.batch", c.batch},
+                        {"train.seq_len", c.seq_len},
+                        {"train.steps", c.steps},
+                        {"train.grad_accum", c.grad_accum},
+                        {"train.log_every", c.log_every},
+                        {"train.eval_every", c.eval_every},
+                        {"train.eval_batches", c.eval_batches},
+                        {"train.max_bad_steps", c.max_bad_steps}})
+    AL_CHECK_CONFIG(v > 0, "recipe ", src, ": ", key, " must be > 0; got ", v);
+  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", src,
+                  ": train.checkpoint_every must be >= 0 (0: only at the end); got ", c.checkpoint_every);
+
+  if (r.has("data.train_file") || r.has("data.val_file")) {
+    // JSONL examples (data/sft/sft_data.h), read once the model's tokenizer is known.
+    AL_CHECK_CONFIG(!r.has("data.task"), "recipe ", src,
+                    ": data.task and data.train_file are two sources of data; give one of them");
+    c.train_file = r.require_string("data.train_file");
+    c.val_file = r.require_string("data.val_file");
+    for (const auto& [key, path] : {std::pair{"data.train_file", c.train_file}, {"data.val_file", c.val_file}})
+      AL_CHECK_CONFIG(fs::is_regular_file(path), "recipe ", src, ": ", key, " = ", path,
+                      ": no such file (expected a JSONL file of examples, data/sft/sft_data.h)");
+  } else {
+    c.task = r.require_string("data.task");
+    AL_CHECK_CONFIG(c.task != kCorpusTask, "recipe ", src,
+                    ": data.task = corpus has no answers to fine-tune on; use kv_retrieval, needle or fact_chain, "
+                    "or JSONL examples (data.train_file, data.val_file)");
+    // The model's context is known once the init checkpoint is read (check_model below).
+    c.task_setup = read_task_recipe(r, c.task, c.seq_len, std::numeric_limits<int64_t>::max());
+    AL_CHECK_CONFIG(task_context(*c.task_setup.task, c.seq_len) > 0, "recipe ", src, ": data.task = ", c.task,
+                    " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
+  }
+
+  c.schedule.peak = r.get_double("optim.lr", 3e-4);
+  c.schedule.min_lr = r.get_double("optim.min_lr", c.schedule.peak * 0.1);
+  c.schedule.warmup = r.get_int("optim.warmup", 0);
+  c.schedule.total = c.steps;
+  c.weight_decay = r.get_double("optim.weight_decay", 0.01);
+  c.decay_all = r.get_bool("optim.decay_all", false);
+  c.beta1 = r.get_double("optim.beta1", 0.9);
+  c.beta2 = r.get_double("optim.beta2", 0.95);
+  c.eps = r.get_double("optim.eps", 1e-8);
+  c.grad_clip = r.get_double("optim.grad_clip", 1.0);
+  try {
+    c.schedule.validate();
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", src, ": ", e.what());
+  }
+  AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", src, ": optim.grad_clip must be >= 0 (0: off); got ", c.grad_clip);
+  r.check_all_used();
+  return c;
+}
+
+// ---- data ---------------------------------------------------------------------------------
+
+// The batches of a run: a synthetic task's (one batch of `batch` rows per index, any length), or
+// JSONL examples' (`batch` rows per index, split by context length into one SftBatch each; the
+// files' own lengths, cut at train.seq_len).
+struct FinetuneData {
+  const SyntheticTask* task = nullptr;
+  std::vector<SftExample> train_examples, val_examples;
+  uint64_t seed = 1;
+  int64_t batch = 1;
+
+  std::vector<SftBatch> train(uint64_t index, int64_t seq_len) const {
+    if (task) return {sft_from_task(*task, task->batch(seed, index, batch, seq_len))};
+    const int64_t n = static_cast<int64_t>(train_examples.size());
+    return make_sft_batches(train_examples, sft_batch_indices(seed, index, std::min(batch, n), n), /*pad_id=*/0);
+  }
+  // Validation batch `index`; empty past the end of a file.
+  std::vector<SftBatch> val(uint64_t index, int64_t seq_len) const {
+    if (task) return {sft_from_task(*task, task->batch(validation_seed(seed), index, batch, seq_len))};
+    std::vector<int64_t> rows;
+    const int64_t n = static_cast<int64_t>(val_examples.size());
+    for (int64_t i = static_cast<int64_t>(index) * batch; i < std::min(n, static_cast<int64_t>(index + 1) * batch); ++i)
+      rows.push_back(i);
+    return rows.empty() ? std::vector<SftBatch>{} : make_sft_batches(val_examples, rows, /*pad_id=*/0);
+  }
+};
+
+// The model's tokenizer for JSONL text: null for task-id models (the files then hold *_ids).
+std::unique_ptr<Tokenizer> sft_tokenizer(const std::string& kind, const std::string& run_dir) {
+  if (kind == "byte") return std::make_unique<ByteTokenizer>();
+  if (kind == "bpe")
+    return std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run_dir) / "tokenizer.bpe").string()));
+  return nullptr;
+}
+
+FinetuneData make_data(const FinetuneConfig& c, const Tokenizer* tokenizer, int64_t vocab) {
+  FinetuneData d;
+  d.task = c.task_setup.task.get();
+  d.seed = c.seed;
+  d.batch = c.batch;
+  if (c.files()) {
+    d.train_examples = read_sft_jsonl(c.train_file, tokenizer, c.seq_len, vocab);
+    d.val_examples = read_sft_jsonl(c.val_file, tokenizer, c.seq_len, vocab);
+  }
+  return d;
+}
+
+// ---- the model ----------------------------------------------------------------------------
+
+// Checks that the init model can be fine-tuned as the recipe says: its vocabulary is the task's,
+// every length fits its context, its layers take the masks asked for, the LoRA targets exist.
+// `what` names the model in messages (a checkpoint, or the recipe that will train it).
+void check_model(const FinetuneConfig& c, const std::string& src, const std::string& what, const GptConfig& mc,
+                 const std::string& tokenizer, const Gpt& model) {
+  AL_CHECK_CONFIG(!mc.vector_mode(), "recipe ", src, ": ", what,
+                  " is a vector model; fine-tuning needs a model of token ids");
+  if (!c.files()) {
+    const SyntheticTask& task = *c.task_setup.task;
+    AL_CHECK_CONFIG(tokenizer == kTaskTokenizer, "recipe ", src, ": ", what, " is trained on text (", tokenizer,
+                    " tokenizer); data.task = ", c.task, " needs a model trained on task token ids");
+    AL_CHECK_CONFIG(mc.vocab_size == task.vocab_size(), "recipe ", src, ": ", what, " has vocab_size ", mc.vocab_size,
+                    " but data.task = ", c.task, " with these data keys (data.vocab) has ", task.vocab_size(),
+                    " token ids; use the data keys of the pretraining recipe");
+    for (const int64_t len : c.task_setup.eval_lengths)
+      AL_CHECK_CONFIG(task_context(task, len) > 0, "recipe ", src, ": data.task = ", c.task,
+                      " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
+  }
+  std::vector<int64_t> lengths = c.task_setup.eval_lengths;
+  lengths.push_back(c.seq_len);
+  for (const int64_t len : lengths)
+    AL_CHECK_CONFIG(len <= mc.context, "recipe ", src, ": sequence length ", len,
+                    " (train.seq_len or data.eval_lengths) is longer than the context ", mc.context, " of ", what);
+  bool prefix = c.train_prefix();
+  for (const std::string& e : c.eval_masks) prefix = prefix || e == "prefix";
+  if (prefix) {
+    const std::string why = model.prefix_mask_unsupported();
+    AL_CHECK_CONFIG(why.empty(), "recipe ", src, ": the prefix mask (finetune.mask or finetune.eval_masks) needs ",
+                    "bidirectional attention over the context, but ", why);
+  }
+  if (c.focusft()) {
+    try {
+      LoraSet probe(model, c.lora);
+    } catch (const ConfigError& e) {
+      std::string msg = e.what();
+      if (msg.rfind("lora: ", 0) == 0) msg = "focusft." + msg.substr(6);
+      detail::throw_error<ConfigError>("recipe ", src, ": ", msg);
+    }
+  }
+}
+
+// Checks finetune.init against the recipe before anything is written: the checkpoint when it is
+// there, else the model finetune.init_recipe would train (built untrained, to check against).
+void check_init(const FinetuneConfig& c, const std::string& src) {
+  if (needs_pretraining(c)) {
+    TrainRecipeModel pre;
+    try {
+      Recipe r = init_train_recipe(c);
+      pre = train_recipe_model(r);
+    } catch (const Error& e) {
+      if (!dynamic_cast<const ConfigError*>(&e) && !dynamic_cast<const IoError*>(&e)) throw;
+      detail::throw_error<ConfigError>("recipe ", src, ": finetune.init_recipe = ", c.init_recipe, ": ", e.what());
+    }
+    Generator gen(0);
+    const Gpt model(pre.config, gen);
+    check_model(c, src, "the model of finetune.init_recipe = " + c.init_recipe, pre.config, pre.tokenizer, model);
+    // JSONL files are read with the model's tokenizer: a BPE one exists only once it is trained.
+    if (c.files() && pre.tokenizer != "bpe") {
+      const std::unique_ptr<Tokenizer> tok = sft_tokenizer(pre.tokenizer, "");
+      make_data(c, tok.get(), pre.config.vocab_size);
+    }
+    return;
+  }
+  LoadedModel m;
+  try {
+    m = load_model(c.init);
+  } catch (const IoError& e) {
+    detail::throw_error<ConfigError>("recipe ", src, ": finetune.init = ", c.init, ": ", e.what(),
+                                     c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
+  }
+  check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
+  if (c.files()) {
+    const std::unique_ptr<Tokenizer> tok = sft_tokenizer(m.tokenizer, m.run_dir);
+    make_data(c, tok.get(), m.config.vocab_size);
+  }
+}
+
+// ---- evaluation ---------------------------------------------------------------------------
+
+struct MaskEval {
+  double loss = 0;
+  double correct = 0, answers = 0;
+  double accuracy() const { return answers > 0 ? correct / answers : 0.0; }
+};
+
+// Answer loss and token accuracy over `batches` validation batches at seq_len under a mask.
+MaskEval evaluate_mask(const Gpt& model, const FinetuneData& data, int64_t seq_len, bool prefix, int64_t batches) {
+  NoGradGuard no_grad;
+  MaskEval e;
+  const int64_t V = model.config().vocab_size;
+  double loss_sum = 0;
+  for (int64_t i = 0; i < batches; ++i)
+    for (const SftBatch& b : data.val(static_cast<uint64_t>(i), seq_len)) {
+      const Variable logits = model.forward(Variable(b.batch.x.to(model.device())), nullptr, prefix ? b.prefix : 0);
+      const double ce =
+          cross_entropy(logits, Variable(b.batch.y.to(model.device())), kIgnoreTarget).data().item<double>();
+      const std::vector<double> z = logits.data().to(Device::cpu()).to_vector<double>();
+      const std::vector<int32_t> y = b.batch.y.to_vector<int32_t>();
+      const int64_t Vp = logits.size(2);
+      double answers = 0;
+      for (size_t at = 0; at < y.size(); ++at) {
+        if (y[at] == kIgnoreTarget) continue;
+        const double* row = z.data() + at * static_cast<size_t>(Vp);
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; ++v)
+          if (row[v] > row[best]) best = v;
+        e.correct += best == y[at] ? 1.0 : 0.0;
+        answers += 1.0;
+      }
+      // The mean over answer tokens of the whole set (batches of different sizes weigh by it).
+      loss_sum += ce * answers;
+      e.answers += answers;
+    }
+  e.loss = e.answers > 0 ? loss_sum / e.answers : 0.0;
+  return e;
+}
+
+// The attention-mass probe (spec 2.8) of validation batch 0 at seq_len: context = the prefix,
+// queries = the positions that predict answer tokens, under the training mask.
+MassProbe make_probe(const SftBatch& b, bool train_prefix) {
+  MassProbe p;
+  p.mask.causal = true;
+  p.mask.prefix = train_prefix ? b.prefix : 0;
+  p.context = b.prefix;
+  p.first_query = b.prefix - 1;
+  const std::vector<int32_t> y = b.batch.y.to_vector<int32_t>();
+  const int64_t T = b.batch.y.size(1);
+  int64_t last = p.first_query;
+  for (size_t at = 0; at < y.size(); ++at)
+    if (y[at] != kIgnoreTarget) last = std::max(last, static_cast<int64_t>(at) % T);
+  p.end_query = last + 1;
+  return p;
+}
+
+struct EvalOutcome {
+  double val_loss = 0, metric = 0;               // under the first eval mask at seq_len
+  std::map<int64_t, double> metric_by_length;    // first eval mask, when data.eval_lengths is given
+  std::map<std::string, double> metric_by_mask;  // at seq_len
+  std::optional<double> sink_mass, engagement;   // means over the measured layers
+  json fields = json::object();
+  std::string note;
+};
+
+EvalOutcome evaluate_run(const FinetuneConfig& c, const Gpt& model, const FinetuneData& data) {
+  EvalOutcome e;
+  std::vector<int64_t> lengths = {c.seq_len};
+  for (const int64_t len : c.task_setup.eval_lengths)
+    if (std::find(lengths.begin(), lengths.end(), len) == lengths.end()) lengths.push_back(len);
+  char v[96];
+  for (size_t k = 0; k < c.eval_masks.size(); ++k) {
+    const std::string& mask = c.eval_masks[k];
+    for (const int64_t len : lengths) {
+      const MaskEval me = evaluate_mask(model, data, len, mask == "prefix", c.eval_batches);
+      std::string at;
+      if (len != c.seq_len) at = std::string("@").append(std::to_string(len));
+      e.fields["val_accuracy_" + mask + at] = me.accuracy();
+      e.fields["val_loss_" + mask + at] = me.loss;
+      if (k == 0) {
+        e.fields["val_accuracy" + at] = me.accuracy();
+        if (len == c.seq_len) {
+          e.val_loss = me.loss;
+          e.metric = me.accuracy();
+          e.fields["val_loss"] = me.loss;
+        }
+        if (lengths.size() > 1) e.metric_by_length[len] = me.accuracy();
+      }
+      if (len == c.seq_len) {
+        e.metric_by_mask[mask] = me.accuracy();
+        std::snprintf(v, sizeof v, "  %s acc %.3f", mask.c_str(), me.accuracy());
+        e.note += v;
+      } else {
+        std::snprintf(v, sizeof v, " @%lld %.3f", static_cast<long long>(len), me.accuracy());
+        e.note += v;
+      }
+    }
+  }
+  // Sink mass and context engagement per layer on a fixed probe batch.
+  const SftBatch probe_batch = data.val(0, c.seq_len).front();
+  const MassProbe probe = make_probe(probe_batch, c.train_prefix());
+  const std::vector<AttentionMass> masses =
+      model.attention_mass(Variable(probe_batch.batch.x.to(model.device())), probe);
+  json layers = json::array();
+  double sink = 0, ctx = 0;
+  int64_t measured = 0;
+  for (size_t l = 0; l < masses.size(); ++l) {
+    json j = {{"layer", l}, {"kind", masses[l].kind}, {"measured", masses[l].measured}};
+    if (masses[l].measured) {
+      j["sink"] = masses[l].sink;
+      j["context"] = masses[l].context;
+      sink += masses[l].sink;
+      ctx += masses[l].context;
+      ++measured;
+    }
+    layers.push_back(j);
+  }
+  e.fields["attention_mass"] = layers;
+  if (measured) {
+    e.sink_mass = sink / static_cast<double>(measured);
+    e.engagement = ctx / static_cast<double>(measured);
+    e.fields["sink_mass"] = *e.sink_mass;
+    e.fields["context_engagement"] = *e.engagement;
+    std::snprintf(v, sizeof v, "  sink %.3f  ctx %.3f", *e.sink_mass, *e.engagement);
+    e.note += v;
+  }
+  std::snprintf(v, sizeof v, "  val %.4f", e.val_loss);
+  e.note = v + e.note;
+  return e;
+}
+
+// ---- run bookkeeping ----------------------------------------------------------------------
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s % 3600 / 60));
+  else if (s >= 60)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  else
+    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+  return buf;
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      // a torn last line from an interrupted run: dropped
+    }
+  }
+  write_file_atomic(path.string(), kept);
+}
+
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+// result.json (train/results.h) with the finetune's own additions: method, mask, metric_by_mask,
+// sink_mass, context_engagement. The metric is the answer accuracy under the first eval mask.
+void write_result(const FinetuneConfig& c, const GptConfig& mc, const std::string& run_dir, const TrainResult& r,
+                  const EvalOutcome& last, const Gpt& model, double seconds) {
+  double train_loss = r.final_train_loss, step_secs = 0;
+  int64_t prev = 0, timed_steps = 0;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    try {
+      const json m = json::parse(line);
+      const int64_t step = m.at("step").get<int64_t>();
+      train_loss = m.at("train_loss").get<double>();
+      step_secs += m.at("ms_per_step").get<double>() / 1000.0 * static_cast<double>(step - prev);
+      timed_steps += step - prev;
+      prev = step;
+    } catch (const json::exception&) {
+    }
+  }
+  const double tokens = static_cast<double>(timed_steps * c.batch * c.grad_accum * c.seq_len);
+  json j = {{"steps", r.steps},
+            {"final_train_loss", train_loss},
+            {"final_val_loss", last.val_loss},
+            {"skipped_steps", r.skipped_steps},
+            {"seconds", seconds},
+            {"tokens_per_s", step_secs > 0 ? tokens / step_secs : 0.0},
+            {"ms_per_step", timed_steps > 0 ? 1000.0 * step_secs / static_cast<double>(timed_steps) : 0.0},
+            {"parameters", model.num_parameters()},
+            {"peak_rss_mb", peak_rss_mb()},
+            {"metric", "accuracy"},
+            {"metric_mask", c.eval_masks.front()},
+            {"metric_value", last.metric},
+            {"higher_is_better", true},
+            {"attention", mc.layer_pattern.empty() ? mc.attention : mc.layer_pattern},
+            {"residual", mc.residual.mode},
+            {"task", c.files() ? "jsonl" : c.task},
+            {"method", c.method},
+            {"mask", c.mask},
+            {"init", c.init},
+            {"device", c.device.str()},
+            {"threads", cpu::max_threads()}};
+  json by_mask = json::object();
+  for (const auto& [mask, v] : last.metric_by_mask) by_mask[mask] = v;
+  j["metric_by_mask"] = by_mask;
+  if (!last.metric_by_length.empty()) {
+    json by = json::object();
+    for (const auto& [len, v] : last.metric_by_length) by[std::to_string(len)] = v;
+    j["metric_by_length"] = by;
+  }
+  if (last.sink_mass) {
+    j["sink_mass"] = *last.sink_mass;
+    j["sink_mean"] = *last.sink_mass;  // the tables' sink column
+    j["context_engagement"] = *last.engagement;
+  }
+  write_file_atomic((fs::path(run_dir) / kResultFile).string(), j.dump(2) + "\n");
+}
+
+// Loads finetune.init, training it first from finetune.init_recipe when asked to (check_init
+// has checked both).
+LoadedModel load_init(const FinetuneConfig& c, const std::string& src, std::ostream& out) {
+  if (needs_pretraining(c)) {
+    Recipe pre = init_train_recipe(c);
+    TrainOptions o;
+    o.resume = fs::exists(fs::path(c.init) / "checkpoints" / "latest");
+    out << "finetune.init " << c.init << " is not trained yet: " << (o.resume ? "resuming" : "running")
+        << " attnlab train " << c.init_recipe << " into it\n"
+        << std::flush;
+    run_train(pre, o, out);
+  }
+  LoadedModel m = load_model(c.init);
+  check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
+  return m;
+}
+
+}  // namespace
+
+void check_finetune_recipe(Recipe& recipe) {
+  const FinetuneConfig c = read_config(recipe);
+  check_init(c, recipe.source());
+}
+
+bool is_finetune_recipe(const Recipe& recipe) {
+  for (const auto& [key, value] : recipe.values())
+    if (key.rfind("finetune.", 0) == 0) return true;
+  return false;
+}
+
+void eval_finetune_checkpoint(const LoadedModel& run, Recipe& recipe, int64_t max_batches, std::ostream& out) {
+  const FinetuneConfig c = read_config(recipe);
+  const int64_t batches = max_batches < 0 ? c.eval_batches : max_batches;
+  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(run.tokenizer, run.run_dir);
+  const FinetuneData data = make_data(c, tok.get(), run.config.vocab_size);
+  const std::string& model_path = run.model_path;
+  const Gpt& model = *run.model;
+  std::vector<int64_t> lengths = {c.seq_len};
+  for (const int64_t len : c.task_setup.eval_lengths)
+    if (std::find(lengths.begin(), lengths.end(), len) == lengths.end()) lengths.push_back(len);
+  char line[256];
+  std::snprintf(line, sizeof line, "%s: finetune (%s, %s mask) on %s, answer accuracy (%lld batches of %lld)\n",
+                model_path.c_str(), c.method.c_str(), c.mask.c_str(), c.files() ? c.train_file.c_str() : c.task.c_str(),
+                static_cast<long long>(batches), static_cast<long long>(c.batch));
+  out << line;
+  for (const std::string& mask : c.eval_masks)
+    for (const int64_t len : lengths) {
+      const MaskEval e = evaluate_mask(model, data, len, mask == "prefix", batches);
+      std::snprintf(line, sizeof line, "  %-6s mask, length %4lld: accuracy %.4f, loss %.4f\n", mask.c_str(),
+                    static_cast<long long>(len), e.accuracy(), e.loss);
+      out << line;
+    }
+}
+
+TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
+  const FinetuneConfig c = read_config(recipe);
+  const std::string src = recipe.source();
+  const std::string run_dir = c.run_dir();
+  const fs::path ckpt_latest = fs::path(run_dir) / "checkpoints" / "latest";
+  AL_CHECK_CONFIG(options.resume || !fs::exists(ckpt_latest), "run directory ", run_dir,
+                  " already has checkpoints; pass --resume to continue it, or choose another run.name");
+  AL_CHECK_CONFIG(!options.resume || fs::exists(ckpt_latest), "--resume: ", run_dir,
+                  " has no checkpoint to resume from");
+  check_init(c, src);
+  const auto t_run = std::chrono::steady_clock::now();
+  LoadedModel init = load_init(c, src, out);
+  Gpt& model = *init.model;
+  model.to(c.device);
+  model.set_training(true);
+  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(init.tokenizer, init.run_dir);
+  const FinetuneData data = make_data(c, tok.get(), init.config.vocab_size);
+  std::unique_ptr<LoraSet> lora;
+  if (c.focusft()) lora = std::make_unique<LoraSet>(model, c.lora);
+
+  std::vector<bool> decay;
+  for (const auto& [name, _] : model.named_parameters()) decay.push_back(c.decay_all || !is_no_decay_parameter(name));
+  const std::vector<Variable> params = model.parameters();
+  AdamW opt(
+      params,
+      AdamWConfig{
+          .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
+      decay);
+  Generator fast_gen(c.seed ^ 0xF0C05F7ull);
+  int64_t step = 0, skipped = 0;
+  std::string resumed_from;
+  if (options.resume) {
+    resumed_from = resolve_checkpoint(run_dir);
+    const Checkpoint ck = load_checkpoint(resumed_from, /*with_state=*/true);
+    try {
+      model.load_state_dict(ck.weights);
+      opt.load_state(ck.state);
+      step = std::stoll(ck.state_meta.at("step"));
+      skipped = std::stoll(ck.state_meta.at("skipped_steps"));
+      fast_gen = Generator(std::stoull(ck.state_meta.at("fast_seed")), std::stoull(ck.state_meta.at("fast_offset")));
+    } catch (const std::out_of_range&) {
+      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " is incomplete");
+    } catch (const std::invalid_argument&) {
+      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " has malformed counters");
+    } catch (const Error& e) {
+      detail::throw_error<IoError>("--resume: checkpoint ", resumed_from, " does not fit: ", e.what());
+    }
+  }
+
+  fs::create_directories(run_dir);
+  fs::remove(fs::path(run_dir) / kResultFile);
+  write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
+  // A BPE model's tokenizer travels with its checkpoints (`attnlab sample` and `eval` read it).
+  if (init.tokenizer == "bpe")
+    fs::copy_file(fs::path(init.run_dir) / "tokenizer.bpe", fs::path(run_dir) / "tokenizer.bpe",
+                  fs::copy_options::overwrite_existing);
+  const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
+  if (options.resume) {
+    truncate_metrics(metrics_path, step);
+    out << "resuming " << run_dir << " from step " << step << "\n";
+  } else if (fs::exists(metrics_path)) {
+    fs::remove(metrics_path);
+  }
+  const int64_t tokens_per_step = c.batch * c.grad_accum * c.seq_len;
+  const SftBatch first = data.val(0, c.seq_len).front();
+  out << "attnlab finetune: " << run_dir << " (" << c.method << ", " << c.mask << " mask)\n"
+      << "  init: " << init.model_path << ": " << model.num_parameters() << " parameters, " << init.config.layers
+      << " layers, d_model " << init.config.d_model << "\n"
+      << "  data: "
+      << (c.files() ? c.train_file + " (" + std::to_string(data.train_examples.size()) + " examples), " + c.val_file +
+                          " (" + std::to_string(data.val_examples.size()) + ")"
+                    : "task " + c.task)
+      << "; first validation batch: context " << first.prefix << " of " << first.batch.x.size(1)
+      << " tokens, answers after it; eval masks";
+  for (const std::string& m : c.eval_masks) out << " " << m;
+  out << "\n";
+  if (lora)
+    out << "  fast weights: LoRA rank " << c.lora.rank << ", alpha " << c.lora.alpha << " on " << lora->adapted().size()
+        << " weights (layers " << lora->first_layer() << ".." << init.config.layers - 1 << "), " << c.inner.inner_steps
+        << " inner SGD steps, lr " << c.inner.inner_lr << ", clip " << c.inner.inner_clip << "\n";
+  out << "  train: " << c.steps << " steps of " << c.grad_accum << " x " << c.batch << " x " << c.seq_len
+      << " tokens, adamw lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
+      << std::flush;
+
+  std::ofstream metrics(metrics_path, std::ios::app);
+  AL_CHECK_IO(metrics.good(), "cannot open ", metrics_path.string(), " for writing");
+  auto save = [&](int64_t at_step) {
+    Checkpoint ck;
+    ck.weights = model.state_dict();  // base weights only: the fast weights are not the model's
+    ck.model_meta = {{"config", gpt_config_json(init.config)},
+                     {"tokenizer", init.tokenizer},
+                     {"step", std::to_string(at_step)},
+                     {"format", "pt"}};
+    ck.state = opt.state();
+    ck.state_meta = {{"step", std::to_string(at_step)},
+                     {"fast_seed", std::to_string(fast_gen.seed())},
+                     {"fast_offset", std::to_string(fast_gen.offset())},
+                     {"skipped_steps", std::to_string(skipped)}};
+    return save_checkpoint(run_dir, at_step, ck);
+  };
+
+  TrainResult result{run_dir, step, 0, 0, skipped};
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t first_step = step;
+  double window_loss = 0, window_secs = 0, window_inner_first = 0, window_inner_last = 0;
+  int64_t window_steps = 0, window_inner_skipped = 0, bad_in_a_row = 0;
+  std::string last_checkpoint;
+  std::optional<EvalOutcome> last_eval;
+  const double scale = 1.0 / static_cast<double>(c.grad_accum);
+  while (step < c.steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = c.schedule(step);
+    opt.set_lr(lr);
+    opt.zero_grad();
+    double loss_value = 0, inner_first = 0, inner_last = 0;
+    int64_t inner_skipped = 0;
+    for (int64_t m = 0; m < c.grad_accum; ++m) {
+      // One micro-batch; JSONL rows of different context lengths come as several SftBatches,
+      // each weighted by its share of the rows (a task's is one batch).
+      const std::vector<SftBatch> parts = data.train(static_cast<uint64_t>(step * c.grad_accum + m), c.seq_len);
+      double rows = 0;
+      for (const SftBatch& b : parts) rows += static_cast<double>(b.batch.x.size(0));
+      for (const SftBatch& b : parts) {
+        const double w = scale * static_cast<double>(b.batch.x.size(0)) / rows;
+        const int64_t prefix = c.train_prefix() ? b.prefix : 0;
+        const StepLosses s =
+            lora ? focusft_step(model, *lora, b, prefix, c.inner, fast_gen, w) : sft_step(model, b, prefix, w);
+        loss_value += s.outer * w;
+        if (!s.inner.empty()) {
+          inner_first += s.inner.front() * w;
+          inner_last += s.inner.back() * w;
+        }
+        inner_skipped += s.inner_skipped;
+      }
+    }
+    const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
+    ++step;
+    if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
+      ++skipped;
+      ++bad_in_a_row;
+      opt.zero_grad();
+      out << "step " << step << ": loss " << loss_value << ", gradient norm " << norm
+          << " are not finite; step skipped (" << bad_in_a_row << " in a row)\n";
+      if (bad_in_a_row >= c.max_bad_steps)
+        detail::throw_error<Error>("fine-tuning diverged: ", bad_in_a_row,
+                                   " non-finite steps in a row (train.max_bad_steps = ", c.max_bad_steps, ") at step ",
+                                   step, "; lower optim.lr or focusft.inner_lr");
+      continue;
+    }
+    bad_in_a_row = 0;
+    opt.step();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    window_loss += loss_value;
+    window_secs += secs;
+    window_inner_first += inner_first;
+    window_inner_last += inner_last;
+    window_inner_skipped += inner_skipped;
+    ++window_steps;
+    result.final_train_loss = loss_value;
+
+    const bool eval_now = step % c.eval_every == 0 || step == c.steps;
+    const bool log_now = step % c.log_every == 0 || eval_now || step == 1;
+    if (!log_now) {
+      if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0)) last_checkpoint = save(step);
+      continue;
+    }
+    const double n = static_cast<double>(window_steps);
+    const double avg_loss = window_loss / n;
+    const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
+    char line[320];
+    int len = std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f", static_cast<long long>(step),
+                            static_cast<long long>(c.steps), avg_loss);
+    if (lora)
+      len += std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  inner %.4f -> %.4f",
+                           window_inner_first / n, window_inner_last / n);
+    std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  lr %.2e  |g| %.3f  %.0f ms/step  ETA %s", lr,
+                  norm, 1000.0 * window_secs / n, format_duration(eta).c_str());
+    json m = {{"step", step},
+              {"train_loss", avg_loss},
+              {"lr", lr},
+              {"grad_norm", norm},
+              {"tokens_per_s", tok_s},
+              {"ms_per_step", 1000.0 * window_secs / n},
+              {"skipped_steps", skipped}};
+    if (lora) {
+      m["inner_loss_first"] = window_inner_first / n;
+      m["inner_loss_last"] = window_inner_last / n;
+      m["inner_skipped"] = window_inner_skipped;
+    }
+    out << line;
+    if (eval_now) {
+      last_eval = evaluate_run(c, model, data);
+      result.final_val_loss = last_eval->val_loss;
+      m.update(last_eval->fields);
+      out << last_eval->note;
+    }
+    metrics << m.dump() << "\n" << std::flush;
+    out << "\n" << std::flush;
+    window_loss = window_secs = window_inner_first = window_inner_last = 0;
+    window_steps = window_inner_skipped = 0;
+    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == c.steps) last_checkpoint = save(step);
+  }
+  result.steps = step;
+  result.skipped_steps = skipped;
+  if (!last_eval) {
+    last_eval = evaluate_run(c, model, data);
+    result.final_val_loss = last_eval->val_loss;
+    out << "step " << step << "/" << c.steps << " (already trained)" << last_eval->note << "\n";
+  }
+  if (!last_checkpoint.empty()) out << "checkpoint: " << last_checkpoint << "\n";
+  write_result(c, init.config, run_dir, result, *last_eval, model,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count());
+  return result;
+}
+
+}  // namespace attnlab
