@@ -286,7 +286,7 @@ TEST_F(FinetuneCli, ShippedRecipeDryRun) {
   const Result r =
       run("ablate " + (recipes / "focusft_kv.ini").string() + " --dry-run --run.dir=" + (dir_ / "runs").string() +
           " --finetune.init=" + (dir_ / "pre").string() +
-          " --finetune.init_recipe=" + (recipes / "focusft_pretrain.ini").string());
+          " --finetune.init_recipe=" + (recipes / "kv_pretrain.ini").string());
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("3 finetune cells"), std::string::npos) << r.out;
   for (const char* cell : {"method-sft", "method-focusft", "mask-prefix"})

@@ -133,11 +133,11 @@ TEST_F(TttCli, EvalTttAndBadInput) {
   }
 }
 
-// The shipped recipes: every key of ttt_pretrain.ini trains (2 steps), every key of ttt_needle.ini
+// The shipped recipes: every key of kv_pretrain.ini trains (2 steps), every key of ttt_needle.ini
 // is read (on the tiny model, one short length, one row).
 TEST_F(TttCli, ShippedRecipesRun) {
   const std::string src = ATTNLAB_SOURCE_DIR;
-  const Result p = run("train " + src + "/recipes/ttt_pretrain.ini --run.dir=" + dir_.string() +
+  const Result p = run("train " + src + "/recipes/kv_pretrain.ini --run.dir=" + dir_.string() +
                        " --train.steps=2 --optim.warmup=1 --train.eval_every=2 --train.eval_batches=1 "
                        "--train.checkpoint_every=2 --data.eval_lengths=");
   ASSERT_EQ(p.code, 0) << p.out << p.err;
