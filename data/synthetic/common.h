@@ -1,9 +1,11 @@
 // Private helpers shared by the synthetic task generators (not part of the data/ interface): a
-// per-row random stream, distinct sampling, config error messages, argmax over logits, and the
-// per-task factories make_task() dispatches to.
+// per-row random stream, distinct sampling, config error messages, argmax over logits, filler
+// runs and the describe() text of the haystack tasks, and the per-task factories make_task()
+// dispatches to.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -120,6 +122,30 @@ inline std::string tagged(const char* prefix, int64_t n) {
   s += std::to_string(n);
   return s;
 }
+
+// Stars and bars for the haystack tasks (kv_retrieval, needle, fact_chain): the lengths of `runs`
+// filler runs (runs >= 1) that sum to `fill`, uniformly at random among all compositions: runs - 1
+// distinct cut points among fill + runs - 1 slots. Draws exactly rng.distinct(runs - 1, fill +
+// runs - 1), so what a task draws after it does not depend on seq_len's split.
+std::vector<int64_t> filler_runs(RowRng& rng, int64_t fill, int64_t runs);
+
+// How describe_tokens() prints a token task's row.
+struct TokenText {
+  std::function<std::string(int64_t)> token = {};  // one id as text
+  std::function<bool(int32_t)> in_run = {};        // ids that collapse into one "~N" per run
+  int32_t question = -1;                           // the question token, printed after "| "
+  // How many tokens from position t of the row print as one group (fact_chain's four-token facts;
+  // 0 for none). Empty: no groups.
+  std::function<int64_t(const int32_t* row, int64_t t, int64_t t_len)> group = {};
+  // The token after a target repeats it in x (kv_retrieval's demo values): skip it.
+  bool skip_after_target = false;
+};
+
+// describe() of a token task whose answers sit at positions with a target: row `row` of b as
+// tokens separated by spaces, runs of in_run ids as "~N", a target as "A -> v" and, when output
+// (logits) is given, " (model v')". `who` (e.g. "needle describe") prefixes the shape errors.
+std::string describe_tokens(const TaskBatch& b, int64_t row, const Tensor& output, int64_t vocab,
+                            const std::string& who, const TokenText& text);
 
 // Factories (one per task file).
 std::unique_ptr<SyntheticTask> make_mqar(const TaskConfig& config);

@@ -32,7 +32,6 @@
 // per run the sentence lengths and filler words; everything before the cuts is independent of
 // seq_len.
 #include <algorithm>
-#include <sstream>
 
 #include "data/synthetic/common.h"
 
@@ -174,15 +173,11 @@ class FactChain final : public SyntheticTask {
     const int64_t fill = seq_len - min_seq_len();
     return token_batch(seed, index, batch, seq_len, [&](RowRng& rng, int32_t* x, int32_t* y) {
       const Story story = draw_story(rng);
-      // Stars and bars: S distinct cut points among F + S slots give S + 1 runs summing to F.
-      std::vector<int64_t> cuts = rng.distinct(s_n, fill + s_n);
-      std::sort(cuts.begin(), cuts.end());
+      const std::vector<int64_t> runs = filler_runs(rng, fill, s_n + 1);
       int64_t t = 0;
       x[t++] = bos();
       auto run = [&](int64_t i) {  // filler run i in [0, S], cut into sentences
-        const int64_t lo = i == 0 ? 0 : cuts[static_cast<size_t>(i - 1)] + 1;
-        const int64_t hi = i == s_n ? fill + s_n : cuts[static_cast<size_t>(i)];
-        for (int64_t left = hi - lo; left > 0;) {
+        for (int64_t left = runs[static_cast<size_t>(i)]; left > 0;) {
           int64_t n = 2 + rng.uniform_int(4);
           if (left - n < 2) n = left;
           for (int64_t w = 0; w + 1 < n; ++w) x[t++] = filler0() + static_cast<int32_t>(rng.uniform_int(words));
@@ -225,39 +220,13 @@ class FactChain final : public SyntheticTask {
   // answer as "? -> l (model l')", e.g.
   // "BOS ~9 e3 went l1 . ~20 e3 took o2 . ~31 e5 went l0 . ~4 | where o2 ? -> l1 (model l0)".
   std::string describe(const TaskBatch& b, int64_t row, const Tensor& output) const override {
-    AL_CHECK_SHAPE(row >= 0 && row < b.x.size(0), "fact_chain describe: row ", row, " is outside the batch ",
-                   b.x.str());
-    const int64_t t_len = b.x.size(1);
-    const std::vector<int32_t> x = b.x.contiguous().to_vector<int32_t>();
-    const std::vector<int32_t> y = b.y.contiguous().to_vector<int32_t>();
-    std::vector<int32_t> pred;
-    if (output.defined()) pred = predicted_tokens(b, output, vocab_size(), "fact_chain describe");
-    std::ostringstream os;
-    const size_t base = static_cast<size_t>(row * t_len);
-    auto at = [&](int64_t t) { return x[base + static_cast<size_t>(t)]; };
-    for (int64_t t = 0; t < t_len;) {
-      if (t) os << " ";
-      if (is_filler(at(t)) || at(t) == dot()) {
-        int64_t n = 0;
-        for (; t < t_len && (is_filler(at(t)) || at(t) == dot()); ++t) ++n;
-        os << "~" << n;
-        continue;
-      }
-      if (at(t) >= 0 && at(t) < loc0() && t + 3 < t_len) {  // a fact: four tokens
-        os << token(at(t)) << " " << token(at(t + 1)) << " " << token(at(t + 2)) << " " << token(at(t + 3));
-        t += 4;
-        continue;
-      }
-      const size_t i = base + static_cast<size_t>(t);
-      if (x[i] == q_tok()) os << "| ";
-      os << token(x[i]);
-      if (y[i] != kIgnoreTarget) {
-        os << " -> " << token(y[i]);
-        if (!pred.empty()) os << " (model " << token(pred[i]) << ")";
-      }
-      ++t;
-    }
-    return os.str();
+    return describe_tokens(b, row, output, vocab_size(), "fact_chain describe",
+                           {.token = [this](int64_t id) { return token(id); },
+                            .in_run = [this](int32_t id) { return is_filler(id) || id == dot(); },
+                            .question = q_tok(),
+                            .group = [this](const int32_t* x, int64_t t, int64_t t_len) -> int64_t {
+                              return x[t] >= 0 && x[t] < loc0() && t + 3 < t_len ? 4 : 0;  // a fact: four tokens
+                            }});
   }
 };
 

@@ -19,9 +19,6 @@
 // score(): accuracy over all answers (demos included), plus part "final": the final answer alone.
 // Draws per row, in order: P distinct keys, P values, Q + 1 distinct pair picks (needle first),
 // P - 1 filler cut points, F filler tokens; everything before the cuts is independent of seq_len.
-#include <algorithm>
-#include <sstream>
-
 #include "data/synthetic/common.h"
 
 namespace attnlab::synthetic {
@@ -43,6 +40,7 @@ class KvRetrieval final : public SyntheticTask {
   int32_t a_tok() const { return bos() + 2; }
   int32_t pad() const { return bos() + 3; }
   int32_t filler0() const { return bos() + 4; }
+  bool is_filler(int32_t id) const { return id >= filler0() && id < filler0() + kFillers; }
 
   int64_t vocab_size() const override { return config().vocab + 4 + kFillers; }
   int64_t min_seq_len() const override { return 1 + 2 * config().pairs + 4 * config().queries + 3; }
@@ -64,17 +62,14 @@ class KvRetrieval final : public SyntheticTask {
       std::vector<int64_t> vals(static_cast<size_t>(p));
       for (int64_t& v : vals) v = half + rng.uniform_int(half);
       const std::vector<int64_t> picks = rng.distinct(q + 1, p);  // picks[0]: the needle
-      // Stars and bars: P - 1 distinct cut points among F + P - 1 slots give P runs summing to F.
-      std::vector<int64_t> cuts = rng.distinct(p - 1, fill + p - 1);
-      std::sort(cuts.begin(), cuts.end());
+      const std::vector<int64_t> runs = filler_runs(rng, fill, p);
       int64_t t = 0;
       x[t++] = bos();
       for (int64_t i = 0; i < p; ++i) {
         x[t++] = static_cast<int32_t>(keys[static_cast<size_t>(i)]);
         x[t++] = static_cast<int32_t>(vals[static_cast<size_t>(i)]);
-        const int64_t lo = i == 0 ? 0 : cuts[static_cast<size_t>(i - 1)] + 1;
-        const int64_t hi = i == p - 1 ? fill + p - 1 : cuts[static_cast<size_t>(i)];
-        for (int64_t f = lo; f < hi; ++f) x[t++] = filler0() + static_cast<int32_t>(rng.uniform_int(kFillers));
+        for (int64_t f = 0; f < runs[static_cast<size_t>(i)]; ++f)
+          x[t++] = filler0() + static_cast<int32_t>(rng.uniform_int(kFillers));
       }
       for (int64_t j = 1; j <= q + 1; ++j) {
         // Demos first (picks[1..Q]), the needle (picks[0]) last.
@@ -111,45 +106,17 @@ class KvRetrieval final : public SyntheticTask {
     if (id == q_tok()) return "Q";
     if (id == a_tok()) return "A";
     if (id == pad()) return "PAD";
-    if (id >= filler0() && id < filler0() + kFillers) return "~";
+    if (is_filler(static_cast<int32_t>(id))) return "~";
     return tagged("?", id);
   }
 
   // Filler runs print as "~N" (N fillers), answers as "A -> v (model v')".
   std::string describe(const TaskBatch& b, int64_t row, const Tensor& output) const override {
-    AL_CHECK_SHAPE(row >= 0 && row < b.x.size(0), "kv_retrieval describe: row ", row, " is outside the batch ",
-                   b.x.str());
-    const int64_t t_len = b.x.size(1);
-    const std::vector<int32_t> x = b.x.contiguous().to_vector<int32_t>();
-    const std::vector<int32_t> y = b.y.contiguous().to_vector<int32_t>();
-    std::vector<int32_t> pred;
-    if (output.defined()) pred = predicted_tokens(b, output, vocab_size(), "kv_retrieval describe");
-    std::ostringstream os;
-    const size_t base = static_cast<size_t>(row * t_len);
-    for (int64_t t = 0; t < t_len;) {
-      const size_t i = base + static_cast<size_t>(t);
-      if (t) os << " ";
-      if (x[i] >= filler0() && x[i] < filler0() + kFillers) {
-        int64_t n = 0;
-        while (t < t_len && x[base + static_cast<size_t>(t)] >= filler0() &&
-               x[base + static_cast<size_t>(t)] < filler0() + kFillers) {
-          ++n;
-          ++t;
-        }
-        os << "~" << n;
-        continue;
-      }
-      if (x[i] == q_tok() && t > 0 && x[i - 1] != q_tok()) os << "| ";
-      os << token(x[i]);
-      if (y[i] != kIgnoreTarget) {
-        os << " -> " << token(y[i]);
-        if (!pred.empty()) os << " (model " << token(pred[i]) << ")";
-        // A demo's value follows in x; skip it (it was just printed as the target).
-        if (t + 1 < t_len) ++t;
-      }
-      ++t;
-    }
-    return os.str();
+    return describe_tokens(b, row, output, vocab_size(), "kv_retrieval describe",
+                           {.token = [this](int64_t id) { return token(id); },
+                            .in_run = [this](int32_t id) { return is_filler(id); },
+                            .question = q_tok(),
+                            .skip_after_target = true});
   }
 };
 

@@ -18,9 +18,6 @@
 //   min_seq_len() = 1 + 3P + 3; context_length(seq_len) = seq_len (the answer is never in x)
 // Draws per row, in order: P distinct keys, P values, the asked needle, P filler cut points, F
 // filler tokens; everything before the cuts is independent of seq_len.
-#include <algorithm>
-#include <sstream>
-
 #include "data/synthetic/common.h"
 
 namespace attnlab::synthetic {
@@ -57,15 +54,12 @@ class Needle final : public SyntheticTask {
       std::vector<int64_t> vals(static_cast<size_t>(p));
       for (int64_t& v : vals) v = half + rng.uniform_int(half);
       const size_t asked = static_cast<size_t>(rng.uniform_int(p));
-      // Stars and bars: P distinct cut points among F + P slots give P + 1 runs summing to F.
-      std::vector<int64_t> cuts = rng.distinct(p, fill + p);
-      std::sort(cuts.begin(), cuts.end());
+      const std::vector<int64_t> runs = filler_runs(rng, fill, p + 1);
       int64_t t = 0;
       x[t++] = bos();
       auto run = [&](int64_t i) {  // filler run i in [0, P]
-        const int64_t lo = i == 0 ? 0 : cuts[static_cast<size_t>(i - 1)] + 1;
-        const int64_t hi = i == p ? fill + p : cuts[static_cast<size_t>(i)];
-        for (int64_t f = lo; f < hi; ++f) x[t++] = filler0() + static_cast<int32_t>(rng.uniform_int(kFillers));
+        for (int64_t f = 0; f < runs[static_cast<size_t>(i)]; ++f)
+          x[t++] = filler0() + static_cast<int32_t>(rng.uniform_int(kFillers));
       };
       for (int64_t i = 0; i < p; ++i) {
         run(i);
@@ -96,32 +90,10 @@ class Needle final : public SyntheticTask {
   // Filler runs print as "~N" (N fillers), the answer as "A -> v (model v')", e.g.
   // "BOS ~40 N k3 v7 ~12 N k9 v1 ~180 | Q k3 A -> v7 (model v1)".
   std::string describe(const TaskBatch& b, int64_t row, const Tensor& output) const override {
-    AL_CHECK_SHAPE(row >= 0 && row < b.x.size(0), "needle describe: row ", row, " is outside the batch ", b.x.str());
-    const int64_t t_len = b.x.size(1);
-    const std::vector<int32_t> x = b.x.contiguous().to_vector<int32_t>();
-    const std::vector<int32_t> y = b.y.contiguous().to_vector<int32_t>();
-    std::vector<int32_t> pred;
-    if (output.defined()) pred = predicted_tokens(b, output, vocab_size(), "needle describe");
-    std::ostringstream os;
-    const size_t base = static_cast<size_t>(row * t_len);
-    for (int64_t t = 0; t < t_len;) {
-      const size_t i = base + static_cast<size_t>(t);
-      if (t) os << " ";
-      if (is_filler(x[i])) {
-        int64_t n = 0;
-        for (; t < t_len && is_filler(x[base + static_cast<size_t>(t)]); ++t) ++n;
-        os << "~" << n;
-        continue;
-      }
-      if (x[i] == q_tok()) os << "| ";
-      os << token(x[i]);
-      if (y[i] != kIgnoreTarget) {
-        os << " -> " << token(y[i]);
-        if (!pred.empty()) os << " (model " << token(pred[i]) << ")";
-      }
-      ++t;
-    }
-    return os.str();
+    return describe_tokens(b, row, output, vocab_size(), "needle describe",
+                           {.token = [this](int64_t id) { return token(id); },
+                            .in_run = [this](int32_t id) { return is_filler(id); },
+                            .question = q_tok()});
   }
 };
 

@@ -1,9 +1,12 @@
 // The task registry (make_task, task_names), TaskConfig::validate, the shared scoring of token and
-// vector tasks, and the private helpers of common.h (per-row random streams, output checks).
+// vector tasks, and the private helpers of common.h (per-row random streams, output checks,
+// filler runs, the haystack tasks' describe() text).
 #include "data/synthetic/task.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <sstream>
 #include <unordered_set>
 
 #include "data/synthetic/common.h"
@@ -67,6 +70,56 @@ std::vector<int64_t> RowRng::distinct(int64_t k, int64_t n) {
   }
   shuffle(out);
   return out;
+}
+
+std::vector<int64_t> filler_runs(RowRng& rng, int64_t fill, int64_t runs) {
+  std::vector<int64_t> cuts = rng.distinct(runs - 1, fill + runs - 1);
+  std::sort(cuts.begin(), cuts.end());
+  std::vector<int64_t> len(static_cast<size_t>(runs));
+  int64_t lo = 0;
+  for (int64_t i = 0; i < runs; ++i) {
+    const int64_t hi = i == runs - 1 ? fill + runs - 1 : cuts[static_cast<size_t>(i)];
+    len[static_cast<size_t>(i)] = hi - lo;
+    lo = hi + 1;
+  }
+  return len;
+}
+
+std::string describe_tokens(const TaskBatch& b, int64_t row, const Tensor& output, int64_t vocab,
+                            const std::string& who, const TokenText& text) {
+  AL_CHECK_SHAPE(row >= 0 && row < b.x.size(0), who, ": row ", row, " is outside the batch ", b.x.str());
+  const int64_t t_len = b.x.size(1);
+  const std::vector<int32_t> x = b.x.contiguous().to_vector<int32_t>();
+  const std::vector<int32_t> y = b.y.contiguous().to_vector<int32_t>();
+  std::vector<int32_t> pred;
+  if (output.defined()) pred = predicted_tokens(b, output, vocab, who);
+  const size_t base = static_cast<size_t>(row * t_len);
+  const int32_t* xr = x.data() + base;
+  std::ostringstream os;
+  for (int64_t t = 0; t < t_len;) {
+    if (t) os << " ";
+    if (text.in_run(xr[t])) {
+      int64_t n = 0;
+      for (; t < t_len && text.in_run(xr[t]); ++t) ++n;
+      os << "~" << n;
+      continue;
+    }
+    if (const int64_t g = text.group ? text.group(xr, t, t_len) : 0; g > 0) {
+      for (int64_t k = 0; k < g; ++k) os << (k ? " " : "") << text.token(xr[t + k]);
+      t += g;
+      continue;
+    }
+    const size_t i = base + static_cast<size_t>(t);
+    if (x[i] == text.question) os << "| ";
+    os << text.token(x[i]);
+    if (y[i] != kIgnoreTarget) {
+      os << " -> " << text.token(y[i]);
+      if (!pred.empty()) os << " (model " << text.token(pred[i]) << ")";
+      if (text.skip_after_target && t + 1 < t_len) ++t;
+    }
+    ++t;
+  }
+  return os.str();
 }
 
 void check_batch_args(const SyntheticTask& task, int64_t batch, int64_t seq_len) {

@@ -12,30 +12,17 @@
 
 #include "data/synthetic/task.h"
 #include "lib/error.h"
+#include "tests/data/data_test_util.h"
 
 namespace attnlab {
 namespace {
 
-TaskConfig config(const std::string& name) {
-  TaskConfig c;
-  c.name = name;
-  return c;
-}
+using test::expect_config_error;
+using test::task_config;
 
 bool same_batch(const TaskBatch& a, const TaskBatch& b) {
   return a.x.to_vector<int32_t>() == b.x.to_vector<int32_t>() && a.y.to_vector<int32_t>() == b.y.to_vector<int32_t>() &&
          a.mask.to_vector<float>() == b.mask.to_vector<float>();
-}
-
-template <typename Fn>
-void expect_config_error(Fn&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ConfigError containing '" << parts.front() << "'";
-  } catch (const ConfigError& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  }
 }
 
 // Logits [B, T, V] with the largest value at the final position on answer[b] (elsewhere on 0).
@@ -110,7 +97,7 @@ Reading read_needle(const TaskConfig& c, const TaskBatch& b, int64_t r) {
 }
 
 TEST(ContextTasks, NeedleLayoutAnswersAndDilution) {
-  TaskConfig c = config("needle");
+  TaskConfig c = task_config("needle");
   c.vocab = 32;
   c.pairs = 4;
   const auto task = make_task(c);
@@ -152,7 +139,7 @@ TEST(ContextTasks, NeedleLayoutAnswersAndDilution) {
 }
 
 TEST(ContextTasks, NeedleDescribe) {
-  TaskConfig c = config("needle");
+  TaskConfig c = task_config("needle");
   c.vocab = 16;
   c.pairs = 2;
   const auto task = make_task(c);
@@ -240,7 +227,7 @@ Reading solve_fact_chain(const TaskConfig& c, const TaskBatch& b, int64_t r) {
 }
 
 TEST(ContextTasks, FactChainSolverAgreesAndScalingOnlyAddsFiller) {
-  TaskConfig c = config("fact_chain");
+  TaskConfig c = task_config("fact_chain");
   c.entities = 4;
   c.locations = 3;
   c.objects = 3;
@@ -296,7 +283,7 @@ TEST(ContextTasks, FactChainSolverAgreesAndScalingOnlyAddsFiller) {
 TEST(ContextTasks, FactChainDefaultsManyRows) {
   // The spec's sizes (20 entities, 10 locations, 10 objects) at 256 tokens: the solver agrees on
   // every row, and the answers spread over the locations.
-  const TaskConfig c = config("fact_chain");
+  const TaskConfig c = task_config("fact_chain");
   const auto task = make_task(c);
   const TaskBatch b = task->batch(1, 0, 64, 256);
   std::set<int32_t> answers;
@@ -309,7 +296,7 @@ TEST(ContextTasks, FactChainDefaultsManyRows) {
 }
 
 TEST(ContextTasks, FactChainDescribe) {
-  TaskConfig c = config("fact_chain");
+  TaskConfig c = task_config("fact_chain");
   c.facts = 3;
   const auto task = make_task(c);
   const TaskBatch b = task->batch(0, 0, 1, 48);
@@ -321,13 +308,13 @@ TEST(ContextTasks, FactChainDescribe) {
 }
 
 TEST(ContextTasks, KvRetrievalContextIsTheWholeRow) {
-  const auto task = make_task(config("kv_retrieval"));
+  const auto task = make_task(task_config("kv_retrieval"));
   EXPECT_EQ(task->context_length(128), 128);
-  EXPECT_EQ(make_task(config("mqar"))->context_length(128), 0);
+  EXPECT_EQ(make_task(task_config("mqar"))->context_length(128), 0);
 }
 
 TEST(ContextTasks, ConfigErrors) {
-  TaskConfig n = config("needle");
+  TaskConfig n = task_config("needle");
   n.vocab = 7;
   expect_config_error([&] { make_task(n); }, {"data.task = needle", "data.vocab", "even"});
   n.vocab = 8;
@@ -338,7 +325,7 @@ TEST(ContextTasks, ConfigErrors) {
   EXPECT_NO_THROW(n.validate(16));
   expect_config_error([&] { make_task(n)->batch(0, 0, 0, 16); }, {"batch size"});
 
-  TaskConfig f = config("fact_chain");
+  TaskConfig f = task_config("fact_chain");
   f.facts = 4;
   expect_config_error([&] { f.validate(19); }, {"data.task = fact_chain", "1 + 4 * data.facts + 3 = 20", "got 19"});
   EXPECT_NO_THROW(f.validate(20));

@@ -1,4 +1,5 @@
-// Helpers shared by the data/ tests: temporary directories, files, zlib/gzip, error checks.
+// Helpers shared by the data/ tests: temporary directories, files, zlib/gzip, error checks, task
+// configs.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "data/synthetic/task.h"
 #include "lib/error.h"
 
 namespace attnlab::test {
@@ -79,6 +81,25 @@ inline void expect_io_error(const std::function<void()>& f, const std::vector<st
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected IoError, got another exception: " << e.what();
   }
+}
+
+// Runs fn, expecting a ConfigError whose message contains every one of `parts`.
+template <typename Fn>
+void expect_config_error(Fn&& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected a ConfigError containing '" << parts.front() << "'";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+  }
+}
+
+// A synthetic task's config with the defaults of every key but the name.
+inline TaskConfig task_config(const std::string& name) {
+  TaskConfig c;
+  c.name = name;
+  return c;
 }
 
 // Writes R's XDR serialization by hand, item by item (R's serialize.c layout).

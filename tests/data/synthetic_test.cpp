@@ -11,15 +11,13 @@
 
 #include "data/synthetic/task.h"
 #include "lib/error.h"
+#include "tests/data/data_test_util.h"
 
 namespace attnlab {
 namespace {
 
-TaskConfig config(const std::string& name) {
-  TaskConfig c;
-  c.name = name;
-  return c;
-}
+using test::expect_config_error;
+using test::task_config;
 
 template <typename T>
 bool same(const Tensor& a, const Tensor& b) {
@@ -30,18 +28,6 @@ bool same_batch(const TaskBatch& a, const TaskBatch& b, bool tokens) {
   const bool xy =
       tokens ? same<int32_t>(a.x, b.x) && same<int32_t>(a.y, b.y) : same<float>(a.x, b.x) && same<float>(a.y, b.y);
   return xy && same<float>(a.mask, b.mask);
-}
-
-// Runs fn, expects a ConfigError whose message contains every one of `parts`.
-template <typename Fn>
-void expect_config_error(Fn&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ConfigError containing '" << parts.front() << "'";
-  } catch (const ConfigError& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  }
 }
 
 // Logits f32 [B, T, V + 3] that put the largest value on pred[b, t] (and a larger one still in a
@@ -131,7 +117,7 @@ void check_oracle(const SyntheticTask& task, const TaskBatch& b, const Parsed& p
 
 TEST(Synthetic, MqarLayoutAndOracle) {
   for (int64_t queries : {0, 3}) {
-    TaskConfig c = config("mqar");
+    TaskConfig c = task_config("mqar");
     c.vocab = 40;
     c.pairs = 6;
     c.queries = queries;
@@ -156,7 +142,7 @@ TEST(Synthetic, MqarLayoutAndOracle) {
 
 TEST(Synthetic, MqarManyPairs) {
   // More than 64 distinct draws take the hash-set path of the distinct sampler.
-  TaskConfig c = config("mqar");
+  TaskConfig c = task_config("mqar");
   c.vocab = 256;
   c.pairs = 128;
   c.queries = 100;
@@ -170,7 +156,7 @@ TEST(Synthetic, MqarManyPairs) {
 
 TEST(Synthetic, SameArgumentsSameBitsOtherwiseDifferent) {
   for (const std::string& name : task_names()) {
-    TaskConfig c = config(name);
+    TaskConfig c = task_config(name);
     c.queries = name == "kv_retrieval" ? 2 : 0;
     const auto task = make_task(c);
     const int64_t t_len = 64;
@@ -253,7 +239,7 @@ Parsed parse_kv(const TaskConfig& c, const TaskBatch& b) {
 }
 
 TEST(Synthetic, KvRetrievalLayoutOracleAndDilution) {
-  TaskConfig c = config("kv_retrieval");
+  TaskConfig c = task_config("kv_retrieval");
   c.vocab = 32;
   c.pairs = 5;
   c.queries = 2;
@@ -316,7 +302,7 @@ Parsed parse_copy(const TaskConfig& c, const TaskBatch& b) {
 }
 
 TEST(Synthetic, SelectiveCopyLayoutAndOracle) {
-  TaskConfig c = config("selective_copy");
+  TaskConfig c = task_config("selective_copy");
   c.vocab = 10;
   c.copy_tokens = 6;
   const auto task = make_task(c);
@@ -402,7 +388,7 @@ void read_pairs(const TaskBatch& b, int64_t row, int64_t d, int64_t m, std::vect
 }
 
 TEST(Synthetic, RegressionRecoversOneLinearMap) {
-  TaskConfig c = config("regression");
+  TaskConfig c = task_config("regression");
   c.dim = 3;
   c.out_dim = 2;
   const auto task = make_task(c);
@@ -434,7 +420,7 @@ TEST(Synthetic, RegressionRecoversOneLinearMap) {
 }
 
 TEST(Synthetic, PiecewiseRegressionChangesMapPerSegment) {
-  TaskConfig c = config("piecewise_regression");
+  TaskConfig c = task_config("piecewise_regression");
   c.dim = 3;
   c.out_dim = 1;
   c.segments = 3;
@@ -467,7 +453,7 @@ TEST(Synthetic, PiecewiseRegressionChangesMapPerSegment) {
 
 TEST(Synthetic, RegressionScores) {
   for (const std::string name : {"regression", "piecewise_regression"}) {
-    TaskConfig c = config(name);
+    TaskConfig c = task_config(name);
     c.dim = 4;
     c.out_dim = 2;
     c.segments = 2;
@@ -505,7 +491,7 @@ TEST(Synthetic, RegressionScores) {
 // --- errors ----------------------------------------------------------------------------------
 
 TEST(Synthetic, ConfigErrorsNameTaskFieldAndRange) {
-  TaskConfig mqar = config("mqar");
+  TaskConfig mqar = task_config("mqar");
   mqar.vocab = 64;
   mqar.pairs = 8;
   mqar.queries = 0;
@@ -525,7 +511,7 @@ TEST(Synthetic, ConfigErrorsNameTaskFieldAndRange) {
   bad.queries = 9;
   expect_config_error([&] { bad.validate(100); }, {"data.queries", "[0, data.pairs = 8]", "got 9"});
 
-  TaskConfig kv = config("kv_retrieval");
+  TaskConfig kv = task_config("kv_retrieval");
   kv.pairs = 4;
   kv.queries = 4;
   expect_config_error([&] { kv.validate(100); }, {"data.task = kv_retrieval", "data.queries", "got 4"});
@@ -535,22 +521,22 @@ TEST(Synthetic, ConfigErrorsNameTaskFieldAndRange) {
   kv.pairs = 40;
   expect_config_error([&] { kv.validate(1000); }, {"data.pairs", "data.vocab / 2 = 32", "got 40"});
 
-  TaskConfig copy = config("selective_copy");
+  TaskConfig copy = task_config("selective_copy");
   copy.copy_tokens = 8;
   expect_config_error([&] { copy.validate(16); },
                       {"data.task = selective_copy", "2 * data.copy_tokens + 1 = 17", "got 16"});
   copy.copy_tokens = 0;
   expect_config_error([&] { copy.validate(16); }, {"data.copy_tokens", "got 0"});
 
-  TaskConfig reg = config("regression");
+  TaskConfig reg = task_config("regression");
   expect_config_error([&] { reg.validate(33); }, {"data.task = regression", "even train.seq_len", "got 33"});
   reg.dim = 0;
   expect_config_error([&] { reg.validate(32); }, {"data.dim", "got 0"});
-  reg = config("regression");
+  reg = task_config("regression");
   reg.noise = -1;
   expect_config_error([&] { reg.validate(32); }, {"data.noise", "got -1"});
 
-  TaskConfig pw = config("piecewise_regression");
+  TaskConfig pw = task_config("piecewise_regression");
   pw.segments = 4;
   expect_config_error([&] { pw.validate(6); }, {"data.task = piecewise_regression", "2 * data.segments = 8", "got 6"});
   expect_config_error([&] { pw.validate(9); }, {"even train.seq_len", "got 9"});
@@ -558,12 +544,12 @@ TEST(Synthetic, ConfigErrorsNameTaskFieldAndRange) {
 
   std::vector<std::string> unknown = {"data.task", "unknown task 'mqqar'"};
   for (const std::string& n : task_names()) unknown.push_back(n);
-  expect_config_error([&] { config("mqqar").validate(64); }, unknown);
-  expect_config_error([&] { make_task(config("")); }, {"unknown task ''", "mqar"});
+  expect_config_error([&] { task_config("mqqar").validate(64); }, unknown);
+  expect_config_error([&] { make_task(task_config("")); }, {"unknown task ''", "mqar"});
 }
 
 TEST(Synthetic, TokenScoreChecksLogits) {
-  const auto task = make_task(config("mqar"));
+  const auto task = make_task(task_config("mqar"));
   const TaskBatch b = task->batch(0, 0, 2, 32);
   EXPECT_THROW(task->score(b, Tensor::zeros(Shape{2, 32, 64})), ShapeError);  // vocab_size() is 65
   EXPECT_THROW(task->score(b, Tensor::zeros(Shape{2, 31, 65})), ShapeError);
