@@ -8,8 +8,6 @@
 // batch i of the validation seed's stream (train/task_train.h validation_seed).
 #include "train/finetune.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -24,8 +22,6 @@
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
-#include "data/bpe.h"
-#include "data/byte_tokenizer.h"
 #include "layers/lora.h"
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
@@ -36,6 +32,7 @@
 #include "train/focusft.h"
 #include "train/model_io.h"
 #include "train/results.h"
+#include "train/run_common.h"
 #include "train/task_train.h"
 
 namespace attnlab {
@@ -74,6 +71,7 @@ struct FinetuneConfig {
   bool files() const { return !train_file.empty(); }
   // The training mask: prefix (bidirectional context) or causal.
   bool train_prefix() const { return mask == "prefix"; }
+  InitModel init_model() const { return {"finetune.init", init, init_recipe}; }
 };
 
 std::vector<std::string> split_list(const std::string& text) {
@@ -82,31 +80,6 @@ std::vector<std::string> split_list(const std::string& text) {
   for (std::string item; std::getline(ss, item, ',');)
     if (!trim(item).empty()) out.push_back(trim(item));
   return out;
-}
-
-// finetune.init as the run directory a pretraining run writes: {run.dir, run.name}.
-std::pair<std::string, std::string> init_run_location(const std::string& init) {
-  fs::path p = fs::path(init).lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();
-  const std::string parent = p.parent_path().string();
-  return {parent.empty() ? "." : parent, p.filename().string()};
-}
-
-// Whether finetune.init must first be trained from finetune.init_recipe: it names a directory
-// (or nothing yet) that holds no finished run.
-bool needs_pretraining(const FinetuneConfig& c) {
-  if (c.init_recipe.empty()) return false;
-  const fs::path p(c.init);
-  if (fs::exists(p) && !fs::is_directory(p)) return false;  // a checkpoint file
-  if (fs::exists(p / kResultFile)) return false;
-  // A checkpoints directory given directly counts as trained when it has a latest.
-  if (fs::exists(p / "latest")) return false;
-  return true;
-}
-
-Recipe init_train_recipe(const FinetuneConfig& c) {
-  const auto [dir, name] = init_run_location(c.init);
-  return Recipe::load(c.init_recipe, {"--run.dir=" + dir, "--run.name=" + name});
 }
 
 // The task's context length at seq_len: the bidirectional prefix; the answers are predicted from
@@ -261,14 +234,6 @@ struct FinetuneData {
   }
 };
 
-// The model's tokenizer for JSONL text: null for task-id models (the files then hold *_ids).
-std::unique_ptr<Tokenizer> sft_tokenizer(const std::string& kind, const std::string& run_dir) {
-  if (kind == "byte") return std::make_unique<ByteTokenizer>();
-  if (kind == "bpe")
-    return std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run_dir) / "tokenizer.bpe").string()));
-  return nullptr;
-}
-
 FinetuneData make_data(const FinetuneConfig& c, const Tokenizer* tokenizer, int64_t vocab) {
   FinetuneData d;
   d.task = c.task_setup.task.get();
@@ -327,35 +292,22 @@ void check_model(const FinetuneConfig& c, const std::string& src, const std::str
 // Checks finetune.init against the recipe before anything is written: the checkpoint when it is
 // there, else the model finetune.init_recipe would train (built untrained, to check against).
 void check_init(const FinetuneConfig& c, const std::string& src) {
-  if (needs_pretraining(c)) {
-    TrainRecipeModel pre;
-    try {
-      Recipe r = init_train_recipe(c);
-      pre = train_recipe_model(r);
-    } catch (const Error& e) {
-      if (!dynamic_cast<const ConfigError*>(&e) && !dynamic_cast<const IoError*>(&e)) throw;
-      detail::throw_error<ConfigError>("recipe ", src, ": finetune.init_recipe = ", c.init_recipe, ": ", e.what());
-    }
+  if (init_needs_training(c.init_model())) {
+    const TrainRecipeModel pre = check_init_recipe(c.init_model(), src);
     Generator gen(0);
     const Gpt model(pre.config, gen);
     check_model(c, src, "the model of finetune.init_recipe = " + c.init_recipe, pre.config, pre.tokenizer, model);
     // JSONL files are read with the model's tokenizer: a BPE one exists only once it is trained.
     if (c.files() && pre.tokenizer != "bpe") {
-      const std::unique_ptr<Tokenizer> tok = sft_tokenizer(pre.tokenizer, "");
+      const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(pre.tokenizer, "");
       make_data(c, tok.get(), pre.config.vocab_size);
     }
     return;
   }
-  LoadedModel m;
-  try {
-    m = load_model(c.init);
-  } catch (const IoError& e) {
-    detail::throw_error<ConfigError>("recipe ", src, ": finetune.init = ", c.init, ": ", e.what(),
-                                     c.init_recipe.empty() ? " (set finetune.init_recipe to train it first)" : "");
-  }
+  const LoadedModel m = load_init_checkpoint(c.init_model(), src);
   check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
   if (c.files()) {
-    const std::unique_ptr<Tokenizer> tok = sft_tokenizer(m.tokenizer, m.run_dir);
+    const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(m.tokenizer, m.run_dir);
     make_data(c, tok.get(), m.config.vocab_size);
   }
 }
@@ -494,88 +446,24 @@ EvalOutcome evaluate_run(const FinetuneConfig& c, const Gpt& model, const Finetu
 
 // ---- run bookkeeping ----------------------------------------------------------------------
 
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
-                  static_cast<long long>(s % 3600 / 60));
-  else if (s >= 60)
-    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
-  else
-    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-  return buf;
-}
-
-// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
-void truncate_metrics(const fs::path& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    try {
-      if (json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
-    } catch (const json::exception&) {
-      // a torn last line from an interrupted run: dropped
-    }
-  }
-  write_file_atomic(path.string(), kept);
-}
-
-double peak_rss_mb() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
 // result.json (train/results.h) with the finetune's own additions: method, mask, metric_by_mask,
 // sink_mass, context_engagement. The metric is the answer accuracy under the first eval mask.
 void write_result(const FinetuneConfig& c, const GptConfig& mc, const std::string& run_dir, const TrainResult& r,
                   const EvalOutcome& last, const Gpt& model, double seconds) {
-  double train_loss = r.final_train_loss, step_secs = 0;
-  int64_t prev = 0, timed_steps = 0;
-  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    try {
-      const json m = json::parse(line);
-      const int64_t step = m.at("step").get<int64_t>();
-      train_loss = m.at("train_loss").get<double>();
-      step_secs += m.at("ms_per_step").get<double>() / 1000.0 * static_cast<double>(step - prev);
-      timed_steps += step - prev;
-      prev = step;
-    } catch (const json::exception&) {
-    }
-  }
-  const double tokens = static_cast<double>(timed_steps * c.batch * c.grad_accum * c.seq_len);
-  json j = {{"steps", r.steps},
-            {"final_train_loss", train_loss},
-            {"final_val_loss", last.val_loss},
-            {"skipped_steps", r.skipped_steps},
-            {"seconds", seconds},
-            {"tokens_per_s", step_secs > 0 ? tokens / step_secs : 0.0},
-            {"ms_per_step", timed_steps > 0 ? 1000.0 * step_secs / static_cast<double>(timed_steps) : 0.0},
-            {"parameters", model.num_parameters()},
-            {"peak_rss_mb", peak_rss_mb()},
-            {"metric", "accuracy"},
-            {"metric_mask", c.eval_masks.front()},
-            {"metric_value", last.metric},
-            {"higher_is_better", true},
-            {"attention", mc.layer_pattern.empty() ? mc.attention : mc.layer_pattern},
-            {"residual", mc.residual.mode},
-            {"task", c.files() ? "jsonl" : c.task},
-            {"method", c.method},
-            {"mask", c.mask},
-            {"init", c.init},
-            {"device", c.device.str()},
-            {"threads", cpu::max_threads()}};
+  json j = result_json(run_dir, r, last.val_loss, seconds, c.batch * c.grad_accum * c.seq_len, model, mc, c.device,
+                       /*ms_per_step=*/true);
+  j.update(json{{"metric", "accuracy"},
+                {"metric_mask", c.eval_masks.front()},
+                {"metric_value", last.metric},
+                {"higher_is_better", true},
+                {"task", c.files() ? "jsonl" : c.task},
+                {"method", c.method},
+                {"mask", c.mask},
+                {"init", c.init}});
   json by_mask = json::object();
   for (const auto& [mask, v] : last.metric_by_mask) by_mask[mask] = v;
   j["metric_by_mask"] = by_mask;
-  if (!last.metric_by_length.empty()) {
-    json by = json::object();
-    for (const auto& [len, v] : last.metric_by_length) by[std::to_string(len)] = v;
-    j["metric_by_length"] = by;
-  }
+  if (!last.metric_by_length.empty()) j["metric_by_length"] = by_length_json(last.metric_by_length);
   if (last.sink_mass) {
     j["sink_mass"] = *last.sink_mass;
     j["sink_mean"] = *last.sink_mass;  // the tables' sink column
@@ -587,16 +475,7 @@ void write_result(const FinetuneConfig& c, const GptConfig& mc, const std::strin
 // Loads finetune.init, training it first from finetune.init_recipe when asked to (check_init
 // has checked both).
 LoadedModel load_init(const FinetuneConfig& c, const std::string& src, std::ostream& out) {
-  if (needs_pretraining(c)) {
-    Recipe pre = init_train_recipe(c);
-    TrainOptions o;
-    o.resume = fs::exists(fs::path(c.init) / "checkpoints" / "latest");
-    out << "finetune.init " << c.init << " is not trained yet: " << (o.resume ? "resuming" : "running")
-        << " attnlab train " << c.init_recipe << " into it\n"
-        << std::flush;
-    run_train(pre, o, out);
-  }
-  LoadedModel m = load_model(c.init);
+  LoadedModel m = train_and_load_init(c.init_model(), src, out);
   check_model(c, src, "finetune.init " + m.model_path, m.config, m.tokenizer, *m.model);
   return m;
 }
@@ -617,7 +496,7 @@ bool is_finetune_recipe(const Recipe& recipe) {
 void eval_finetune_checkpoint(const LoadedModel& run, Recipe& recipe, int64_t max_batches, std::ostream& out) {
   const FinetuneConfig c = read_config(recipe);
   const int64_t batches = max_batches < 0 ? c.eval_batches : max_batches;
-  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(run.tokenizer, run.run_dir);
+  const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(run.tokenizer, run.run_dir);
   const FinetuneData data = make_data(c, tok.get(), run.config.vocab_size);
   const std::string& model_path = run.model_path;
   const Gpt& model = *run.model;
@@ -653,7 +532,7 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   Gpt& model = *init.model;
   model.to(c.device);
   model.set_training(true);
-  const std::unique_ptr<Tokenizer> tok = sft_tokenizer(init.tokenizer, init.run_dir);
+  const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(init.tokenizer, init.run_dir);
   const FinetuneData data = make_data(c, tok.get(), init.config.vocab_size);
   std::unique_ptr<LoraSet> lora;
   if (c.focusft()) lora = std::make_unique<LoraSet>(model, c.lora);

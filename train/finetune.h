@@ -11,7 +11,8 @@
 //   [finetune]  init = RUN_DIR | CHECKPOINT (the model to start from)
 //               init_recipe = recipes/x.ini (optional: when init is a directory without a finished
 //                             run, `attnlab train` of it runs first, in this process, writing
-//                             into init (run.dir and run.name are set from the init path))
+//                             into init (run.dir and run.name are set from the init path);
+//                             train/run_common.h InitModel, shared with `attnlab ttt`)
 //               method = sft | focusft
 //               mask = auto | causal | prefix (auto: causal for sft, prefix for focusft; prefix =
 //                      bidirectional over the context, causal over the answer, in both loops)

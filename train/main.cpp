@@ -97,46 +97,46 @@ void parse_with_checkpoint(const char* command, const boost::program_options::op
   }
 }
 
-int cmd_train(const std::vector<std::string>& args) {
+// A recipe command's arguments: one RECIPE.ini, --section.key=value overrides and, where the
+// command takes it (`takes_resume`), --resume (else it is left to the overrides, which refuse it).
+struct RecipeArgs {
+  attnlab::Recipe recipe;
+  bool resume = false;
+};
+RecipeArgs read_recipe_args(const std::string& command, const std::vector<std::string>& args, bool takes_resume) {
   std::string path;
   std::vector<std::string> overrides;
-  attnlab::TrainOptions options;
-  options.interactive = ::isatty(::fileno(stdout)) != 0;
+  bool resume = false;
   for (const std::string& a : args) {
-    if (a == "--resume")
-      options.resume = true;
+    if (takes_resume && a == "--resume")
+      resume = true;
     else if (a.rfind("--", 0) == 0)
       overrides.push_back(a);
     else if (path.empty())
       path = a;
     else
-      throw UsageError("train: more than one recipe given ('" + path + "' and '" + a + "')");
+      throw UsageError(command + ": more than one recipe given ('" + path + "' and '" + a + "')");
   }
   if (path.empty())
-    throw UsageError("train: no recipe given; usage: attnlab train RECIPE.ini [--section.key=value ...]");
-  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
-  attnlab::run_train(recipe, options, std::cout);
+    throw UsageError(command + ": no recipe given; usage: attnlab " + command +
+                     " RECIPE.ini [--section.key=value ...]");
+  return {attnlab::Recipe::load(path, overrides), resume};
+}
+
+int cmd_train(const std::vector<std::string>& args) {
+  RecipeArgs a = read_recipe_args("train", args, /*takes_resume=*/true);
+  attnlab::TrainOptions options;
+  options.resume = a.resume;
+  options.interactive = ::isatty(::fileno(stdout)) != 0;
+  attnlab::run_train(a.recipe, options, std::cout);
   return 0;
 }
 
 int cmd_finetune(const std::vector<std::string>& args) {
-  std::string path;
-  std::vector<std::string> overrides;
+  RecipeArgs a = read_recipe_args("finetune", args, /*takes_resume=*/true);
   attnlab::TrainOptions options;
-  for (const std::string& a : args) {
-    if (a == "--resume")
-      options.resume = true;
-    else if (a.rfind("--", 0) == 0)
-      overrides.push_back(a);
-    else if (path.empty())
-      path = a;
-    else
-      throw UsageError("finetune: more than one recipe given ('" + path + "' and '" + a + "')");
-  }
-  if (path.empty())
-    throw UsageError("finetune: no recipe given; usage: attnlab finetune RECIPE.ini [--section.key=value ...]");
-  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
-  attnlab::run_finetune(recipe, options, std::cout);
+  options.resume = a.resume;
+  attnlab::run_finetune(a.recipe, options, std::cout);
   return 0;
 }
 
@@ -266,19 +266,8 @@ int cmd_eval(const std::vector<std::string>& args) {
 }
 
 int cmd_ttt(const std::vector<std::string>& args) {
-  std::string path;
-  std::vector<std::string> overrides;
-  for (const std::string& a : args) {
-    if (a.rfind("--", 0) == 0)
-      overrides.push_back(a);
-    else if (path.empty())
-      path = a;
-    else
-      throw UsageError("ttt: more than one recipe given ('" + path + "' and '" + a + "')");
-  }
-  if (path.empty()) throw UsageError("ttt: no recipe given; usage: attnlab ttt RECIPE.ini [--section.key=value ...]");
-  attnlab::Recipe recipe = attnlab::Recipe::load(path, overrides);
-  attnlab::run_ttt(recipe, std::cout);
+  RecipeArgs a = read_recipe_args("ttt", args, /*takes_resume=*/false);
+  attnlab::run_ttt(a.recipe, std::cout);
   return 0;
 }
 

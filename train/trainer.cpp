@@ -5,13 +5,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iomanip>
 #include <map>
 #include <memory>
-#include <optional>
 #include <nlohmann/json.hpp>
-#include <sstream>
-#include <sys/resource.h>
+#include <optional>
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
@@ -35,6 +32,7 @@
 #include "train/model_io.h"
 #include "train/residual_train.h"
 #include "train/results.h"
+#include "train/run_common.h"
 #include "train/sampling.h"
 #include "train/task_train.h"
 
@@ -116,8 +114,9 @@ RunConfig read_config(Recipe& r) {
       detail::throw_error<ConfigError>("recipe ", r.source(), ": run.device = ", device, ": ", e.what());
     }
 #else
-    detail::throw_error<ConfigError>("recipe ", r.source(), ": run.device = ", device,
-                                     ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
+    detail::throw_error<ConfigError>(
+        "recipe ", r.source(), ": run.device = ", device,
+        ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
 #endif
   }
   AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
@@ -151,12 +150,16 @@ RunConfig read_config(Recipe& r) {
   c.eval_batches = r.get_int("train.eval_batches", 20);
   c.checkpoint_every = r.get_int("train.checkpoint_every", 0);
   c.max_bad_steps = r.get_int("train.max_bad_steps", 5);
-  for (auto [key, v] : {std::pair{"train.batch", c.batch}, {"train.seq_len", c.seq_len}, {"train.steps", c.steps},
-                        {"train.log_every", c.log_every}, {"train.eval_every", c.eval_every},
-                        {"train.eval_batches", c.eval_batches}, {"train.max_bad_steps", c.max_bad_steps}})
+  for (auto [key, v] : {std::pair{"train.batch", c.batch},
+                        {"train.seq_len", c.seq_len},
+                        {"train.steps", c.steps},
+                        {"train.log_every", c.log_every},
+                        {"train.eval_every", c.eval_every},
+                        {"train.eval_batches", c.eval_batches},
+                        {"train.max_bad_steps", c.max_bad_steps}})
     positive(r, key, v);
-  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", r.source(), ": train.checkpoint_every must be >= 0 (0: only at the end); got ",
-                  c.checkpoint_every);
+  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", r.source(),
+                  ": train.checkpoint_every must be >= 0 (0: only at the end); got ", c.checkpoint_every);
 
   GptConfig& m = c.model;
   m.vocab_size = c.tokenizer == "byte" ? 256 : c.bpe_vocab;
@@ -244,11 +247,6 @@ struct Dataset {
   bool from_run_dir = false;
 };
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& kind, const std::string& run_dir) {
-  if (kind == "byte") return std::make_unique<ByteTokenizer>();
-  return std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run_dir) / "tokenizer.bpe").string()));
-}
-
 Tensor encode(const Tokenizer& tok, std::string_view text) {
   const std::vector<int32_t> ids = tok.encode(text);
   return Tensor::from_vector(Shape{static_cast<int64_t>(ids.size())}, ids);
@@ -263,7 +261,7 @@ Dataset prepare_data(const RunConfig& c, const std::string& run_dir, bool reuse,
   const fs::path train_shard = dir / "tokens.train.bin", val_shard = dir / "tokens.val.bin";
   const bool have_tok = c.tokenizer == "byte" || fs::exists(dir / "tokenizer.bpe");
   if (reuse && have_tok && fs::exists(train_shard) && fs::exists(val_shard)) {
-    d.tokenizer = load_tokenizer(c.tokenizer, run_dir);
+    d.tokenizer = load_run_tokenizer(c.tokenizer, run_dir);
     d.train = read_token_shard(train_shard.string());
     d.val = read_token_shard(val_shard.string());
     d.from_run_dir = true;
@@ -274,7 +272,7 @@ Dataset prepare_data(const RunConfig& c, const std::string& run_dir, bool reuse,
   const std::string_view train_text = std::string_view(text).substr(0, split);
   const std::string_view val_text = std::string_view(text).substr(split);
   if (reuse && have_tok) {
-    d.tokenizer = load_tokenizer(c.tokenizer, run_dir);
+    d.tokenizer = load_run_tokenizer(c.tokenizer, run_dir);
   } else if (c.tokenizer == "byte") {
     d.tokenizer = std::make_unique<ByteTokenizer>();
   } else {
@@ -291,7 +289,8 @@ Dataset prepare_data(const RunConfig& c, const std::string& run_dir, bool reuse,
 // Saves what prepare_data built so that resume and eval read it back.
 void save_data(const Dataset& d, const std::string& run_dir) {
   const fs::path dir(run_dir);
-  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(d.tokenizer.get())) bpe->save((dir / "tokenizer.bpe").string());
+  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(d.tokenizer.get()))
+    bpe->save((dir / "tokenizer.bpe").string());
   write_token_shard((dir / "tokens.train.bin").string(), d.train, d.tokenizer->vocab_size());
   write_token_shard((dir / "tokens.val.bin").string(), d.val, d.tokenizer->vocab_size());
 }
@@ -375,12 +374,14 @@ std::string eval_summary(double val_loss, const json& layers, const std::string&
   }
   char v[224];
   int n = std::snprintf(v, sizeof v, "  val %.4f%s", val_loss, metric_note.c_str());
-  if (sinks) n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  sink %.3f", sink / static_cast<double>(sinks));
+  if (sinks)
+    n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  sink %.3f", sink / static_cast<double>(sinks));
   if (kdas)
-    n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  decay %.3f  beta %.3f", decay / static_cast<double>(kdas),
-                       beta / static_cast<double>(kdas));
+    n += std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  decay %.3f  beta %.3f",
+                       decay / static_cast<double>(kdas), beta / static_cast<double>(kdas));
   if (llas)
-    std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  lam %.3g  cond %.3g", lam / static_cast<double>(llas), cond);
+    std::snprintf(v + n, sizeof v - static_cast<size_t>(n), "  lam %.3g  cond %.3g", lam / static_cast<double>(llas),
+                  cond);
   return v;
 }
 
@@ -390,30 +391,6 @@ std::string sample_text(const Gpt& model, const Tokenizer& tok, const std::strin
 }
 
 // ---- metrics and progress -------------------------------------------------------------------
-
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  std::ostringstream os;
-  if (s >= 3600) os << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
-  else if (s >= 60) os << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
-  else os << s << "s";
-  return os.str();
-}
-
-// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what came after).
-void truncate_metrics(const fs::path& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    try {
-      if (json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
-    } catch (const json::exception&) {
-      // a torn last line from an interrupted run: dropped
-    }
-  }
-  write_file_atomic(path.string(), kept);
-}
 
 // Weight decay applies to the matrices of linear layers; norms, biases and embeddings are left
 // alone unless optim.decay_all asks for everything.
@@ -437,12 +414,13 @@ std::unique_ptr<Optimizer> make_two_group_optimizer(const RunConfig& c, const Gp
   }
   auto make = [&](int k) -> std::unique_ptr<Optimizer> {
     if (c.optimizer == "adamw")
-      return std::make_unique<AdamW>(groups[k],
-                                     AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2,
-                                                 .eps = c.eps, .weight_decay = c.weight_decay},
-                                     decay[k]);
-    return std::make_unique<Sgd>(groups[k],
-                                 SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+      return std::make_unique<AdamW>(
+          groups[k],
+          AdamWConfig{
+              .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
+          decay[k]);
+    return std::make_unique<Sgd>(
+        groups[k], SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
   };
   auto opt = std::make_unique<TwoGroupOptimizer>(make(0), make(1), c.routing_lr / c.schedule.peak);
   opt->set_lr(c.schedule.peak);
@@ -453,14 +431,14 @@ std::unique_ptr<Optimizer> make_two_group_optimizer(const RunConfig& c, const Gp
 std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) {
   if (model.router()) return make_two_group_optimizer(c, model);
   if (c.optimizer == "adamw")
-    return std::make_unique<AdamW>(model.parameters(),
-                                   AdamWConfig{.lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
-                                               .weight_decay = c.weight_decay},
-                                   decay_mask(model, c.decay_all));
-  return std::make_unique<Sgd>(model.parameters(),
-                               SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
+    return std::make_unique<AdamW>(
+        model.parameters(),
+        AdamWConfig{
+            .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
+        decay_mask(model, c.decay_all));
+  return std::make_unique<Sgd>(
+      model.parameters(), SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
 }
-
 
 // ---- evaluation steps and the run's result -------------------------------------------------
 
@@ -468,7 +446,7 @@ std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) 
 // takes from the last one.
 struct EvalOutcome {
   double val_loss = 0;
-  double metric = 0;  // the task's metric at train.seq_len (corpus runs: val_loss)
+  double metric = 0;                           // the task's metric at train.seq_len (corpus runs: val_loss)
   std::map<int64_t, double> metric_by_length;  // tasks with data.eval_lengths: seq_len and each length
   json fields = json::object();                // val_loss, val_<metric>..., attention, residual
   std::string note;                            // the console's eval note
@@ -489,15 +467,16 @@ EvalOutcome evaluate_run(const RunConfig& c, const Gpt& model, const Dataset& da
     e.val_loss = te.loss;
     e.metric = te.score.value();
     e.fields[name] = e.metric;
-    for (const auto& [part, sc] : te.score.parts) e.fields[name + "_" + part] = sc.second > 0 ? sc.first / sc.second : 0.0;
+    for (const auto& [part, sc] : te.score.parts)
+      e.fields[name + "_" + part] = sc.second > 0 ? sc.first / sc.second : 0.0;
     char v[64];
     std::snprintf(v, sizeof v, "  %s %.4f", task.metric_name().c_str(), e.metric);
     metric_note = v;
     if (!c.task_setup.eval_lengths.empty()) {
       e.metric_by_length[c.seq_len] = e.metric;
       for (const int64_t len : c.task_setup.eval_lengths) {
-        const double at = len == c.seq_len ? e.metric
-                                           : evaluate_task(model, task, seed, c.batch, len, c.eval_batches).score.value();
+        const double at =
+            len == c.seq_len ? e.metric : evaluate_task(model, task, seed, c.batch, len, c.eval_batches).score.value();
         e.metric_by_length[len] = at;
         e.fields[name + "@" + std::to_string(len)] = at;
         std::snprintf(v, sizeof v, " @%lld %.3f", static_cast<long long>(len), at);
@@ -534,59 +513,16 @@ EvalOutcome evaluate_run(const RunConfig& c, const Gpt& model, const Dataset& da
   return e;
 }
 
-// The process's peak resident set in MiB (Linux reports ru_maxrss in KiB).
-double peak_rss_mb() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
 // result.json (train/results.h): written once the final checkpoint and samples are, so its
-// presence means the run finished. Train loss and throughput come from metrics.jsonl, which
-// covers the whole run also when it was resumed: the final train loss is the last log window's
-// mean, tokens/s the run's tokens over the summed step times.
+// presence means the run finished. The fields every run writes are run_common.h's result_json.
 void write_result(const RunConfig& c, const std::string& run_dir, const TrainResult& r, const EvalOutcome& last,
                   const Gpt& model, double seconds) {
-  double train_loss = r.final_train_loss, step_secs = 0;
-  int64_t prev = 0, timed_steps = 0;
-  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    try {
-      const json m = json::parse(line);
-      const int64_t step = m.at("step").get<int64_t>();
-      train_loss = m.at("train_loss").get<double>();
-      step_secs += m.at("ms_per_step").get<double>() / 1000.0 * static_cast<double>(step - prev);
-      timed_steps += step - prev;
-      prev = step;
-    } catch (const json::exception&) {
-      // a line this run did not write (cannot happen after truncate_metrics): skipped
-    }
-  }
-  json j = {{"steps", r.steps},
-            {"final_train_loss", train_loss},
-            {"final_val_loss", last.val_loss},
-            {"skipped_steps", r.skipped_steps},
-            {"seconds", seconds},
-            {"tokens_per_s", step_secs > 0 ? static_cast<double>(timed_steps * c.batch * c.seq_len) / step_secs : 0.0},
-            {"parameters", model.num_parameters()},
-            {"peak_rss_mb", peak_rss_mb()},
-            {"metric", c.is_task() ? c.task_setup.task->metric_name() : std::string("val_loss")},
-            {"metric_value", last.metric},
-            {"higher_is_better", c.is_task() && c.task_setup.task->higher_is_better()},
-            {"attention", c.model.layer_pattern.empty() ? c.model.attention : c.model.layer_pattern},
-            {"residual", c.model.residual.mode},
-            {"task", c.task},
-            {"device", c.device.str()},
-            {"threads", cpu::max_threads()}};
-#if ATTNLAB_WITH_CUDA
-  if (c.device.is_cuda())
-    j["peak_device_mb"] = static_cast<double>(cuda::cache_stats().peak_in_use_bytes) / (1024.0 * 1024.0);
-#endif
-  if (!last.metric_by_length.empty()) {
-    json by = json::object();
-    for (const auto& [len, v] : last.metric_by_length) by[std::to_string(len)] = v;
-    j["metric_by_length"] = by;
-  }
+  json j = result_json(run_dir, r, last.val_loss, seconds, c.batch * c.seq_len, model, c.model, c.device);
+  j.update(json{{"metric", c.is_task() ? c.task_setup.task->metric_name() : std::string("val_loss")},
+                {"metric_value", last.metric},
+                {"higher_is_better", c.is_task() && c.task_setup.task->higher_is_better()},
+                {"task", c.task}});
+  if (!last.metric_by_length.empty()) j["metric_by_length"] = by_length_json(last.metric_by_length);
   if (last.sink_mean) j["sink_mean"] = *last.sink_mean;
   if (last.routing_max_weight) j["routing_max_weight"] = *last.routing_max_weight;
   write_file_atomic((fs::path(run_dir) / kResultFile).string(), j.dump(2) + "\n");
@@ -681,11 +617,11 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   out << "  model: " << c.model.layers << " layers, d_model " << c.model.d_model << ", " << c.model.heads
       << " heads, context " << c.model.context << ", "
       << (c.model.layer_pattern.empty() ? c.model.attention : "layer pattern " + c.model.layer_pattern) << " attention"
-      << (c.model.residual.routed() ? ", " + c.model.residual.mode + " residual (" + c.model.residual.granularity + ")" : "")
-      << ": "
-      << model.num_parameters() << " parameters\n"
-      << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer
-      << " lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
+      << (c.model.residual.routed() ? ", " + c.model.residual.mode + " residual (" + c.model.residual.granularity + ")"
+                                    : "")
+      << ": " << model.num_parameters() << " parameters\n"
+      << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer << " lr "
+      << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
       << "  device: " << device_description(c.device) << "\n"
       << std::flush;
 
@@ -741,11 +677,13 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       out << (options.interactive ? "\n" : "") << "step " << step << ": loss " << loss_value << ", gradient norm "
           << norm << " are not finite; step skipped (" << bad_in_a_row << " in a row)\n";
       if (bad_in_a_row >= c.max_bad_steps)
-        detail::throw_error<Error>("training diverged: ", bad_in_a_row, " non-finite steps in a row (train.max_bad_steps = ",
-                                   c.max_bad_steps, ") at step ", step, "; ",
-                                   last_checkpoint.empty() ? (options.resume ? "the checkpoint resumed from, " + resumed_from + "," : std::string("no checkpoint"))
-                                                           : "the last good checkpoint, " + last_checkpoint + ",",
-                                   " is kept. Lower optim.lr or set optim.grad_clip.");
+        detail::throw_error<Error>(
+            "training diverged: ", bad_in_a_row, " non-finite steps in a row (train.max_bad_steps = ", c.max_bad_steps,
+            ") at step ", step, "; ",
+            last_checkpoint.empty()
+                ? (options.resume ? "the checkpoint resumed from, " + resumed_from + "," : std::string("no checkpoint"))
+                : "the last good checkpoint, " + last_checkpoint + ",",
+            " is kept. Lower optim.lr or set optim.grad_clip.");
       continue;
     }
     bad_in_a_row = 0;
@@ -770,8 +708,12 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       // On a terminal the progress line is redrawn every step; logs get the log steps only.
       if (options.interactive) out << "\r" << line << std::flush;
     } else {
-      json m = {{"step", step},        {"train_loss", avg_loss}, {"lr", lr},
-                {"grad_norm", norm},   {"tokens_per_s", tok_s},  {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
+      json m = {{"step", step},
+                {"train_loss", avg_loss},
+                {"lr", lr},
+                {"grad_norm", norm},
+                {"tokens_per_s", tok_s},
+                {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
                 {"skipped_steps", skipped}};
       out << (options.interactive ? "\r" : "") << line;
       if (eval_now) {
@@ -816,7 +758,6 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   return result;
 }
 
-
 namespace {
 
 // Largest |a - b| over all elements, relative to max(1e-6, max |b|) of the reference b.
@@ -834,8 +775,9 @@ double max_rel_diff(const Tensor& a, const Tensor& b) {
 
 bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
   RunConfig c = read_config(recipe);
-  AL_CHECK_CONFIG(!c.device.is_cpu(), "compare-devices: run.device is cpu; name the device to compare with the CPU, "
-                                      "e.g. --run.device=cuda");
+  AL_CHECK_CONFIG(!c.device.is_cpu(),
+                  "compare-devices: run.device is cpu; name the device to compare with the CPU, "
+                  "e.g. --run.device=cuda");
   AL_CHECK_CONFIG(steps > 0, "compare-devices: --steps must be >= 1; got ", steps);
   AL_CHECK_CONFIG(!c.is_task(), "compare-devices: recipe ", recipe.source(), " trains data.task = ", c.task,
                   "; compare-devices runs corpus recipes (data.task = corpus)");
@@ -861,16 +803,17 @@ bool run_compare_devices(Recipe& recipe, int64_t steps, std::ostream& out) {
     return s;
   };
   Side ref = make_side(Device::cpu()), dev = make_side(c.device);
-  out << "compare-devices: " << recipe.source() << ", " << steps << " " << c.optimizer << " step(s) of " << c.batch << " x "
-      << c.seq_len << " tokens, " << ref.model->num_parameters() << " parameters\n  cpu (" << cpu::max_threads()
-      << " threads) vs " << device_description(c.device) << "\n"
+  out << "compare-devices: " << recipe.source() << ", " << steps << " " << c.optimizer << " step(s) of " << c.batch
+      << " x " << c.seq_len << " tokens, " << ref.model->num_parameters() << " parameters\n  cpu ("
+      << cpu::max_threads() << " threads) vs " << device_description(c.device) << "\n"
       << "  step   loss cpu      loss " << c.device.str() << "    |d loss|    max grad diff (relative)\n";
 
   auto train_step = [&](Side& s, int64_t step) {
     const auto t0 = std::chrono::steady_clock::now();
     s.opt->set_lr(c.schedule(step));
     const Batch b = s.sampler->next();
-    const Variable logits = s.model->forward(Variable(b.x.to(s.device)), c.model.dropout > 0 ? s.dropout.get() : nullptr);
+    const Variable logits =
+        s.model->forward(Variable(b.x.to(s.device)), c.model.dropout > 0 ? s.dropout.get() : nullptr);
     const Variable loss = cross_entropy(logits, Variable(b.y.to(s.device)));
     s.opt->zero_grad();
     loss.backward();
@@ -958,7 +901,8 @@ void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& 
       out << line;
     }
     for (const int64_t len : c.task_setup.eval_lengths) {
-      std::snprintf(line, sizeof line, "  %s at length %lld: %.4f\n", task.metric_name().c_str(), static_cast<long long>(len),
+      std::snprintf(line, sizeof line, "  %s at length %lld: %.4f\n", task.metric_name().c_str(),
+                    static_cast<long long>(len),
                     evaluate_task(*run.model, task, seed, c.batch, len, batches).score.value());
       out << line;
     }
@@ -969,7 +913,8 @@ void run_eval(const std::string& checkpoint, int64_t max_batches, std::ostream& 
   const int64_t windows = (data.val.numel() - 1) / c.seq_len / c.batch;
   const int64_t used = max_batches < 0 ? windows : std::min(windows, max_batches);
   char line[256];
-  std::snprintf(line, sizeof line, "%s: validation loss %.4f nats/token, perplexity %.3f (%lld batches of %lld x %lld)\n",
+  std::snprintf(line, sizeof line,
+                "%s: validation loss %.4f nats/token, perplexity %.3f (%lld batches of %lld x %lld)\n",
                 run.model_path.c_str(), loss, std::exp(loss), static_cast<long long>(used),
                 static_cast<long long>(c.batch), static_cast<long long>(c.seq_len));
   out << line;
@@ -981,9 +926,10 @@ void run_sample(const SampleCommand& cmd, std::ostream& out) {
                   " was trained on a synthetic task (", run.config.vector_mode() ? "a vector model" : "task token ids",
                   "), not on text: there is nothing to sample; `attnlab eval` reports its metric and the run's "
                   "samples.txt shows validation rows with its answers");
-  const std::unique_ptr<Tokenizer> tok = load_tokenizer(run.tokenizer, run.run_dir);
-  out << sample_text(*run.model, *tok, cmd.prompt,
-                     SampleOptions{.tokens = cmd.tokens, .temperature = cmd.temperature, .top_k = cmd.top_k, .seed = cmd.seed})
+  const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(run.tokenizer, run.run_dir);
+  out << sample_text(
+             *run.model, *tok, cmd.prompt,
+             SampleOptions{.tokens = cmd.tokens, .temperature = cmd.temperature, .top_k = cmd.top_k, .seed = cmd.seed})
       << "\n";
 }
 

@@ -2,14 +2,9 @@
 // commands that use them (`attnlab ttt`, `eval --ttt`, `sample --ttt`). See train/ttt.h.
 #include "train/ttt.h"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <iomanip>
 #include <nlohmann/json.hpp>
@@ -20,15 +15,13 @@
 
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
-#include "data/bpe.h"
-#include "data/byte_tokenizer.h"
 #include "lib/cpu/parallel.h"
 #include "lib/error.h"
 #include "lib/file_io.h"
 #include "optim/adamw.h"
-#include "train/checkpoint.h"
 #include "train/model_io.h"
 #include "train/results.h"
+#include "train/run_common.h"
 #include "train/task_train.h"
 
 namespace fs = std::filesystem;
@@ -342,41 +335,6 @@ bool load_run_recipe(const std::string& run_dir, Recipe& out) {
   return true;
 }
 
-// Runs `attnlab train recipe` (this executable) and waits; its output goes to ours.
-void train_child(const std::string& recipe, std::ostream& out) {
-  std::vector<char> exe(4096);
-  const ssize_t len = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
-  AL_CHECK_IO(len > 0, "ttt: cannot find the attnlab executable (/proc/self/exe) to train ", recipe);
-  const std::string binary(exe.data(), static_cast<size_t>(len));
-  std::vector<std::string> argv = {binary, "train", recipe};
-  std::vector<char*> args;
-  for (std::string& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  out << "ttt: training the initial model: attnlab train " << recipe << "\n" << std::flush;
-  std::fflush(stdout);
-  const pid_t pid = ::fork();
-  AL_CHECK_IO(pid >= 0, "ttt: cannot start a process for attnlab train: ", std::strerror(errno));
-  if (pid == 0) {
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  AL_CHECK_CONFIG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "ttt: `attnlab train ", recipe, "` failed (",
-                  WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status)) : std::string("killed"),
-                  ")");
-}
-
-bool has_checkpoint(const std::string& path) {
-  try {
-    resolve_checkpoint(path);
-    return true;
-  } catch (const IoError&) {
-    return false;
-  }
-}
-
 struct Seeds {
   uint64_t data = 0;  // the validation stream of the init run
   uint64_t run = 1;   // the init run's run.seed
@@ -433,12 +391,15 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
 #endif
   }
 
-  if (!has_checkpoint(init)) {
-    AL_CHECK_CONFIG(!init_recipe.empty(), "recipe ", src, ": ttt.init = ", init,
-                    " has no checkpoint (set ttt.init_recipe to train it first)");
-    train_child(init_recipe, out);
+  // The init model, trained first from ttt.init_recipe when it is not (its recipe and the model
+  // it builds checked before anything is written).
+  const InitModel init_model{"ttt.init", init, init_recipe};
+  if (init_needs_training(init_model)) {
+    const TrainRecipeModel pre = check_init_recipe(init_model, src);
+    Generator gen(0);
+    check_ttt_model(Gpt(pre.config, gen), "recipe " + src + ": the model of ttt.init_recipe = " + init_recipe);
   }
-  LoadedModel run = load_model(init);
+  LoadedModel run = train_and_load_init(init_model, src, out);
   check_ttt_model(*run.model, "recipe " + src + ": ttt.init = " + init);
   Recipe base;
   const bool has_base = load_run_recipe(run.run_dir, base);
@@ -572,11 +533,7 @@ void run_sample_ttt(const SampleCommand& cmd, const TttConfig& config, std::ostr
   check_ttt_model(*run.model, "sample --ttt: " + run.model_path);
   AL_CHECK_CONFIG(cmd.temperature > 0, "sample: temperature must be > 0; got ", cmd.temperature);
   AL_CHECK_CONFIG(cmd.tokens >= 0 && cmd.top_k >= 0, "sample: tokens and top_k must be >= 0");
-  std::unique_ptr<Tokenizer> tok;
-  if (run.tokenizer == "byte")
-    tok = std::make_unique<ByteTokenizer>();
-  else
-    tok = std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(run.run_dir) / "tokenizer.bpe").string()));
+  const std::unique_ptr<Tokenizer> tok = load_run_tokenizer(run.tokenizer, run.run_dir);
   const std::vector<int32_t> prompt = tok->encode(cmd.prompt);
   const int64_t T = static_cast<int64_t>(prompt.size()), context = run.config.context;
   AL_CHECK_CONFIG(T >= config.span + 2, "sample --ttt: the prompt is ", T,

@@ -25,7 +25,9 @@
 // Recipe:
 //   [run]   name, dir = runs, seed = 1, threads = 0 (0: OpenMP's default)
 //   [ttt]   init = RUN_DIR | CHECKPOINT (a synthetic-task run), init_recipe (optional: when init
-//           has no checkpoint, `attnlab train init_recipe` is run first, as a child process),
+//           is a directory without a finished run, `attnlab train init_recipe` runs first, in
+//           this process, writing into init (run.dir and run.name are set from the init path);
+//           the recipe and the model it builds are checked first; train/run_common.h InitModel),
 //           steps = 32, span = 32, lr = 1e-3, weight_decay = 0.01, clip = 1.0 (0: no clipping),
 //           params = wq | lora, rank = 8, alpha = 16 (lora), examples = 64 (rows per length)
 //   [data]  task (+ its keys; default: the init run's task and keys from its recipe.ini),
