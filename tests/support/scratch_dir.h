@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -30,8 +31,10 @@ class ScratchDir : public ::testing::Test {
  protected:
   explicit ScratchDir(std::string prefix) : prefix_(std::move(prefix)) {}
   void SetUp() override {
+    // The process id keeps two checkouts running the same test at once out of each other's way.
     dir_ = std::filesystem::temp_directory_path() /
-           (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           (prefix_ + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
+            std::to_string(::getpid()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }
