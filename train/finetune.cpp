@@ -527,18 +527,14 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
       << std::flush;
 
   auto save = [&](int64_t at_step) {
-    Checkpoint ck;
-    ck.weights = model.state_dict();  // base weights only: the fast weights are not the model's
-    ck.model_meta = checkpoint_model_meta(init.config, init.tokenizer, at_step);
-    ck.state = opt.state();
-    ck.state_meta = {{"step", std::to_string(at_step)}, {"skipped_steps", std::to_string(bad.skipped)}};
+    // Base weights only: the fast weights are not the model's (they are reset every micro-batch).
+    Checkpoint ck = run_checkpoint(model, init.config, init.tokenizer, opt, at_step, bad.skipped);
     put_generator(ck.state_meta, "fast", fast_gen);
     return save_checkpoint(run_dir, at_step, ck);
   };
 
   TrainResult result{run_dir, step, 0, 0, bad.skipped};
-  const auto t_start = std::chrono::steady_clock::now();
-  const int64_t first_step = step;
+  const RunClock clock{.start = std::chrono::steady_clock::now(), .first_step = step};
   LogWindow window;
   // FocuSFT's inner-loop losses over the same window (train has no inner loop).
   double window_inner_first = 0, window_inner_last = 0;
@@ -599,7 +595,7 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
       len += std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  inner %.4f -> %.4f",
                            window_inner_first / n, window_inner_last / n);
     std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  lr %.2e  |g| %.3f  %.0f ms/step  ETA %s", lr,
-                  norm, window.ms_per_step(), eta_text(t_start, first_step, step, c.steps).c_str());
+                  norm, window.ms_per_step(), clock.eta(step, c.steps).c_str());
     json m = window.metrics(step, lr, norm, tokens_per_step, bad.skipped);
     if (lora) {
       m["inner_loss_first"] = window_inner_first / n;

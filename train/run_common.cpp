@@ -228,7 +228,7 @@ json LogWindow::metrics(int64_t step, double lr, double grad_norm, int64_t token
           {"skipped_steps", skipped}};
 }
 
-std::string eta_text(std::chrono::steady_clock::time_point start, int64_t first_step, int64_t step, int64_t steps) {
+std::string RunClock::eta(int64_t step, int64_t steps) const {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return format_duration(elapsed / static_cast<double>(step - first_step) * static_cast<double>(steps - step));
 }
@@ -251,10 +251,15 @@ void BadSteps::throw_diverged(const std::string& what, int64_t step, const std::
                              "; ", advice);
 }
 
-std::map<std::string, std::string> checkpoint_model_meta(const GptConfig& config, const std::string& tokenizer,
-                                                         int64_t step) {
-  return {
+Checkpoint run_checkpoint(const Gpt& model, const GptConfig& config, const std::string& tokenizer, const Optimizer& opt,
+                          int64_t step, int64_t skipped) {
+  Checkpoint ck;
+  ck.weights = model.state_dict();
+  ck.model_meta = {
       {"config", gpt_config_json(config)}, {"tokenizer", tokenizer}, {"step", std::to_string(step)}, {"format", "pt"}};
+  ck.state = opt.state();
+  ck.state_meta = {{"step", std::to_string(step)}, {"skipped_steps", std::to_string(skipped)}};
+  return ck;
 }
 
 void put_generator(std::map<std::string, std::string>& meta, const std::string& prefix, const Generator& gen) {

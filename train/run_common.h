@@ -26,7 +26,9 @@
 #include "lib/device.h"
 #include "lib/rng.h"
 #include "optim/adamw.h"
+#include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "train/checkpoint.h"
 #include "train/model_io.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
@@ -148,9 +150,14 @@ struct LogWindow {
   void reset() { *this = LogWindow{}; }
 };
 
-// The time left, as the progress line shows it: the mean time of the steps this process ran
-// (from `first_step`, where a resumed run started) times the steps to go.
-std::string eta_text(std::chrono::steady_clock::time_point start, int64_t first_step, int64_t step, int64_t steps);
+// The loop's clock, for the progress line's time left: the mean time of the steps this process
+// ran (from `first_step`, where a resumed run started) times the steps to go.
+struct RunClock {
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  int64_t first_step = 0;
+
+  std::string eta(int64_t step, int64_t steps) const;
+};
 
 // Non-finite steps (loss or gradient norm): skipped and counted; too many in a row end the run.
 struct BadSteps {
@@ -166,9 +173,11 @@ struct BadSteps {
   [[noreturn]] void throw_diverged(const std::string& what, int64_t step, const std::string& advice) const;
 };
 
-// A checkpoint's model_meta: the model's config, its tokenizer, the step, the format.
-std::map<std::string, std::string> checkpoint_model_meta(const GptConfig& config, const std::string& tokenizer,
-                                                         int64_t step);
+// A training run's checkpoint at `step`, as both commands write it: the model's weights, its
+// model_meta (config, tokenizer, step, format), the optimizer's state and the counters both keep
+// (step, skipped_steps). The caller adds its own counters (its generators, a sampler's position).
+Checkpoint run_checkpoint(const Gpt& model, const GptConfig& config, const std::string& tokenizer, const Optimizer& opt,
+                          int64_t step, int64_t skipped);
 // A generator's state in a checkpoint's state_meta: `prefix`_seed and `prefix`_offset.
 void put_generator(std::map<std::string, std::string>& meta, const std::string& prefix, const Generator& gen);
 // The generator put_generator saved; std::out_of_range / std::invalid_argument when it is missing

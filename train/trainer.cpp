@@ -537,20 +537,14 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
 
   const std::vector<Variable> params = model.parameters();
   auto save = [&](int64_t at_step) {
-    Checkpoint ck;
-    ck.weights = model.state_dict();
-    ck.model_meta = checkpoint_model_meta(c.model, c.tokenizer_meta(), at_step);
-    ck.state = opt->state();
-    ck.state_meta = {{"step", std::to_string(at_step)},
-                     {"sampler_step", std::to_string(sampler ? sampler->step() : static_cast<uint64_t>(at_step))},
-                     {"skipped_steps", std::to_string(bad.skipped)}};
+    Checkpoint ck = run_checkpoint(model, c.model, c.tokenizer_meta(), *opt, at_step, bad.skipped);
+    ck.state_meta["sampler_step"] = std::to_string(sampler ? sampler->step() : static_cast<uint64_t>(at_step));
     put_generator(ck.state_meta, "dropout", dropout_gen);
     return save_checkpoint(run_dir, at_step, ck);
   };
 
   TrainResult result{run_dir, step, 0, 0, bad.skipped};
-  const auto t_start = std::chrono::steady_clock::now();
-  const int64_t first_step = step;
+  const RunClock clock{.start = std::chrono::steady_clock::now(), .first_step = step};
   LogWindow window;
   std::string last_checkpoint;
   std::optional<EvalOutcome> last_eval;
@@ -593,7 +587,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     char line[256];
     std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s",
                   static_cast<long long>(step), static_cast<long long>(c.steps), window.mean_loss(), lr, norm,
-                  window.tokens_per_s(tokens_per_step), eta_text(t_start, first_step, step, c.steps).c_str());
+                  window.tokens_per_s(tokens_per_step), clock.eta(step, c.steps).c_str());
     if (!log_now) {
       // On a terminal the progress line is redrawn every step; logs get the log steps only.
       if (options.interactive) out << "\r" << line << std::flush;
