@@ -44,10 +44,9 @@ namespace {
 
 // ---- configuration ----------------------------------------------------------------------
 
-struct FinetuneConfig {
-  std::string name, dir;
-  uint64_t seed = 1;
-  Device device;
+// The recipe's keys: [run], [train]'s loop keys and AdamW's [optim] keys as `attnlab train` reads
+// them too (train/run_common.h), then this command's own.
+struct FinetuneConfig : RunKeys, LoopKeys, AdamWKeys {
   // [finetune]
   std::string init, init_recipe, method = "sft", mask = "auto";
   std::vector<std::string> eval_masks;  // causal | prefix, the first one ranks the run
@@ -58,15 +57,9 @@ struct FinetuneConfig {
   std::string task;
   TaskSetup task_setup;
   std::string train_file, val_file;
-  // [optim]
-  WarmupCosine schedule;
-  double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
-  bool decay_all = false;
-  // [train]
-  int64_t batch = 8, seq_len = 128, steps = 100, grad_accum = 1, log_every = 10, eval_every = 100, eval_batches = 8;
-  int64_t checkpoint_every = 0, max_bad_steps = 5;
+  // [train]: the micro-batches one optimizer step sums (train only takes one)
+  int64_t grad_accum = 1;
 
-  std::string run_dir() const { return (fs::path(dir) / name).string(); }
   bool focusft() const { return method == "focusft"; }
   bool files() const { return !train_file.empty(); }
   // The training mask: prefix (bidirectional context) or causal.
@@ -89,22 +82,7 @@ int64_t task_context(const SyntheticTask& task, int64_t seq_len) { return task.c
 FinetuneConfig read_config(Recipe& r) {
   FinetuneConfig c;
   const std::string src = r.source();
-  const std::string stem = fs::path(src).stem().string();
-  c.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? "finetune" : stem);
-  c.dir = r.get_string("run.dir", "runs");
-  c.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
-  const std::string device = r.get_string("run.device", "cpu");
-  try {
-    c.device = Device::parse(device);
-  } catch (const Error& e) {
-    detail::throw_error<ConfigError>("recipe ", src, ": run.device = ", device, ": ", e.what());
-  }
-#if !ATTNLAB_WITH_CUDA
-  AL_CHECK_CONFIG(!c.device.is_cuda(), "recipe ", src, ": run.device = ", device,
-                  ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
-#endif
-  AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
-                  "recipe ", src, ": run.name must be a plain directory name; got '", c.name, "'");
+  static_cast<RunKeys&>(c) = read_run_keys(r, "finetune");
 
   c.init = r.require_string("finetune.init");
   if (r.has("finetune.init_recipe")) c.init_recipe = r.get_string("finetune.init_recipe", "");
@@ -146,26 +124,9 @@ FinetuneConfig read_config(Recipe& r) {
     detail::throw_error<ConfigError>("recipe ", src, ": ", what);
   }
 
-  c.batch = r.get_int("train.batch", c.batch);
-  c.seq_len = r.get_int("train.seq_len", c.seq_len);
-  c.steps = r.get_int("train.steps", c.steps);
+  static_cast<LoopKeys&>(c) = read_loop_keys(r, /*default_eval_batches=*/8);
   c.grad_accum = r.get_int("train.grad_accum", c.grad_accum);
-  c.log_every = r.get_int("train.log_every", c.log_every);
-  c.eval_every = r.get_int("train.eval_every", c.eval_every);
-  c.eval_batches = r.get_int("train.eval_batches", c.eval_batches);
-  c.checkpoint_every = r.get_int("train.checkpoint_every", 0);
-  c.max_bad_steps = r.get_int("train.max_bad_steps", c.max_bad_steps);
-  for (auto [key, v] : {std::pair{"train.batch", c.batch},
-                        {"train.seq_len", c.seq_len},
-                        {"train.steps", c.steps},
-                        {"train.grad_accum", c.grad_accum},
-                        {"train.log_every", c.log_every},
-                        {"train.eval_every", c.eval_every},
-                        {"train.eval_batches", c.eval_batches},
-                        {"train.max_bad_steps", c.max_bad_steps}})
-    AL_CHECK_CONFIG(v > 0, "recipe ", src, ": ", key, " must be > 0; got ", v);
-  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", src,
-                  ": train.checkpoint_every must be >= 0 (0: only at the end); got ", c.checkpoint_every);
+  AL_CHECK_CONFIG(c.grad_accum > 0, "recipe ", src, ": train.grad_accum must be > 0; got ", c.grad_accum);
 
   if (r.has("data.train_file") || r.has("data.val_file")) {
     // JSONL examples (data/sft/sft_data.h), read once the model's tokenizer is known.
@@ -187,22 +148,8 @@ FinetuneConfig read_config(Recipe& r) {
                     " has no context / answer split to fine-tune on; use kv_retrieval, needle or fact_chain");
   }
 
-  c.schedule.peak = r.get_double("optim.lr", 3e-4);
-  c.schedule.min_lr = r.get_double("optim.min_lr", c.schedule.peak * 0.1);
-  c.schedule.warmup = r.get_int("optim.warmup", 0);
-  c.schedule.total = c.steps;
-  c.weight_decay = r.get_double("optim.weight_decay", 0.01);
-  c.decay_all = r.get_bool("optim.decay_all", false);
-  c.beta1 = r.get_double("optim.beta1", 0.9);
-  c.beta2 = r.get_double("optim.beta2", 0.95);
-  c.eps = r.get_double("optim.eps", 1e-8);
-  c.grad_clip = r.get_double("optim.grad_clip", 1.0);
-  try {
-    c.schedule.validate();
-  } catch (const ConfigError& e) {
-    detail::throw_error<ConfigError>("recipe ", src, ": ", e.what());
-  }
-  AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", src, ": optim.grad_clip must be >= 0 (0: off); got ", c.grad_clip);
+  static_cast<AdamWKeys&>(c) = read_adamw_keys(r, c.steps, /*default_lr=*/3e-4, /*default_weight_decay=*/0.01);
+  check_adamw_keys(r, c);
   r.check_all_used();
   return c;
 }
@@ -521,11 +468,7 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   const FinetuneConfig c = read_config(recipe);
   const std::string src = recipe.source();
   const std::string run_dir = c.run_dir();
-  const fs::path ckpt_latest = fs::path(run_dir) / "checkpoints" / "latest";
-  AL_CHECK_CONFIG(options.resume || !fs::exists(ckpt_latest), "run directory ", run_dir,
-                  " already has checkpoints; pass --resume to continue it, or choose another run.name");
-  AL_CHECK_CONFIG(!options.resume || fs::exists(ckpt_latest), "--resume: ", run_dir,
-                  " has no checkpoint to resume from");
+  check_run_dir(run_dir, options.resume);
   check_init(c, src);
   const auto t_run = std::chrono::steady_clock::now();
   LoadedModel init = load_init(c, src, out);
@@ -537,33 +480,21 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   std::unique_ptr<LoraSet> lora;
   if (c.focusft()) lora = std::make_unique<LoraSet>(model, c.lora);
 
-  std::vector<bool> decay;
-  for (const auto& [name, _] : model.named_parameters()) decay.push_back(c.decay_all || !is_no_decay_parameter(name));
   const std::vector<Variable> params = model.parameters();
-  AdamW opt(
-      params,
-      AdamWConfig{
-          .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
-      decay);
+  AdamW opt(params, c.adamw(), decay_mask(model, c.decay_all));
   Generator fast_gen(c.seed ^ 0xF0C05F7ull);
-  int64_t step = 0, skipped = 0;
-  std::string resumed_from;
+  int64_t step = 0;
+  BadSteps bad{.max_in_a_row = c.max_bad_steps, .in_a_row = 0, .skipped = 0};
   if (options.resume) {
-    resumed_from = resolve_checkpoint(run_dir);
+    const std::string resumed_from = resolve_checkpoint(run_dir);
     const Checkpoint ck = load_checkpoint(resumed_from, /*with_state=*/true);
-    try {
+    restore_run_state(resumed_from, /*with_weights=*/true, [&] {
       model.load_state_dict(ck.weights);
       opt.load_state(ck.state);
       step = std::stoll(ck.state_meta.at("step"));
-      skipped = std::stoll(ck.state_meta.at("skipped_steps"));
-      fast_gen = Generator(std::stoull(ck.state_meta.at("fast_seed")), std::stoull(ck.state_meta.at("fast_offset")));
-    } catch (const std::out_of_range&) {
-      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " is incomplete");
-    } catch (const std::invalid_argument&) {
-      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " has malformed counters");
-    } catch (const Error& e) {
-      detail::throw_error<IoError>("--resume: checkpoint ", resumed_from, " does not fit: ", e.what());
-    }
+      bad.skipped = std::stoll(ck.state_meta.at("skipped_steps"));
+      fast_gen = generator_from_meta(ck.state_meta, "fast");
+    });
   }
 
   fs::create_directories(run_dir);
@@ -573,13 +504,7 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
   if (init.tokenizer == "bpe")
     fs::copy_file(fs::path(init.run_dir) / "tokenizer.bpe", fs::path(run_dir) / "tokenizer.bpe",
                   fs::copy_options::overwrite_existing);
-  const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
-  if (options.resume) {
-    truncate_metrics(metrics_path, step);
-    out << "resuming " << run_dir << " from step " << step << "\n";
-  } else if (fs::exists(metrics_path)) {
-    fs::remove(metrics_path);
-  }
+  std::ofstream metrics = open_metrics(run_dir, options.resume, step, out);
   const int64_t tokens_per_step = c.batch * c.grad_accum * c.seq_len;
   const SftBatch first = data.val(0, c.seq_len).front();
   out << "attnlab finetune: " << run_dir << " (" << c.method << ", " << c.mask << " mask)\n"
@@ -601,28 +526,19 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
       << " tokens, adamw lr " << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
       << std::flush;
 
-  std::ofstream metrics(metrics_path, std::ios::app);
-  AL_CHECK_IO(metrics.good(), "cannot open ", metrics_path.string(), " for writing");
   auto save = [&](int64_t at_step) {
-    Checkpoint ck;
-    ck.weights = model.state_dict();  // base weights only: the fast weights are not the model's
-    ck.model_meta = {{"config", gpt_config_json(init.config)},
-                     {"tokenizer", init.tokenizer},
-                     {"step", std::to_string(at_step)},
-                     {"format", "pt"}};
-    ck.state = opt.state();
-    ck.state_meta = {{"step", std::to_string(at_step)},
-                     {"fast_seed", std::to_string(fast_gen.seed())},
-                     {"fast_offset", std::to_string(fast_gen.offset())},
-                     {"skipped_steps", std::to_string(skipped)}};
+    // Base weights only: the fast weights are not the model's (they are reset every micro-batch).
+    Checkpoint ck = run_checkpoint(model, init.config, init.tokenizer, opt, at_step, bad.skipped);
+    put_generator(ck.state_meta, "fast", fast_gen);
     return save_checkpoint(run_dir, at_step, ck);
   };
 
-  TrainResult result{run_dir, step, 0, 0, skipped};
-  const auto t_start = std::chrono::steady_clock::now();
-  const int64_t first_step = step;
-  double window_loss = 0, window_secs = 0, window_inner_first = 0, window_inner_last = 0;
-  int64_t window_steps = 0, window_inner_skipped = 0, bad_in_a_row = 0;
+  TrainResult result{run_dir, step, 0, 0, bad.skipped};
+  const RunClock clock{.start = std::chrono::steady_clock::now(), .first_step = step};
+  LogWindow window;
+  // FocuSFT's inner-loop losses over the same window (train has no inner loop).
+  double window_inner_first = 0, window_inner_last = 0;
+  int64_t window_inner_skipped = 0;
   std::string last_checkpoint;
   std::optional<EvalOutcome> last_eval;
   const double scale = 1.0 / static_cast<double>(c.grad_accum);
@@ -654,55 +570,33 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
     }
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
     ++step;
-    if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
-      ++skipped;
-      ++bad_in_a_row;
+    if (bad.skip(step, loss_value, norm, out)) {
       opt.zero_grad();
-      out << "step " << step << ": loss " << loss_value << ", gradient norm " << norm
-          << " are not finite; step skipped (" << bad_in_a_row << " in a row)\n";
-      if (bad_in_a_row >= c.max_bad_steps)
-        detail::throw_error<Error>("fine-tuning diverged: ", bad_in_a_row,
-                                   " non-finite steps in a row (train.max_bad_steps = ", c.max_bad_steps, ") at step ",
-                                   step, "; lower optim.lr or focusft.inner_lr");
+      if (bad.diverged()) bad.throw_diverged("fine-tuning", step, "lower optim.lr or focusft.inner_lr");
       continue;
     }
-    bad_in_a_row = 0;
     opt.step();
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    window_loss += loss_value;
-    window_secs += secs;
+    window.add(loss_value, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     window_inner_first += inner_first;
     window_inner_last += inner_last;
     window_inner_skipped += inner_skipped;
-    ++window_steps;
     result.final_train_loss = loss_value;
 
-    const bool eval_now = step % c.eval_every == 0 || step == c.steps;
-    const bool log_now = step % c.log_every == 0 || eval_now || step == 1;
-    if (!log_now) {
-      if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0)) last_checkpoint = save(step);
+    const bool eval_now = c.eval_due(step);
+    if (!c.log_due(step)) {
+      if (c.checkpoint_due(step)) last_checkpoint = save(step);
       continue;
     }
-    const double n = static_cast<double>(window_steps);
-    const double avg_loss = window_loss / n;
-    const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
+    const double n = static_cast<double>(window.steps);
     char line[320];
     int len = std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f", static_cast<long long>(step),
-                            static_cast<long long>(c.steps), avg_loss);
+                            static_cast<long long>(c.steps), window.mean_loss());
     if (lora)
       len += std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  inner %.4f -> %.4f",
                            window_inner_first / n, window_inner_last / n);
     std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "  lr %.2e  |g| %.3f  %.0f ms/step  ETA %s", lr,
-                  norm, 1000.0 * window_secs / n, format_duration(eta).c_str());
-    json m = {{"step", step},
-              {"train_loss", avg_loss},
-              {"lr", lr},
-              {"grad_norm", norm},
-              {"tokens_per_s", tok_s},
-              {"ms_per_step", 1000.0 * window_secs / n},
-              {"skipped_steps", skipped}};
+                  norm, window.ms_per_step(), clock.eta(step, c.steps).c_str());
+    json m = window.metrics(step, lr, norm, tokens_per_step, bad.skipped);
     if (lora) {
       m["inner_loss_first"] = window_inner_first / n;
       m["inner_loss_last"] = window_inner_last / n;
@@ -717,12 +611,13 @@ TrainResult run_finetune(Recipe& recipe, const TrainOptions& options, std::ostre
     }
     metrics << m.dump() << "\n" << std::flush;
     out << "\n" << std::flush;
-    window_loss = window_secs = window_inner_first = window_inner_last = 0;
-    window_steps = window_inner_skipped = 0;
-    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == c.steps) last_checkpoint = save(step);
+    window.reset();
+    window_inner_first = window_inner_last = 0;
+    window_inner_skipped = 0;
+    if (c.checkpoint_due(step)) last_checkpoint = save(step);
   }
   result.steps = step;
-  result.skipped_steps = skipped;
+  result.skipped_steps = bad.skipped;
   if (!last_eval) {
     last_eval = evaluate_run(c, model, data);
     result.final_val_loss = last_eval->val_loss;

@@ -3,9 +3,11 @@
 
 #include <sys/resource.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <ostream>
+#include <stdexcept>
 
 #include "data/bpe.h"
 #include "data/byte_tokenizer.h"
@@ -105,6 +107,181 @@ json by_length_json(const std::map<int64_t, double>& by_length) {
   json by = json::object();
   for (const auto& [len, v] : by_length) by[std::to_string(len)] = v;
   return by;
+}
+
+// ---- recipe keys both training commands read ------------------------------------------------
+
+RunKeys read_run_keys(Recipe& r, const std::string& default_name) {
+  RunKeys k;
+  const std::string src = r.source();
+  const std::string stem = fs::path(src).stem().string();
+  k.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? default_name : stem);
+  k.dir = r.get_string("run.dir", "runs");
+  k.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
+  const std::string device = r.get_string("run.device", "cpu");
+  try {
+    k.device = Device::parse(device);
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", src, ": run.device = ", device, ": ", e.what());
+  }
+  if (k.device.is_cuda()) {
+#if ATTNLAB_WITH_CUDA
+    try {
+      cuda::check_device(k.device);
+    } catch (const DeviceError& e) {
+      detail::throw_error<ConfigError>("recipe ", src, ": run.device = ", device, ": ", e.what());
+    }
+#else
+    detail::throw_error<ConfigError>(
+        "recipe ", src, ": run.device = ", device,
+        ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
+#endif
+  }
+  AL_CHECK_CONFIG(!k.name.empty() && k.name.find('/') == std::string::npos && k.name != "." && k.name != "..",
+                  "recipe ", src, ": run.name must be a plain directory name; got '", k.name, "'");
+  return k;
+}
+
+LoopKeys read_loop_keys(Recipe& r, int64_t default_eval_batches) {
+  LoopKeys k;
+  k.batch = r.get_int("train.batch", k.batch);
+  k.seq_len = r.get_int("train.seq_len", k.seq_len);
+  k.steps = r.get_int("train.steps", k.steps);
+  k.log_every = r.get_int("train.log_every", k.log_every);
+  k.eval_every = r.get_int("train.eval_every", k.eval_every);
+  k.eval_batches = r.get_int("train.eval_batches", default_eval_batches);
+  k.checkpoint_every = r.get_int("train.checkpoint_every", k.checkpoint_every);
+  k.max_bad_steps = r.get_int("train.max_bad_steps", k.max_bad_steps);
+  for (auto [key, v] : {std::pair{"train.batch", k.batch},
+                        {"train.seq_len", k.seq_len},
+                        {"train.steps", k.steps},
+                        {"train.log_every", k.log_every},
+                        {"train.eval_every", k.eval_every},
+                        {"train.eval_batches", k.eval_batches},
+                        {"train.max_bad_steps", k.max_bad_steps}})
+    AL_CHECK_CONFIG(v > 0, "recipe ", r.source(), ": ", key, " must be > 0; got ", v);
+  AL_CHECK_CONFIG(k.checkpoint_every >= 0, "recipe ", r.source(),
+                  ": train.checkpoint_every must be >= 0 (0: only at the end); got ", k.checkpoint_every);
+  return k;
+}
+
+AdamWKeys read_adamw_keys(Recipe& r, int64_t steps, double default_lr, double default_weight_decay) {
+  AdamWKeys k;
+  k.schedule.peak = r.get_double("optim.lr", default_lr);
+  k.schedule.min_lr = r.get_double("optim.min_lr", k.schedule.peak * 0.1);
+  k.schedule.warmup = r.get_int("optim.warmup", 0);
+  k.schedule.total = steps;
+  k.weight_decay = r.get_double("optim.weight_decay", default_weight_decay);
+  k.decay_all = r.get_bool("optim.decay_all", false);
+  k.beta1 = r.get_double("optim.beta1", 0.9);
+  k.beta2 = r.get_double("optim.beta2", 0.95);
+  k.eps = r.get_double("optim.eps", 1e-8);
+  k.grad_clip = r.get_double("optim.grad_clip", 1.0);
+  return k;
+}
+
+void check_adamw_keys(const Recipe& r, const AdamWKeys& k) {
+  try {
+    k.schedule.validate();
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
+  }
+  AL_CHECK_CONFIG(k.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
+                  k.grad_clip);
+}
+
+std::vector<bool> decay_mask(const Gpt& model, bool decay_all) {
+  std::vector<bool> mask;
+  for (const auto& [name, _] : model.named_parameters()) mask.push_back(decay_all || !is_no_decay_parameter(name));
+  return mask;
+}
+
+// ---- the training loop ----------------------------------------------------------------------
+
+void check_run_dir(const std::string& run_dir, bool resume) {
+  const fs::path latest = fs::path(run_dir) / "checkpoints" / "latest";
+  AL_CHECK_CONFIG(resume || !fs::exists(latest), "run directory ", run_dir,
+                  " already has checkpoints; pass --resume to continue it, or choose another run.name");
+  AL_CHECK_CONFIG(!resume || fs::exists(latest), "--resume: ", run_dir, " has no checkpoint to resume from");
+}
+
+std::ofstream open_metrics(const std::string& run_dir, bool resume, int64_t step, std::ostream& out) {
+  const fs::path path = fs::path(run_dir) / "metrics.jsonl";
+  if (resume) {
+    truncate_metrics(path, step);
+    out << "resuming " << run_dir << " from step " << step << "\n";
+  } else if (fs::exists(path)) {
+    fs::remove(path);  // a fresh run in a directory without checkpoints starts a new log
+  }
+  std::ofstream metrics(path, std::ios::app);
+  AL_CHECK_IO(metrics.good(), "cannot open ", path.string(), " for writing");
+  return metrics;
+}
+
+json LogWindow::metrics(int64_t step, double lr, double grad_norm, int64_t tokens_per_step, int64_t skipped) const {
+  return {{"step", step},
+          {"train_loss", mean_loss()},
+          {"lr", lr},
+          {"grad_norm", grad_norm},
+          {"tokens_per_s", tokens_per_s(tokens_per_step)},
+          {"ms_per_step", ms_per_step()},
+          {"skipped_steps", skipped}};
+}
+
+std::string RunClock::eta(int64_t step, int64_t steps) const {
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return format_duration(elapsed / static_cast<double>(step - first_step) * static_cast<double>(steps - step));
+}
+
+bool BadSteps::skip(int64_t step, double loss, double grad_norm, std::ostream& out, bool interactive) {
+  if (std::isfinite(loss) && std::isfinite(grad_norm)) {
+    in_a_row = 0;
+    return false;
+  }
+  ++skipped;
+  ++in_a_row;
+  out << (interactive ? "\n" : "") << "step " << step << ": loss " << loss << ", gradient norm " << grad_norm
+      << " are not finite; step skipped (" << in_a_row << " in a row)\n";
+  return true;
+}
+
+void BadSteps::throw_diverged(const std::string& what, int64_t step, const std::string& advice) const {
+  detail::throw_error<Error>(what, " diverged: ", in_a_row,
+                             " non-finite steps in a row (train.max_bad_steps = ", max_in_a_row, ") at step ", step,
+                             "; ", advice);
+}
+
+Checkpoint run_checkpoint(const Gpt& model, const GptConfig& config, const std::string& tokenizer, const Optimizer& opt,
+                          int64_t step, int64_t skipped) {
+  Checkpoint ck;
+  ck.weights = model.state_dict();
+  ck.model_meta = {
+      {"config", gpt_config_json(config)}, {"tokenizer", tokenizer}, {"step", std::to_string(step)}, {"format", "pt"}};
+  ck.state = opt.state();
+  ck.state_meta = {{"step", std::to_string(step)}, {"skipped_steps", std::to_string(skipped)}};
+  return ck;
+}
+
+void put_generator(std::map<std::string, std::string>& meta, const std::string& prefix, const Generator& gen) {
+  meta[prefix + "_seed"] = std::to_string(gen.seed());
+  meta[prefix + "_offset"] = std::to_string(gen.offset());
+}
+
+Generator generator_from_meta(const std::map<std::string, std::string>& meta, const std::string& prefix) {
+  return Generator(std::stoull(meta.at(prefix + "_seed")), std::stoull(meta.at(prefix + "_offset")));
+}
+
+void restore_run_state(const std::string& from, bool with_weights, const std::function<void()>& restore) {
+  try {
+    restore();
+  } catch (const std::out_of_range&) {
+    detail::throw_error<IoError>("--resume: checkpoint state of ", from, " is incomplete");
+  } catch (const std::invalid_argument&) {
+    detail::throw_error<IoError>("--resume: checkpoint state of ", from, " has malformed counters");
+  } catch (const Error& e) {
+    detail::throw_error<IoError>("--resume: checkpoint ", with_weights ? "" : "state of ", from,
+                                 " does not fit: ", e.what());
+  }
 }
 
 // ---- the init model -------------------------------------------------------------------------

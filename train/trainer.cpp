@@ -45,10 +45,9 @@ namespace {
 
 // ---- configuration ----------------------------------------------------------------------
 
-struct RunConfig {
-  std::string name, dir;
-  uint64_t seed = 1;
-  Device device;  // run.device: cpu, cuda or cuda:N
+// The recipe's keys: [run], [train]'s loop keys and AdamW's [optim] keys as `attnlab finetune`
+// reads them too (train/run_common.h), then this command's own.
+struct RunConfig : RunKeys, LoopKeys, AdamWKeys {
   // [data]
   std::string task = kCorpusTask;  // data.task: "corpus" (text) or a synthetic task's name
   TaskSetup task_setup;            // synthetic tasks only
@@ -57,29 +56,19 @@ struct RunConfig {
   double val_fraction = 0.1;
   // [model]
   GptConfig model;
-  // [optim]
+  // [optim] (AdamWKeys: the schedule and AdamW's settings)
   std::string optimizer;
-  WarmupCosine schedule;
-  double weight_decay = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0, momentum = 0.9;
-  bool decay_all = false;  // also decay norms, biases and embeddings
+  double momentum = 0.9;   // sgd
   double routing_lr = 0;   // peak lr of the residual routing parameters (train/residual_train.h)
   std::string init_from;   // init.from: a checkpoint whose weights start the run
-  // [train]
-  int64_t batch = 8, seq_len = 128, steps = 100, log_every = 10, eval_every = 100, eval_batches = 20;
-  int64_t checkpoint_every = 0, max_bad_steps = 5;
   // [sample]
   SampleOptions sample;
   std::string prompt;
 
-  std::string run_dir() const { return (fs::path(dir) / name).string(); }
   bool is_task() const { return task != kCorpusTask; }
   // The checkpoint's "tokenizer" entry.
   std::string tokenizer_meta() const { return is_task() ? kTaskTokenizer : tokenizer; }
 };
-
-void positive(const Recipe& r, const char* key, int64_t v) {
-  AL_CHECK_CONFIG(v > 0, "recipe ", r.source(), ": ", key, " must be > 0; got ", v);
-}
 
 // Runs a config struct's own validate(), prefixing its message with the recipe's name.
 template <typename Fn>
@@ -100,27 +89,7 @@ std::string device_description(Device d) {
 
 RunConfig read_config(Recipe& r) {
   RunConfig c;
-  const std::string stem = fs::path(r.source()).stem().string();
-  c.name = r.get_string("run.name", stem.empty() || stem == "<defaults>" ? "run" : stem);
-  c.dir = r.get_string("run.dir", "runs");
-  c.seed = static_cast<uint64_t>(r.get_int("run.seed", 1));
-  const std::string device = r.get_string("run.device", "cpu");
-  in_recipe(r, [&] { c.device = Device::parse(device); });
-  if (c.device.is_cuda()) {
-#if ATTNLAB_WITH_CUDA
-    try {
-      cuda::check_device(c.device);
-    } catch (const DeviceError& e) {
-      detail::throw_error<ConfigError>("recipe ", r.source(), ": run.device = ", device, ": ", e.what());
-    }
-#else
-    detail::throw_error<ConfigError>(
-        "recipe ", r.source(), ": run.device = ", device,
-        ": this build of attnlab has no CUDA backend (configured without the CUDA toolkit)");
-#endif
-  }
-  AL_CHECK_CONFIG(!c.name.empty() && c.name.find('/') == std::string::npos && c.name != "." && c.name != "..",
-                  "recipe ", r.source(), ": run.name must be a plain directory name; got '", c.name, "'");
+  static_cast<RunKeys&>(c) = read_run_keys(r, "run");
 
   c.task = r.get_string("data.task", kCorpusTask);
   if (c.is_task()) {
@@ -142,24 +111,7 @@ RunConfig read_config(Recipe& r) {
                     ": data.val_fraction must be in (0, 0.5); got ", c.val_fraction);
   }
 
-  c.batch = r.get_int("train.batch", 8);
-  c.seq_len = r.get_int("train.seq_len", 128);
-  c.steps = r.get_int("train.steps", 100);
-  c.log_every = r.get_int("train.log_every", 10);
-  c.eval_every = r.get_int("train.eval_every", 100);
-  c.eval_batches = r.get_int("train.eval_batches", 20);
-  c.checkpoint_every = r.get_int("train.checkpoint_every", 0);
-  c.max_bad_steps = r.get_int("train.max_bad_steps", 5);
-  for (auto [key, v] : {std::pair{"train.batch", c.batch},
-                        {"train.seq_len", c.seq_len},
-                        {"train.steps", c.steps},
-                        {"train.log_every", c.log_every},
-                        {"train.eval_every", c.eval_every},
-                        {"train.eval_batches", c.eval_batches},
-                        {"train.max_bad_steps", c.max_bad_steps}})
-    positive(r, key, v);
-  AL_CHECK_CONFIG(c.checkpoint_every >= 0, "recipe ", r.source(),
-                  ": train.checkpoint_every must be >= 0 (0: only at the end); got ", c.checkpoint_every);
+  static_cast<LoopKeys&>(c) = read_loop_keys(r, /*default_eval_batches=*/20);
 
   GptConfig& m = c.model;
   m.vocab_size = c.tokenizer == "byte" ? 256 : c.bpe_vocab;
@@ -207,23 +159,12 @@ RunConfig read_config(Recipe& r) {
   c.optimizer = r.get_string("optim.name", "adamw");
   AL_CHECK_CONFIG(c.optimizer == "adamw" || c.optimizer == "sgd", "recipe ", r.source(),
                   ": optim.name must be adamw or sgd; got '", c.optimizer, "'");
-  c.schedule.peak = r.get_double("optim.lr", 1e-3);
-  c.schedule.min_lr = r.get_double("optim.min_lr", c.schedule.peak * 0.1);
-  c.schedule.warmup = r.get_int("optim.warmup", 0);
-  c.schedule.total = c.steps;
-  c.weight_decay = r.get_double("optim.weight_decay", 0.1);
-  c.decay_all = r.get_bool("optim.decay_all", false);
-  c.beta1 = r.get_double("optim.beta1", 0.9);
-  c.beta2 = r.get_double("optim.beta2", 0.95);
-  c.eps = r.get_double("optim.eps", 1e-8);
+  static_cast<AdamWKeys&>(c) = read_adamw_keys(r, c.steps, /*default_lr=*/1e-3, /*default_weight_decay=*/0.1);
   c.momentum = r.get_double("optim.momentum", 0.9);
-  c.grad_clip = r.get_double("optim.grad_clip", 1.0);
   c.routing_lr = r.get_double("optim.routing_lr", c.schedule.peak);
   AL_CHECK_CONFIG(c.routing_lr >= 0, "recipe ", r.source(), ": optim.routing_lr must be >= 0; got ", c.routing_lr);
   if (r.has("init.from")) c.init_from = r.get_string("init.from", "");
-  in_recipe(r, [&] { c.schedule.validate(); });
-  AL_CHECK_CONFIG(c.grad_clip >= 0, "recipe ", r.source(), ": optim.grad_clip must be >= 0 (0: off); got ",
-                  c.grad_clip);
+  check_adamw_keys(r, c);
 
   // A task run shows validation rows instead of a text sample: no [sample] keys.
   if (!c.is_task()) {
@@ -392,14 +333,6 @@ std::string sample_text(const Gpt& model, const Tokenizer& tok, const std::strin
 
 // ---- metrics and progress -------------------------------------------------------------------
 
-// Weight decay applies to the matrices of linear layers; norms, biases and embeddings are left
-// alone unless optim.decay_all asks for everything.
-std::vector<bool> decay_mask(const Gpt& model, bool decay_all) {
-  std::vector<bool> mask;
-  for (const auto& [name, _] : model.named_parameters()) mask.push_back(decay_all || !is_no_decay_parameter(name));
-  return mask;
-}
-
 std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model);
 
 // A routed model's optimizer: the base parameters at optim.lr, the routing ones (res.*) at
@@ -413,12 +346,7 @@ std::unique_ptr<Optimizer> make_two_group_optimizer(const RunConfig& c, const Gp
     decay[k].push_back(c.decay_all || !is_no_decay_parameter(name));
   }
   auto make = [&](int k) -> std::unique_ptr<Optimizer> {
-    if (c.optimizer == "adamw")
-      return std::make_unique<AdamW>(
-          groups[k],
-          AdamWConfig{
-              .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
-          decay[k]);
+    if (c.optimizer == "adamw") return std::make_unique<AdamW>(groups[k], c.adamw(), decay[k]);
     return std::make_unique<Sgd>(
         groups[k], SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
   };
@@ -431,11 +359,7 @@ std::unique_ptr<Optimizer> make_two_group_optimizer(const RunConfig& c, const Gp
 std::unique_ptr<Optimizer> make_optimizer(const RunConfig& c, const Gpt& model) {
   if (model.router()) return make_two_group_optimizer(c, model);
   if (c.optimizer == "adamw")
-    return std::make_unique<AdamW>(
-        model.parameters(),
-        AdamWConfig{
-            .lr = c.schedule.peak, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .weight_decay = c.weight_decay},
-        decay_mask(model, c.decay_all));
+    return std::make_unique<AdamW>(model.parameters(), c.adamw(), decay_mask(model, c.decay_all));
   return std::make_unique<Sgd>(
       model.parameters(), SgdConfig{.lr = c.schedule.peak, .momentum = c.momentum, .weight_decay = c.weight_decay});
 }
@@ -533,11 +457,7 @@ void write_result(const RunConfig& c, const std::string& run_dir, const TrainRes
 TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
   const RunConfig base = read_config(recipe);
   const std::string run_dir = base.run_dir();
-  const fs::path ckpt_latest = fs::path(run_dir) / "checkpoints" / "latest";
-  AL_CHECK_CONFIG(options.resume || !fs::exists(ckpt_latest), "run directory ", run_dir,
-                  " already has checkpoints; pass --resume to continue it, or choose another run.name");
-  AL_CHECK_CONFIG(!options.resume || fs::exists(ckpt_latest), "--resume: ", run_dir,
-                  " has no checkpoint to resume from");
+  check_run_dir(run_dir, options.resume);
 
   // Everything that can fail on bad input happens before anything is written.
   const auto t_run = std::chrono::steady_clock::now();
@@ -579,29 +499,19 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   std::unique_ptr<BatchSampler> sampler;
   if (!task) sampler = std::make_unique<BatchSampler>(data.train, c.batch, c.seq_len, c.seed);
   Generator dropout_gen(c.seed ^ 0x9e3779b97f4a7c15ull);
-  int64_t step = 0, skipped = 0;
-  const fs::path metrics_path = fs::path(run_dir) / "metrics.jsonl";
+  int64_t step = 0;
+  BadSteps bad{.max_in_a_row = c.max_bad_steps, .in_a_row = 0, .skipped = 0};
   if (options.resume) {
-    try {
+    restore_run_state(resumed_from, /*with_weights=*/false, [&] {
       opt->load_state(resumed.state);
       step = std::stoll(resumed.state_meta.at("step"));
       // A task's batch is a function of the step alone.
       if (sampler) sampler->set_step(std::stoull(resumed.state_meta.at("sampler_step")));
-      dropout_gen = Generator(std::stoull(resumed.state_meta.at("dropout_seed")),
-                              std::stoull(resumed.state_meta.at("dropout_offset")));
-      skipped = std::stoll(resumed.state_meta.at("skipped_steps"));
-    } catch (const std::out_of_range&) {
-      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " is incomplete");
-    } catch (const std::invalid_argument&) {
-      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " has malformed counters");
-    } catch (const Error& e) {
-      detail::throw_error<IoError>("--resume: checkpoint state of ", resumed_from, " does not fit: ", e.what());
-    }
-    truncate_metrics(metrics_path, step);
-    out << "resuming " << run_dir << " from step " << step << "\n";
-  } else if (fs::exists(metrics_path)) {
-    fs::remove(metrics_path);  // a fresh run in a directory without checkpoints starts a new log
+      dropout_gen = generator_from_meta(resumed.state_meta, "dropout");
+      bad.skipped = std::stoll(resumed.state_meta.at("skipped_steps"));
+    });
   }
+  std::ofstream metrics = open_metrics(run_dir, options.resume, step, out);
 
   const int64_t tokens_per_step = c.batch * c.seq_len;
   out << "attnlab train: " << run_dir << "\n";
@@ -625,30 +535,17 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       << "  device: " << device_description(c.device) << "\n"
       << std::flush;
 
-  std::ofstream metrics(metrics_path, std::ios::app);
-  AL_CHECK_IO(metrics.good(), "cannot open ", metrics_path.string(), " for writing");
   const std::vector<Variable> params = model.parameters();
   auto save = [&](int64_t at_step) {
-    Checkpoint ck;
-    ck.weights = model.state_dict();
-    ck.model_meta = {{"config", gpt_config_json(c.model)},
-                     {"tokenizer", c.tokenizer_meta()},
-                     {"step", std::to_string(at_step)},
-                     {"format", "pt"}};
-    ck.state = opt->state();
-    ck.state_meta = {{"step", std::to_string(at_step)},
-                     {"sampler_step", std::to_string(sampler ? sampler->step() : static_cast<uint64_t>(at_step))},
-                     {"dropout_seed", std::to_string(dropout_gen.seed())},
-                     {"dropout_offset", std::to_string(dropout_gen.offset())},
-                     {"skipped_steps", std::to_string(skipped)}};
+    Checkpoint ck = run_checkpoint(model, c.model, c.tokenizer_meta(), *opt, at_step, bad.skipped);
+    ck.state_meta["sampler_step"] = std::to_string(sampler ? sampler->step() : static_cast<uint64_t>(at_step));
+    put_generator(ck.state_meta, "dropout", dropout_gen);
     return save_checkpoint(run_dir, at_step, ck);
   };
 
-  TrainResult result{run_dir, step, 0, 0, skipped};
-  const auto t_start = std::chrono::steady_clock::now();
-  const int64_t first_step = step;
-  double window_loss = 0, window_secs = 0;
-  int64_t window_steps = 0, bad_in_a_row = 0;
+  TrainResult result{run_dir, step, 0, 0, bad.skipped};
+  const RunClock clock{.start = std::chrono::steady_clock::now(), .first_step = step};
+  LogWindow window;
   std::string last_checkpoint;
   std::optional<EvalOutcome> last_eval;
   while (step < c.steps) {
@@ -670,51 +567,32 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
     const double loss_value = loss.data().item<double>();
     ++step;
-    if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
-      ++skipped;
-      ++bad_in_a_row;
+    if (bad.skip(step, loss_value, norm, out, options.interactive)) {
       opt->zero_grad();
-      out << (options.interactive ? "\n" : "") << "step " << step << ": loss " << loss_value << ", gradient norm "
-          << norm << " are not finite; step skipped (" << bad_in_a_row << " in a row)\n";
-      if (bad_in_a_row >= c.max_bad_steps)
-        detail::throw_error<Error>(
-            "training diverged: ", bad_in_a_row, " non-finite steps in a row (train.max_bad_steps = ", c.max_bad_steps,
-            ") at step ", step, "; ",
-            last_checkpoint.empty()
-                ? (options.resume ? "the checkpoint resumed from, " + resumed_from + "," : std::string("no checkpoint"))
-                : "the last good checkpoint, " + last_checkpoint + ",",
-            " is kept. Lower optim.lr or set optim.grad_clip.");
+      if (bad.diverged())
+        bad.throw_diverged(
+            "training", step,
+            (last_checkpoint.empty() ? (options.resume ? "the checkpoint resumed from, " + resumed_from + ","
+                                                       : std::string("no checkpoint"))
+                                     : "the last good checkpoint, " + last_checkpoint + ",") +
+                " is kept. Lower optim.lr or set optim.grad_clip.");
       continue;
     }
-    bad_in_a_row = 0;
     opt->step();
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    window_loss += loss_value;
-    window_secs += secs;
-    ++window_steps;
+    window.add(loss_value, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     result.final_train_loss = loss_value;
 
-    const bool eval_now = step % c.eval_every == 0 || step == c.steps;
-    const bool log_now = step % c.log_every == 0 || eval_now || step == 1;
-    const double avg_loss = window_loss / static_cast<double>(window_steps);
-    const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(window_secs, 1e-9);
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(c.steps - step);
+    const bool eval_now = c.eval_due(step);
+    const bool log_now = c.log_due(step);
     char line[256];
     std::snprintf(line, sizeof line, "step %6lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s",
-                  static_cast<long long>(step), static_cast<long long>(c.steps), avg_loss, lr, norm, tok_s,
-                  format_duration(eta).c_str());
+                  static_cast<long long>(step), static_cast<long long>(c.steps), window.mean_loss(), lr, norm,
+                  window.tokens_per_s(tokens_per_step), clock.eta(step, c.steps).c_str());
     if (!log_now) {
       // On a terminal the progress line is redrawn every step; logs get the log steps only.
       if (options.interactive) out << "\r" << line << std::flush;
     } else {
-      json m = {{"step", step},
-                {"train_loss", avg_loss},
-                {"lr", lr},
-                {"grad_norm", norm},
-                {"tokens_per_s", tok_s},
-                {"ms_per_step", 1000.0 * window_secs / static_cast<double>(window_steps)},
-                {"skipped_steps", skipped}};
+      json m = window.metrics(step, lr, norm, tokens_per_step, bad.skipped);
       out << (options.interactive ? "\r" : "") << line;
       if (eval_now) {
         last_eval = evaluate_run(c, model, data);
@@ -725,13 +603,12 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       metrics << m.dump() << "\n" << std::flush;
       // Eval lines stay on screen; plain log lines always end.
       out << (options.interactive && !eval_now ? "" : "\n") << std::flush;
-      window_loss = window_secs = 0;
-      window_steps = 0;
+      window.reset();
     }
-    if ((c.checkpoint_every > 0 && step % c.checkpoint_every == 0) || step == c.steps) last_checkpoint = save(step);
+    if (c.checkpoint_due(step)) last_checkpoint = save(step);
   }
   result.steps = step;
-  result.skipped_steps = skipped;
+  result.skipped_steps = bad.skipped;
   if (options.interactive) out << "\n";
   if (!last_eval) {
     // Resumed at the last step: nothing trained, but result.json needs the final evaluation.
