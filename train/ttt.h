@@ -17,6 +17,8 @@
 //
 // Span starts are uniform in [0, T - 1 - span] for a context of T tokens, so every target
 // ids[start + 1 .. start + span] is a context token (the last one may be the final prompt token).
+// With spans = answers each step's span ends at one answered question of the context instead,
+// and only the answers inside it are targets.
 //
 // `attnlab ttt RECIPE.ini` evaluates a checkpoint on a synthetic task at each length, plain and
 // with TTT, and writes runs/<name>/: recipe.ini, ttt.jsonl (one object per length), results.md,
@@ -29,7 +31,9 @@
 //           this process, writing into init (run.dir and run.name are set from the init path);
 //           the recipe and the model it builds are checked first; train/run_common.h InitModel),
 //           steps = 32, span = 32, lr = 1e-3, weight_decay = 0.01, clip = 1.0 (0: no clipping),
-//           params = wq | lora, rank = 8, alpha = 16 (lora), examples = 64 (rows per length)
+//           params = wq | lora, rank = 8, alpha = 16 (lora), spans = context | answers (the
+//           rows' earlier scored positions, e.g. kv_retrieval's demos), examples = 64 (rows per
+//           length)
 //   [data]  task (+ its keys; default: the init run's task and keys from its recipe.ini),
 //           eval_lengths (default: the init run's train.seq_len and data.eval_lengths)
 // Rows come from the validation stream of the init run (validation_seed(its run.seed)), one at a
