@@ -3,11 +3,11 @@
 
 #include <cmath>
 
-#include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "layers/param_override.h"
 #include "lib/error.h"
 #include "optim/optimizer.h"
+#include "optim/sgd.h"
 
 namespace attnlab {
 
@@ -31,6 +31,8 @@ StepLosses adapt_fast_weights(const Gpt& model, LoraSet& lora, const SftBatch& b
   // .grad (the layers below the first adapted one run graph-free by themselves).
   const RequiresGradGuard frozen(model.parameters(), false);
   std::vector<Variable> fast = lora.parameters();
+  // Plain SGD (no momentum, no decay) on the fast weights only.
+  Sgd sgd(fast, SgdConfig{.lr = settings.inner_lr, .momentum = 0.0, .weight_decay = 0.0});
   for (int64_t k = 0; k < settings.inner_steps; ++k) {
     for (Variable& p : fast) p.zero_grad();
     Variable loss;
@@ -46,21 +48,16 @@ StepLosses adapt_fast_weights(const Gpt& model, LoraSet& lora, const SftBatch& b
       continue;
     }
     loss.backward();
+    // g <- g min(1, clip / |g|) per tensor; a non-finite norm anywhere skips the step (the
+    // gradients it scaled are zeroed before the next one).
     bool finite = true;
     for (const Variable& p : fast)
-      if (p.grad().defined() && !std::isfinite(grad_norm({p}))) finite = false;
+      if (p.grad().defined() && !std::isfinite(clip_grad_norm({p}, settings.inner_clip))) finite = false;
     if (!finite) {
       ++out.inner_skipped;
       continue;
     }
-    NoGradGuard no_grad;
-    for (Variable& p : fast) {
-      if (!p.grad().defined()) continue;
-      // g <- g min(1, clip / |g|), per tensor; then p <- p - lr g, in place.
-      clip_grad_norm({p}, settings.inner_clip);
-      const Tensor next = sub(Variable(p.data()), mul_scalar(Variable(p.grad()), settings.inner_lr)).data();
-      p.mutable_data().copy_(next);
-    }
+    sgd.step();  // p <- p - inner_lr g, in place
   }
   for (Variable& p : fast) p.zero_grad();
   return out;

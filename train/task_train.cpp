@@ -28,8 +28,9 @@ const std::map<std::string, std::set<std::string>>& task_fields() {
   return fields;
 }
 
-// "64, 128" -> {64, 128}; ConfigError naming the key for anything else.
-std::vector<int64_t> parse_lengths(const Recipe& r, const std::string& text) {
+}  // namespace
+
+std::vector<int64_t> parse_eval_lengths(const Recipe& r, const std::string& text) {
   std::vector<int64_t> out;
   if (text.find_first_not_of(" \t") == std::string::npos) return out;
   size_t at = 0;
@@ -54,8 +55,6 @@ std::vector<int64_t> parse_lengths(const Recipe& r, const std::string& text) {
   return out;
 }
 
-}  // namespace
-
 TaskSetup read_task_recipe(Recipe& r, const std::string& name, int64_t seq_len, int64_t context) {
   TaskConfig tc;
   tc.name = name;
@@ -76,7 +75,7 @@ TaskSetup read_task_recipe(Recipe& r, const std::string& name, int64_t seq_len, 
   if (wants("objects")) tc.objects = r.get_int("data.objects", tc.objects);
   if (wants("facts")) tc.facts = r.get_int("data.facts", tc.facts);
   TaskSetup setup;
-  setup.eval_lengths = parse_lengths(r, r.get_string("data.eval_lengths", ""));
+  setup.eval_lengths = parse_eval_lengths(r, r.get_string("data.eval_lengths", ""));
   try {
     setup.task = make_task(tc);
     tc.validate(seq_len);

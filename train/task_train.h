@@ -35,6 +35,10 @@ struct TaskSetup {
   std::vector<int64_t> eval_lengths;  // data.eval_lengths, in the order given (may be empty)
 };
 
+// data.eval_lengths' value "64, 128" -> {64, 128} ("" -> none); ConfigError naming r's source and
+// the key for anything else.
+std::vector<int64_t> parse_eval_lengths(const Recipe& r, const std::string& text);
+
 // Reads the keys of task `name` (not "corpus"), builds the task and validates it for seq_len and
 // each eval length (<= context). ConfigError naming the recipe and the key for a bad one.
 TaskSetup read_task_recipe(Recipe& recipe, const std::string& name, int64_t seq_len, int64_t context);

@@ -307,26 +307,6 @@ std::string results_table(const std::vector<LengthResult>& rs) {
   return os.str();
 }
 
-std::vector<int64_t> parse_lengths(const std::string& text, const std::string& source) {
-  std::vector<int64_t> out;
-  std::stringstream ss(text);
-  for (std::string item; std::getline(ss, item, ',');) {
-    item = trim(item);
-    if (item.empty()) continue;
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    AL_CHECK_CONFIG(used == item.size() && v > 0, "recipe ", source,
-                    ": data.eval_lengths must be a comma list of positive whole numbers; got '", text, "'");
-    out.push_back(v);
-  }
-  return out;
-}
-
 // The resolved recipe a run directory keeps, if any.
 bool load_run_recipe(const std::string& run_dir, Recipe& out) {
   const fs::path p = fs::path(run_dir) / "recipe.ini";
@@ -375,7 +355,7 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
   AL_CHECK_CONFIG(examples >= 1, "recipe ", src, ": ttt.examples must be >= 1; got ", examples);
   // The task: this recipe's (checked now, before any training), else the init run's.
   const std::string task_name = recipe.get_string("data.task", "");
-  std::vector<int64_t> lengths = parse_lengths(recipe.get_string("data.eval_lengths", ""), src);
+  std::vector<int64_t> lengths = parse_eval_lengths(recipe, recipe.get_string("data.eval_lengths", ""));
   TaskSetup setup;
   if (!task_name.empty()) {
     AL_CHECK_CONFIG(!lengths.empty(), "recipe ", src,
@@ -445,10 +425,9 @@ void run_ttt(Recipe& recipe, std::ostream& out) {
   std::vector<LengthResult> results;
   std::string jsonl;
   for (const int64_t l : lengths) {
-    TttConfig c = config;
-    AL_CHECK_CONFIG(c.span + 1 <= l, "recipe ", src, ": ttt.span = ", c.span, " is too long for contexts of length ", l,
-                    " (needs span <= length - 1)");
-    const LengthResult r = evaluate_length(*run.model, task, seeds.data, seed, l, examples, c, out);
+    AL_CHECK_CONFIG(config.span + 1 <= l, "recipe ", src, ": ttt.span = ", config.span,
+                    " is too long for contexts of length ", l, " (needs span <= length - 1)");
+    const LengthResult r = evaluate_length(*run.model, task, seeds.data, seed, l, examples, config, out);
     results.push_back(r);
     const double step_s = config.steps > 0 ? r.seconds / static_cast<double>(examples * config.steps) : 0.0;
     json row = {{"length", l},
