@@ -122,7 +122,7 @@ GptBlock::GptBlock(const GptConfig& c, Generator& gen, DType dtype, int64_t laye
 
 Variable GptBlock::forward(const Variable& x, const LayerPass& pass, int64_t layer) const {
   const Variable h = add(x, attn_branch(x, pass, layer));
-  return add(h, mlp_branch(h, pass.cache || pass.frozen ? nullptr : pass.gen));
+  return add(h, mlp_branch(h, pass.dropout()));
 }
 
 Variable GptBlock::attn_branch(const Variable& x, const LayerPass& pass, int64_t layer) const {
@@ -133,7 +133,7 @@ Variable GptBlock::attn_branch(const Variable& x, const LayerPass& pass, int64_t
   if (pass.cache) return attn_->forward_cached(y, pass.cache->layers_[i], pass.cache->length_);
   if (pass.frozen) return attn_->forward_after(y, pass.frozen->layer(layer), pass.start);
   const Variable u = attn_->forward(y, pass.mask);
-  return pass.gen && dropout_ > 0 ? dropout(u, dropout_, *pass.gen) : u;
+  return pass.dropout() && dropout_ > 0 ? dropout(u, dropout_, *pass.dropout()) : u;
 }
 
 Variable GptBlock::mlp_branch(const Variable& x, Generator* gen) const {
@@ -196,7 +196,7 @@ Gpt::Gpt(const GptConfig& config, Generator& gen, DType dtype) : config_(config)
 
 Variable Gpt::sublayer(int64_t s, const Variable& h, const LayerPass& pass) const {
   const GptBlock& b = *blocks_[static_cast<size_t>(s / 2)];
-  if (s % 2) return b.mlp_branch(h, pass.cache || pass.frozen ? nullptr : pass.gen);
+  if (s % 2) return b.mlp_branch(h, pass.dropout());
   return b.attn_branch(h, pass, s / 2);
 }
 

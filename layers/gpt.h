@@ -121,6 +121,9 @@ struct LayerPass {
   std::vector<AttentionDiagnostics>* diagnostics = nullptr;  // per layer, filled when given
   const MassProbe* probe = nullptr;                          // with `masses`: attention mass per layer
   std::vector<AttentionMass>* masses = nullptr;
+
+  // The generator that drives dropout on the branches: only plain forward passes drop out.
+  Generator* dropout() const { return cache || frozen ? nullptr : gen; }
 };
 
 // One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). attn is the token
