@@ -81,3 +81,60 @@ if(NOT ATTNLAB_CUDA STREQUAL "OFF")
     message(STATUS "attnlab: no CUDA backend (needs the CUDA toolkit and libboost-context-dev)")
   endif()
 endif()
+
+# MPI (DESIGN.md section 8): starts and coordinates the processes of a data-parallel run
+# (`mpirun -np N attnlab train ...`) and all-reduces CPU gradients (train/distributed_mpi.cpp).
+# AUTO builds the MPI backend when Open MPI's development files are installed; ON requires
+# them; OFF (or AUTO without them) still trains in one process, and dist.backend = mpi then
+# says what is missing. MPIEXEC_EXECUTABLE (mpirun) runs the multi-rank tests.
+set(ATTNLAB_MPI AUTO CACHE STRING "Build the MPI data-parallel backend (AUTO, ON, OFF)")
+set_property(CACHE ATTNLAB_MPI PROPERTY STRINGS AUTO ON OFF)
+set(ATTNLAB_WITH_MPI 0)
+if(NOT ATTNLAB_MPI STREQUAL "OFF")
+  find_package(MPI QUIET COMPONENTS CXX)
+  if(MPI_CXX_FOUND)
+    set(ATTNLAB_WITH_MPI 1)
+    message(STATUS "attnlab: MPI backend with ${MPI_CXX_LIBRARY_VERSION_STRING} (MPI ${MPI_CXX_VERSION}); "
+                   "multi-rank tests run ${MPIEXEC_EXECUTABLE}")
+    if(NOT MPIEXEC_EXECUTABLE)
+      message(STATUS "attnlab: no mpirun found (openmpi-bin): the multi-rank tests are not registered")
+    endif()
+  elseif(ATTNLAB_MPI STREQUAL "ON")
+    attnlab_require(FALSE "MPI for C++ (ATTNLAB_MPI=ON)" libopenmpi-dev)
+  else()
+    message(STATUS "attnlab: MPI (libopenmpi-dev) not found; training runs in one process only")
+  endif()
+endif()
+
+# NCCL (DESIGN.md section 8): all-reduces gradients between GPUs (lib/cuda/nccl.cu). It ships
+# beside the CUDA toolkit's libraries and only the nvcc-built backend can call it (the emulator
+# runs kernels on the CPU). AUTO uses it when the toolkit's directories hold nccl.h and libnccl;
+# ON requires it; OFF builds lib/cuda/nccl.cu as a stub whose every call says NCCL was
+# configured off. lib/cuda/nccl.cu alone learns the choice (ATTNLAB_WITH_NCCL), so switching
+# it recompiles one file.
+set(ATTNLAB_NCCL AUTO CACHE STRING "Build the NCCL data-parallel backend for GPUs (AUTO, ON, OFF)")
+set_property(CACHE ATTNLAB_NCCL PROPERTY STRINGS AUTO ON OFF)
+set(ATTNLAB_WITH_NCCL 0)
+if(NOT ATTNLAB_NCCL STREQUAL "OFF")
+  if(ATTNLAB_WITH_CUDA_REAL)
+    find_path(ATTNLAB_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    find_library(ATTNLAB_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+    if(ATTNLAB_NCCL_INCLUDE_DIR AND ATTNLAB_NCCL_LIBRARY)
+      set(ATTNLAB_WITH_NCCL 1)
+      message(STATUS "attnlab: NCCL backend with ${ATTNLAB_NCCL_LIBRARY}")
+    endif()
+  endif()
+  if(NOT ATTNLAB_WITH_NCCL)
+    if(ATTNLAB_NCCL STREQUAL "ON")
+      attnlab_require(ATTNLAB_WITH_CUDA_REAL "nvcc for NCCL (ATTNLAB_NCCL=ON)" "the NVIDIA CUDA toolkit at /usr/local/cuda")
+      attnlab_require(FALSE "NCCL beside the CUDA toolkit (ATTNLAB_NCCL=ON)" "libnccl-dev (NVIDIA's CUDA repository)")
+    endif()
+    message(STATUS "attnlab: no NCCL backend (needs nvcc and NCCL beside the CUDA toolkit); GPU runs use one process")
+  endif()
+else()
+  message(STATUS "attnlab: NCCL backend configured off (ATTNLAB_NCCL=OFF)")
+endif()
+# Read by the nvcc build of lib/cuda/nccl.cu (attnlab_cuda_real is created in this directory);
+# the emulated build of it is a stub whatever this says.
+set_source_files_properties("${PROJECT_SOURCE_DIR}/lib/cuda/nccl.cu" PROPERTIES
+  COMPILE_DEFINITIONS "ATTNLAB_WITH_NCCL=${ATTNLAB_WITH_NCCL}")

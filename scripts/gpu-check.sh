@@ -37,6 +37,9 @@ run_ctest() {  # name regex
   else row "$1" FAIL "${summary:-no tests ran} ($skipped skipped; see $log)"; fi
 }
 run_ctest "kernel parity on the GPU" '\.gpu$'
+# train/distributed.h's nccl backend on this GPU: a 1-rank NCCL group (no launcher) all-reduces
+# sum/mean/min/max in f32 and f64, async, broadcasts, and refuses tensors off its device.
+run_ctest "NCCL 1-GPU all-reduce self-test" '^Nccl.*\.gpu$'
 run_ctest "ptxas report (spills, shared memory)" 'PtxasReport'
 run_ctest "emulated kernels (all schedules)" 'CudaParity|simt'
 

@@ -15,6 +15,8 @@ packages=(
   nlohmann-json3-dev   # safetensors headers, metrics
   zlib1g-dev           # corpus extraction
   libopenblas-openmp-dev  # large matmuls (OpenMP build: shares attnlab's threads)
+  openmpi-bin          # mpirun: starts the ranks of a data-parallel run and the multi-rank tests
+  libopenmpi-dev       # the MPI backend (train/distributed_mpi.cpp; ATTNLAB_MPI)
 )
 
 missing=()
