@@ -94,7 +94,7 @@ if(NOT ATTNLAB_MPI STREQUAL "OFF")
   find_package(MPI QUIET COMPONENTS CXX)
   if(MPI_CXX_FOUND)
     set(ATTNLAB_WITH_MPI 1)
-    message(STATUS "attnlab: MPI backend with ${MPI_CXX_LIBRARY_VERSION_STRING} (MPI ${MPI_CXX_VERSION}); "
+    message(STATUS "attnlab: MPI backend (MPI ${MPI_CXX_VERSION}, ${MPI_CXX_LIB_NAMES}); "
                    "multi-rank tests run ${MPIEXEC_EXECUTABLE}")
     if(NOT MPIEXEC_EXECUTABLE)
       message(STATUS "attnlab: no mpirun found (openmpi-bin): the multi-rank tests are not registered")

@@ -210,7 +210,9 @@ TEST(Distributed, ParameterChecksum) {
 
   // Parameters that differ by rank agree after broadcast_tensors, checked through the checksum.
   Tensor p = Tensor::full(Shape{4, 4}, R() * 1.5), q = Tensor::full(Shape{3}, -R() * 1.0, DType::f64);
-  if (W() > 1) EXPECT_FALSE(same_on_all_ranks(group(), parameter_checksum({p, q})));
+  if (W() > 1) {
+    EXPECT_FALSE(same_on_all_ranks(group(), parameter_checksum({p, q})));
+  }
   broadcast_tensors(group(), {p, q}, 0);
   EXPECT_TRUE(same_on_all_ranks(group(), parameter_checksum({p, q})));
   for (float v : p.to_vector<float>()) EXPECT_EQ(v, 0.0f);
