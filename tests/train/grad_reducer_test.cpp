@@ -13,6 +13,7 @@
 #include "layers/gpt.h"
 #include "lib/rng.h"
 #include "tests/support/gpt_configs.h"
+#include "train/data_parallel.h"
 #include "train/distributed.h"
 #include "train/grad_reducer.h"
 
@@ -22,6 +23,7 @@ namespace {
 using dist::Communicator;
 using dist::GradientReducer;
 using dist::ReducerOptions;
+using attnlab::DataParallel;
 
 Communicator& world() {
   static std::unique_ptr<Communicator> comm = dist::make_communicator(Device::cpu());
@@ -139,6 +141,61 @@ TEST(GradientReducer, RefusesParametersOffTheGroupsDevice) {
     EXPECT_NO_THROW(GradientReducer(comm, {}));
   }
   EXPECT_THROW(GradientReducer(comm, {param(3, 0)}, ReducerOptions{.bucket_bytes = 0}), ConfigError);
+}
+
+TEST(DataParallel, StartsFromRankZerosWeightsAndStopsWhenRanksDiverge) {
+  const int W = world().world_size();
+  DataParallel dp(DataParallelKeys{}, Device::cpu(), 2 * W, "test.ini");
+  EXPECT_EQ(dp.world_size(), W);
+  EXPECT_EQ(dp.local_batch(), 2);
+  // Different initial weights on every rank: start() makes them rank 0's.
+  Generator gen(100 + static_cast<uint64_t>(dp.rank()));
+  Gpt model(tiny_variant_gpt("softmax"), gen);
+  dp.start(model);
+  Generator gen0(100);
+  const Gpt rank0(tiny_variant_gpt("softmax"), gen0);
+  const auto mine = model.named_parameters(), want = rank0.named_parameters();
+  for (size_t i = 0; i < mine.size(); ++i)
+    EXPECT_EQ(mine[i].second.data().to_vector<float>(), want[i].second.data().to_vector<float>()) << mine[i].first;
+  EXPECT_NO_THROW(dp.check_in_sync(model, 1));
+  if (W > 1) {
+    // One element of one rank's weights moves: every rank stops, naming the step.
+    if (dp.rank() == W - 1) model.parameters()[0].mutable_data().data<float>()[0] += 1e-3f;
+    try {
+      dp.check_in_sync(model, 7);
+      ADD_FAILURE() << "ranks with different weights were not caught";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("ranks diverged at step 7"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(DataParallel, ShardsTheGlobalBatchAndWeightsTheLossByTargets) {
+  const int W = world().world_size();
+  DataParallel dp(DataParallelKeys{}, Device::cpu(), 2 * W, "test.ini");
+  const int64_t B = 2 * W, T = 3;
+  std::vector<int32_t> ids(static_cast<size_t>(B * T));
+  std::vector<float> mask(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<int32_t>(i);
+    mask[i] = (i % 3 == 0 || i < 4) ? 1.0f : 0.0f;  // uneven targets per row
+  }
+  TaskBatch global{Tensor::from_vector(Shape{B, T}, ids), Tensor::from_vector(Shape{B, T}, ids),
+                   Tensor::from_vector(Shape{B, T}, mask)};
+  const TaskBatch mine = dp.shard(global);
+  ASSERT_EQ(mine.x.shape(), (Shape{2, T}));
+  EXPECT_EQ(mine.x.to_vector<int32_t>()[0], static_cast<int32_t>(dp.rank() * 2 * T));
+  // The weights average to one over the ranks, and each is the shard's share of the targets.
+  const double w = dp.loss_weight(global);
+  EXPECT_NEAR(dp.mean(w), 1.0, 1e-12);
+  double mine_targets = 0, all_targets = 0;
+  for (float m : mine.mask.to_vector<float>()) mine_targets += m;
+  for (float m : mask) all_targets += m;
+  EXPECT_NEAR(w, W == 1 ? 1.0 : mine_targets * W / all_targets, 1e-12);
+  // A global batch that does not split evenly is refused.
+  if (W > 1) {
+    EXPECT_THROW(DataParallel(DataParallelKeys{}, Device::cpu(), 2 * W + 1, "test.ini"), ConfigError);
+  }
 }
 
 }  // namespace
