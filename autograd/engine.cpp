@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "autograd/grad_hooks.h"
 #include "autograd/grad_mode.h"
 #include "autograd/variable.h"
 #include "lib/arith.h"
@@ -50,7 +51,18 @@ void accumulate_leaf(Variable& leaf, Tensor g) {
   }
 }
 
+thread_local const LeafGradHook* leaf_grad_hook = nullptr;
+
 }  // namespace
+
+LeafGradHookScope::LeafGradHookScope(LeafGradHook hook) : hook_(std::move(hook)), previous_(leaf_grad_hook) {
+  leaf_grad_hook = &hook_;
+}
+LeafGradHookScope::~LeafGradHookScope() { leaf_grad_hook = previous_; }
+
+namespace detail {
+const LeafGradHook* current_leaf_grad_hook() { return leaf_grad_hook; }
+}  // namespace detail
 
 void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
   AL_CHECK(grads.empty() || grads.size() == roots.size(), "backward: got ", grads.size(), " gradients for ",
@@ -63,6 +75,9 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
   std::vector<Node*> stack, ready;
   // Every reachable node stays alive until the end, even after release() drops the edges to it.
   std::vector<std::shared_ptr<Node>> alive;
+  // With a leaf hook: the edges into each leaf that have not delivered yet (the hook fires at 0).
+  const LeafGradHook* hook = leaf_grad_hook;
+  std::unordered_map<const void*, int64_t> leaf_pending;
 
   for (size_t i = 0; i < roots.size(); ++i) {
     const Variable& root = roots[i];
@@ -79,6 +94,7 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
     if (root.is_leaf()) {
       Variable leaf = root;
       accumulate_leaf(leaf, g);
+      if (hook) (*hook)(leaf);
       continue;
     }
     Node* node = root.grad_fn().get();
@@ -101,7 +117,10 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
              "' was already freed by an earlier backward; pass retain_graph=true to the first one");
     for (const Variable& in : n->inputs()) {
       Node* p = in.grad_fn().get();
-      if (!p) continue;
+      if (!p) {
+        if (hook && in.requires_grad()) ++leaf_pending[in.id()];
+        continue;
+      }
       ++pending[p];
       if (!seen[p]) {
         seen[p] = true;
@@ -147,6 +166,7 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& gra
         } else {
           Variable leaf = in;
           accumulate_leaf(leaf, std::move(g));
+          if (hook && --leaf_pending[in.id()] == 0) (*hook)(leaf);
         }
       }
       if (producer && --pending[producer] == 0) ready.push_back(producer);

@@ -52,6 +52,7 @@ class GradientReducer {
   struct State;
   Communicator& comm_;
   std::unique_ptr<State> state_;
+  bool overlap_ = true;
   ReducerStats stats_;
 };
 

@@ -1,6 +1,7 @@
 // The attnlab command line.
 //
 //   attnlab train RECIPE.ini [--section.key=value ...] [--resume]
+//   mpirun -np N attnlab train RECIPE.ini ...                 data parallel (train/data_parallel.h)
 //   attnlab finetune RECIPE.ini [--section.key=value ...] [--resume]
 //   attnlab ablate RECIPE.ini [--section.key=value ...] [--dry-run]
 //   attnlab sample RUN_OR_CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top_k K] [--seed S]
@@ -29,6 +30,7 @@
 #include "layers/all_ops.h"
 #include "lib/error.h"
 #include "train/ablate.h"
+#include "train/distributed.h"
 #include "train/finetune.h"
 #include "train/op_command.h"
 #include "train/report.h"
@@ -42,7 +44,8 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  train RECIPE.ini [--section.key=value ...] [--resume]\n"
-    "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints)\n"
+    "                      train a language model; writes runs/<run.name>/ (metrics, checkpoints);\n"
+    "                      data parallel under `mpirun -np N` (train.batch is the global batch)\n"
     "  finetune RECIPE.ini [--section.key=value ...] [--resume]\n"
     "                      fine-tune a trained model on answers (finetune.method = sft | focusft);\n"
     "                      writes runs/<run.name>/ like train (base weights only in checkpoints)\n"
@@ -367,8 +370,14 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = all[0];
   const std::vector<std::string> args(all.begin() + 1, all.end());
+  const attnlab::dist::LaunchInfo launch = attnlab::dist::launch_info();
+  const bool several_ranks = launch.launched && launch.world_size > 1;
   try {
     if (cmd == "train") return cmd_train(args);
+    // Only train is data parallel: N copies of any other command would write the same files.
+    AL_CHECK_CONFIG(!several_ranks, "`attnlab ", cmd, "` runs in one process, and this is rank ", launch.rank,
+                    " of ", launch.world_size, " started by an MPI launcher; only `attnlab train` is data parallel "
+                    "(run `attnlab ", cmd, "` without mpirun)");
     if (cmd == "finetune") return cmd_finetune(args);
     if (cmd == "ablate") return cmd_ablate(args);
     if (cmd == "sample") return cmd_sample(args);
@@ -389,7 +398,18 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // A user error (recipe, file, checkpoint, name) is one line and exit code 2; anything else 1.
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);
-    std::cerr << (user_error ? "attnlab: " : "attnlab: error: ") << e.what() << "\n";
-    return user_error ? 2 : 1;
+    const int code = user_error ? 2 : 1;
+    if (several_ranks && launch.rank != 0) {
+      // Bad input fails every rank alike: rank 0 says it, and the launcher ends this rank when
+      // rank 0 exits. Speak only if that has not happened within a second (the error was this
+      // rank's own); other errors are this rank's own at once.
+      if (user_error) ::sleep(1);
+      std::cerr << "attnlab (rank " << launch.rank << "): " << (user_error ? "" : "error: ") << e.what() << "\n";
+    } else {
+      std::cerr << (user_error ? "attnlab: " : "attnlab: error: ") << e.what() << "\n";
+    }
+    // Peers may be blocked in a collective: end this process now, and the launcher the job.
+    attnlab::dist::exit_job_on_error(code);
+    return code;
   }
 }

@@ -28,6 +28,7 @@
 #include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/finetune.h"
 #include "train/model_io.h"
 #include "train/residual_train.h"
@@ -61,6 +62,8 @@ struct RunConfig : RunKeys, LoopKeys, AdamWKeys {
   double momentum = 0.9;   // sgd
   double routing_lr = 0;   // peak lr of the residual routing parameters (train/residual_train.h)
   std::string init_from;   // init.from: a checkpoint whose weights start the run
+  // [dist]
+  DataParallelKeys dist;
   // [sample]
   SampleOptions sample;
   std::string prompt;
@@ -165,6 +168,7 @@ RunConfig read_config(Recipe& r) {
   AL_CHECK_CONFIG(c.routing_lr >= 0, "recipe ", r.source(), ": optim.routing_lr must be >= 0; got ", c.routing_lr);
   if (r.has("init.from")) c.init_from = r.get_string("init.from", "");
   check_adamw_keys(r, c);
+  c.dist = read_data_parallel_keys(r);
 
   // A task run shows validation rows instead of a text sample: no [sample] keys.
   if (!c.is_task()) {
@@ -440,8 +444,9 @@ EvalOutcome evaluate_run(const RunConfig& c, const Gpt& model, const Dataset& da
 // result.json (train/results.h): written once the final checkpoint and samples are, so its
 // presence means the run finished. The fields every run writes are run_common.h's result_json.
 void write_result(const RunConfig& c, const std::string& run_dir, const TrainResult& r, const EvalOutcome& last,
-                  const Gpt& model, double seconds) {
+                  const Gpt& model, double seconds, const DataParallel& dp) {
   json j = result_json(run_dir, r, last.val_loss, seconds, c.batch * c.seq_len, model, c.model, c.device);
+  j["ranks"] = dp.world_size();  // tokens_per_s is the whole job's: global batch tokens a step
   j.update(json{{"metric", c.is_task() ? c.task_setup.task->metric_name() : std::string("val_loss")},
                 {"metric_value", last.metric},
                 {"higher_is_better", c.is_task() && c.task_setup.task->higher_is_better()},
@@ -454,7 +459,7 @@ void write_result(const RunConfig& c, const std::string& run_dir, const TrainRes
 
 }  // namespace
 
-TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& out) {
+TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream& console) {
   const RunConfig base = read_config(recipe);
   const std::string run_dir = base.run_dir();
   check_run_dir(run_dir, options.resume);
@@ -462,6 +467,11 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   // Everything that can fail on bad input happens before anything is written.
   const auto t_run = std::chrono::steady_clock::now();
   RunConfig c = base;
+  // One process, or one rank of `mpirun -np N` (train/data_parallel.h): only rank 0 prints and
+  // writes the run directory.
+  DataParallel dp(c.dist, c.device, c.batch, recipe.source());
+  c.device = dp.device();
+  std::ostream& out = dp.log(console);
   const SyntheticTask* task = c.is_task() ? c.task_setup.task.get() : nullptr;
   Dataset data;  // a task generates its batches: no text, no token shards
   if (!task) {
@@ -489,16 +499,21 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   } else if (!c.init_from.empty()) {
     init_from_checkpoint(model, c.init_from, out);
   }
-  fs::create_directories(run_dir);
-  // A result.json says "finished": a run that starts (or resumes) is not, until it writes its own.
-  fs::remove(fs::path(run_dir) / kResultFile);
-  if (!task && !data.from_run_dir) save_data(data, run_dir);
-  write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
+  if (dp.is_root()) {
+    fs::create_directories(run_dir);
+    // A result.json says "finished": a run that starts (or resumes) is not, until it writes its own.
+    fs::remove(fs::path(run_dir) / kResultFile);
+    if (!task && !data.from_run_dir) save_data(data, run_dir);
+    write_file_atomic((fs::path(run_dir) / "recipe.ini").string(), recipe.resolved());
+  }
+  // Rank 0's weights on every rank, and the gradient reducer over them.
+  dp.start(model);
 
   std::unique_ptr<Optimizer> opt = make_optimizer(c, model);
   std::unique_ptr<BatchSampler> sampler;
+  // Every rank draws the global batch (the one-process stream) and trains on its rows of it.
   if (!task) sampler = std::make_unique<BatchSampler>(data.train, c.batch, c.seq_len, c.seed);
-  Generator dropout_gen(c.seed ^ 0x9e3779b97f4a7c15ull);
+  Generator dropout_gen = dp.rank_generator(Generator(c.seed ^ 0x9e3779b97f4a7c15ull));
   int64_t step = 0;
   BadSteps bad{.max_in_a_row = c.max_bad_steps, .in_a_row = 0, .skipped = 0};
   if (options.resume) {
@@ -507,11 +522,12 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       step = std::stoll(resumed.state_meta.at("step"));
       // A task's batch is a function of the step alone.
       if (sampler) sampler->set_step(std::stoull(resumed.state_meta.at("sampler_step")));
-      dropout_gen = generator_from_meta(resumed.state_meta, "dropout");
+      dropout_gen = dp.rank_generator(generator_from_meta(resumed.state_meta, "dropout"));
       bad.skipped = std::stoll(resumed.state_meta.at("skipped_steps"));
     });
   }
-  std::ofstream metrics = open_metrics(run_dir, options.resume, step, out);
+  std::ofstream metrics;
+  if (dp.is_root()) metrics = open_metrics(run_dir, options.resume, step, out);
 
   const int64_t tokens_per_step = c.batch * c.seq_len;
   out << "attnlab train: " << run_dir << "\n";
@@ -532,8 +548,9 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       << ": " << model.num_parameters() << " parameters\n"
       << "  train: " << c.steps << " steps of " << c.batch << " x " << c.seq_len << " tokens, " << c.optimizer << " lr "
       << c.schedule.peak << ", " << cpu::max_threads() << " threads\n"
-      << "  device: " << device_description(c.device) << "\n"
-      << std::flush;
+      << "  device: " << device_description(c.device) << "\n";
+  if (dp.several()) out << "  data parallel: " << dp.describe(cpu::max_threads()) << "\n";
+  out << std::flush;
 
   const std::vector<Variable> params = model.parameters();
   auto save = [&](int64_t at_step) {
@@ -546,6 +563,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
   TrainResult result{run_dir, step, 0, 0, bad.skipped};
   const RunClock clock{.start = std::chrono::steady_clock::now(), .first_step = step};
   LogWindow window;
+  double window_wait_ms = 0;  // all-reduce waits after the backward, summed over the log window
   std::string last_checkpoint;
   std::optional<EvalOutcome> last_eval;
   while (step < c.steps) {
@@ -556,16 +574,20 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     Variable loss;
     if (task) {
       // Batch `step` of the training stream: a resumed run redraws it exactly.
-      const TaskBatch b = task->batch(c.seed, static_cast<uint64_t>(step), c.batch, c.seq_len);
+      const TaskBatch global = task->batch(c.seed, static_cast<uint64_t>(step), c.batch, c.seq_len);
+      const TaskBatch b = dp.shard(global);
       loss = task_loss(*task, model.forward(task_input(b, c.device), drop), b);
+      if (const double w = dp.loss_weight(global); w != 1.0) loss = mul_scalar(loss, w);
     } else {
-      const Batch b = sampler->next();
+      const Batch b = dp.shard(sampler->next());
       loss = cross_entropy(model.forward(Variable(b.x.to(c.device)), drop), Variable(b.y.to(c.device)));
     }
     opt->zero_grad();
-    loss.backward();
+    // The backward, then (on several ranks) the gradients averaged over them before clipping.
+    dp.backward(loss);
+    window_wait_ms += dp.last_wait_ms();
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
-    const double loss_value = loss.data().item<double>();
+    const double loss_value = dp.mean(loss.data().item<double>());
     ++step;
     if (bad.skip(step, loss_value, norm, out, options.interactive)) {
       opt->zero_grad();
@@ -593,23 +615,30 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
       if (options.interactive) out << "\r" << line << std::flush;
     } else {
       json m = window.metrics(step, lr, norm, tokens_per_step, bad.skipped);
+      if (dp.several()) m["allreduce_wait_ms"] = window_wait_ms / static_cast<double>(window.steps);
       out << (options.interactive ? "\r" : "") << line;
       if (eval_now) {
-        last_eval = evaluate_run(c, model, data);
-        result.final_val_loss = last_eval->val_loss;
-        m.update(last_eval->fields);
-        out << last_eval->note;
+        dp.check_in_sync(model, step);
+        if (dp.is_root()) {  // the other ranks hold the same weights: one evaluation serves
+          last_eval = evaluate_run(c, model, data);
+          result.final_val_loss = last_eval->val_loss;
+          m.update(last_eval->fields);
+          out << last_eval->note;
+        }
       }
-      metrics << m.dump() << "\n" << std::flush;
+      if (dp.is_root()) metrics << m.dump() << "\n" << std::flush;
       // Eval lines stay on screen; plain log lines always end.
       out << (options.interactive && !eval_now ? "" : "\n") << std::flush;
       window.reset();
+      window_wait_ms = 0;
     }
-    if (c.checkpoint_due(step)) last_checkpoint = save(step);
+    if (c.checkpoint_due(step) && dp.is_root()) last_checkpoint = save(step);
   }
   result.steps = step;
   result.skipped_steps = bad.skipped;
   if (options.interactive) out << "\n";
+  // The run directory's last words are rank 0's.
+  if (!dp.is_root()) return result;
   if (!last_eval) {
     // Resumed at the last step: nothing trained, but result.json needs the final evaluation.
     last_eval = evaluate_run(c, model, data);
@@ -631,7 +660,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     out << "sample (temperature " << c.sample.temperature << ", top-k " << c.sample.top_k << "):\n" << text << "\n";
   }
   write_result(c, run_dir, result, *last_eval, model,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count());
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count(), dp);
   return result;
 }
 

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
+#include "autograd/grad_hooks.h"
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "lib/error.h"
@@ -103,6 +105,39 @@ TEST(Engine, DetachCutsTheGraph) {
   Variable y = mul(exp(x).detach(), x);  // d/dx = exp(3), the detached factor is a constant
   sum(y).backward();
   EXPECT_NEAR(grad_of(x)[0], std::exp(3.0), 1e-12);
+}
+
+TEST(Engine, LeafHookFiresOnceWhenTheLeafsGradientIsComplete) {
+  // x feeds three uses at different depths, w one, c none (it does not require a gradient): the
+  // hook sees x once, after its last use delivered, holding the full gradient 2x + 3.
+  Variable x = leaf({1.0, -2.0}), w = leaf({0.5, 0.5}), c = leaf({4.0, 4.0}, false);
+  std::vector<std::pair<const void*, std::vector<double>>> seen;
+  {
+    LeafGradHookScope scope([&](const Variable& v) { seen.emplace_back(v.id(), v.grad().to_vector<double>()); });
+    sum(add(add(mul(x, x), mul_scalar(x, 3.0)), mul(w, c))).backward();
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  std::map<const void*, std::vector<double>> by_leaf(seen.begin(), seen.end());
+  EXPECT_EQ(by_leaf.at(x.id()), (std::vector<double>{5.0, -1.0}));
+  EXPECT_EQ(by_leaf.at(w.id()), (std::vector<double>{4.0, 4.0}));
+  EXPECT_EQ(by_leaf.count(c.id()), 0u);
+  // Out of the scope nothing is called.
+  x.zero_grad();
+  sum(mul(x, x)).backward();
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(Engine, LeafHookScopesNestAndTheInnerOneIsCalled) {
+  Variable x = leaf({1.0});
+  int outer = 0, inner = 0;
+  LeafGradHookScope a([&](const Variable&) { ++outer; });
+  {
+    LeafGradHookScope b([&](const Variable&) { ++inner; });
+    sum(mul_scalar(x, 2.0)).backward();
+  }
+  sum(mul_scalar(x, 2.0)).backward();
+  EXPECT_EQ(inner, 1);
+  EXPECT_EQ(outer, 1);
 }
 
 }  // namespace

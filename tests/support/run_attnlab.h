@@ -21,12 +21,13 @@ struct CommandResult {
   std::string out, err;
 };
 
-inline CommandResult run_attnlab(const std::string& args) {
+// `program args` through the shell (program may carry a launcher: "mpirun -np 2 .../attnlab").
+inline CommandResult run_program(const std::string& program, const std::string& args) {
   static std::atomic<int> counter{0};
   const std::filesystem::path err_path =
       std::filesystem::temp_directory_path() /
       ("attnlab_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".err");
-  const std::string cmd = std::string(ATTNLAB_BIN) + " " + args + " 2>" + err_path.string();
+  const std::string cmd = program + " " + args + " 2>" + err_path.string();
   CommandResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -42,5 +43,9 @@ inline CommandResult run_attnlab(const std::string& args) {
   std::filesystem::remove(err_path);
   return r;
 }
+
+#ifdef ATTNLAB_BIN
+inline CommandResult run_attnlab(const std::string& args) { return run_program(ATTNLAB_BIN, args); }
+#endif
 
 }  // namespace attnlab::test
