@@ -110,10 +110,6 @@ std::unique_ptr<Communicator> make_single(Device device) { return std::make_uniq
 #if !(defined(ATTNLAB_WITH_MPI) && ATTNLAB_WITH_MPI)
 bool mpi_multi_rank() { return false; }
 #endif
-// TEMPORARY until distributed_nccl.cpp lands (removed at the merge).
-[[gnu::weak]] std::unique_ptr<Communicator> make_nccl(Device, std::unique_ptr<Communicator>) {
-  throw DeviceError("no NCCL backend yet");
-}
 
 }  // namespace detail
 
