@@ -104,6 +104,8 @@ if(NOT ATTNLAB_MPI STREQUAL "OFF")
   else()
     message(STATUS "attnlab: MPI (libopenmpi-dev) not found; training runs in one process only")
   endif()
+else()
+  message(STATUS "attnlab: MPI backend configured off (ATTNLAB_MPI=OFF); training runs in one process only")
 endif()
 
 # NCCL (DESIGN.md section 8): all-reduces gradients between GPUs (lib/cuda/nccl.cu). It ships
