@@ -253,6 +253,23 @@ TEST(Distributed, MakeCommunicatorRefusesWhatDoesNotFit) {
   }
 }
 
+#if ATTNLAB_WITH_CUDA
+TEST(Distributed, NcclOnTheEmulatorIsRefusedOnEveryRankBeforeAnyTransfer) {
+  // This binary runs CUDA tensors on the emulator, which has one device (cuda:0) and no NCCL.
+  // Rank 0 (cuda:0) hears that NCCL cannot run here; a rank whose GPU (cuda:<local rank>) does
+  // not exist hears that first. Each rank throws before the NCCL id is sent, so none waits.
+  const int local = group().local_rank();
+  const std::string e = error_of([] { make_communicator(Device::cuda(0), "nccl"); });
+  if (local == 0) {
+    EXPECT_TRUE(contains(e, "NCCL cannot run on the simt emulator")) << e;
+  } else {
+    EXPECT_TRUE(contains(e, "cuda:" + std::to_string(local) + " does not exist")) << e;
+  }
+  EXPECT_THROW(make_communicator(Device::cuda(0), "nccl"), DeviceError);
+  group().barrier();
+}
+#endif
+
 TEST(Distributed, TensorContractIsChecked) {
   // Every rank fails the same check before any transfer, so nothing is left waiting.
   const Tensor strided = Tensor::zeros(Shape{2, 3}).transpose(0, 1);
