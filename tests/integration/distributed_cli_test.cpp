@@ -20,8 +20,9 @@ namespace attnlab::test {
 namespace {
 
 // Round-off only: the two ranks' halves are summed in another order than one process sums the
-// whole batch, and 40 AdamW steps carry that difference forward. Measured here: at most 2e-6.
-constexpr double kLossTolerance = 2e-4;
+// whole batch, and 40 AdamW steps carry that difference forward. Measured here: at most 6e-8 on
+// losses near 3 to 5.5 (and 5e-8 on gradient norms); the bound leaves two decades of room.
+constexpr double kLossTolerance = 1e-5;
 
 class Distributed : public CliRunDir {
  protected:
@@ -68,8 +69,9 @@ TEST_F(Distributed, TwoRanksGiveTheLossesOfOneProcessWithTheSameGlobalBatch) {
                 kLossTolerance * std::max(1.0, a[i]["grad_norm"].get<double>()))
         << "step " << a[i]["step"];
     EXPECT_EQ(a[i].contains("val_loss"), b[i].contains("val_loss"));
-    if (a[i].contains("val_loss"))
+    if (a[i].contains("val_loss")) {
       EXPECT_NEAR(a[i]["val_loss"].get<double>(), b[i]["val_loss"].get<double>(), kLossTolerance);
+    }
     EXPECT_TRUE(b[i].contains("allreduce_wait_ms"));
   }
   // The step-1 loss is the same initial model on the same rows: equal to round-off of one mean.
