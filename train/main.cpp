@@ -403,10 +403,10 @@ int main(int argc, char** argv) {
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);
     const int code = user_error ? 2 : 1;
     if (several_ranks && launch.rank != 0) {
-      // Bad input fails every rank alike: rank 0 says it, and the launcher ends this rank when
-      // rank 0 exits (Open MPI takes about a second). Speak only if that has not happened within
-      // three (the error was this rank's own); other errors are this rank's own at once.
-      if (user_error) ::sleep(3);
+      // Bad input, a diverged run, ranks out of sync: most errors stop every rank alike. Rank 0
+      // says it, and the launcher ends this rank when rank 0 exits (Open MPI takes about a
+      // second). Speak only if that has not happened within three: the error was this rank's own.
+      ::sleep(3);
       std::cerr << "attnlab (rank " << launch.rank << "): " << (user_error ? "" : "error: ") << e.what() << "\n";
     } else {
       std::cerr << (user_error ? "attnlab: " : "attnlab: error: ") << e.what() << "\n";

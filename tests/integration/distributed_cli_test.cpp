@@ -129,5 +129,26 @@ TEST_F(Distributed, OnlyTrainRunsUnderSeveralRanks) {
   EXPECT_NE(r.err.find("only `attnlab train` is data parallel"), std::string::npos) << r.err;
 }
 
+TEST_F(Distributed, TaskRunOnTwoRanksFollowsOneProcess) {
+  // A synthetic task: the batch comes from the task's stream and the loss is a masked mean over
+  // answer positions, weighted per rank by its share of them.
+  const fs::path recipe = dir_ / "mqar.ini";
+  std::ofstream(recipe) << "[run]\nname = mqar\nseed = 3\n[data]\ntask = mqar\nvocab = 16\npairs = 4\n"
+                           "[model]\nlayers = 1\nd_model = 32\nheads = 2\ncontext = 16\n"
+                           "[optim]\nlr = 0.003\n[train]\nbatch = 8\nseq_len = 16\nsteps = 20\nlog_every = 5\n"
+                           "eval_every = 20\neval_batches = 2\n";
+  const std::string args = "train " + recipe.string() + " --run.dir=" + dir_.string();
+  const Result one = run(args + " --run.name=one");
+  ASSERT_EQ(one.code, 0) << one.out << one.err;
+  const Result two = mpirun(2, args + " --run.name=two");
+  ASSERT_EQ(two.code, 0) << two.out << two.err;
+  const std::vector<json> a = read_metrics(dir_ / "one"), b = read_metrics(dir_ / "two");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(a[i]["train_loss"].get<double>(), b[i]["train_loss"].get<double>(), kLossTolerance)
+        << "step " << a[i]["step"];
+  EXPECT_NEAR(a.back()["val_accuracy"].get<double>(), b.back()["val_accuracy"].get<double>(), 1e-9);
+}
+
 }  // namespace
 }  // namespace attnlab::test
