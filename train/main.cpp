@@ -130,7 +130,10 @@ int cmd_train(const std::vector<std::string>& args) {
   RecipeArgs a = read_recipe_args("train", args, /*takes_resume=*/true);
   attnlab::TrainOptions options;
   options.resume = a.resume;
-  options.interactive = ::isatty(::fileno(stdout)) != 0;
+  // mpirun gives every rank a pseudo-terminal even when its own output goes to a file: ranks
+  // print log lines, not a redrawn progress line.
+  const attnlab::dist::LaunchInfo launch = attnlab::dist::launch_info();
+  options.interactive = ::isatty(::fileno(stdout)) != 0 && !(launch.launched && launch.world_size > 1);
   attnlab::run_train(a.recipe, options, std::cout);
   return 0;
 }
@@ -400,10 +403,10 @@ int main(int argc, char** argv) {
     const bool user_error = dynamic_cast<const attnlab::ConfigError*>(&e) || dynamic_cast<const attnlab::IoError*>(&e);
     const int code = user_error ? 2 : 1;
     if (several_ranks && launch.rank != 0) {
-      // Bad input fails every rank alike: rank 0 says it, and the launcher ends this rank when
-      // rank 0 exits. Speak only if that has not happened within a second (the error was this
-      // rank's own); other errors are this rank's own at once.
-      if (user_error) ::sleep(1);
+      // Bad input, a diverged run, ranks out of sync: most errors stop every rank alike. Rank 0
+      // says it, and the launcher ends this rank when rank 0 exits (Open MPI takes about a
+      // second). Speak only if that has not happened within three: the error was this rank's own.
+      ::sleep(3);
       std::cerr << "attnlab (rank " << launch.rank << "): " << (user_error ? "" : "error: ") << e.what() << "\n";
     } else {
       std::cerr << (user_error ? "attnlab: " : "attnlab: error: ") << e.what() << "\n";

@@ -20,8 +20,9 @@ namespace attnlab::test {
 namespace {
 
 // Round-off only: the two ranks' halves are summed in another order than one process sums the
-// whole batch, and 40 AdamW steps carry that difference forward. Measured here: at most 2e-6.
-constexpr double kLossTolerance = 2e-4;
+// whole batch, and 40 AdamW steps carry that difference forward. Measured here: at most 6e-8 on
+// losses near 3 to 5.5 (and 5e-8 on gradient norms); the bound leaves two decades of room.
+constexpr double kLossTolerance = 1e-5;
 
 class Distributed : public CliRunDir {
  protected:
@@ -68,8 +69,9 @@ TEST_F(Distributed, TwoRanksGiveTheLossesOfOneProcessWithTheSameGlobalBatch) {
                 kLossTolerance * std::max(1.0, a[i]["grad_norm"].get<double>()))
         << "step " << a[i]["step"];
     EXPECT_EQ(a[i].contains("val_loss"), b[i].contains("val_loss"));
-    if (a[i].contains("val_loss"))
+    if (a[i].contains("val_loss")) {
       EXPECT_NEAR(a[i]["val_loss"].get<double>(), b[i]["val_loss"].get<double>(), kLossTolerance);
+    }
     EXPECT_TRUE(b[i].contains("allreduce_wait_ms"));
   }
   // The step-1 loss is the same initial model on the same rows: equal to round-off of one mean.
@@ -125,6 +127,27 @@ TEST_F(Distributed, OnlyTrainRunsUnderSeveralRanks) {
   const Result r = mpirun(2, "sample " + (dir_ / "nothing").string());
   EXPECT_EQ(r.code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("only `attnlab train` is data parallel"), std::string::npos) << r.err;
+}
+
+TEST_F(Distributed, TaskRunOnTwoRanksFollowsOneProcess) {
+  // A synthetic task: the batch comes from the task's stream and the loss is a masked mean over
+  // answer positions, weighted per rank by its share of them.
+  const fs::path recipe = dir_ / "mqar.ini";
+  std::ofstream(recipe) << "[run]\nname = mqar\nseed = 3\n[data]\ntask = mqar\nvocab = 16\npairs = 4\n"
+                           "[model]\nlayers = 1\nd_model = 32\nheads = 2\ncontext = 16\n"
+                           "[optim]\nlr = 0.003\n[train]\nbatch = 8\nseq_len = 16\nsteps = 20\nlog_every = 5\n"
+                           "eval_every = 20\neval_batches = 2\n";
+  const std::string args = "train " + recipe.string() + " --run.dir=" + dir_.string();
+  const Result one = run(args + " --run.name=one");
+  ASSERT_EQ(one.code, 0) << one.out << one.err;
+  const Result two = mpirun(2, args + " --run.name=two");
+  ASSERT_EQ(two.code, 0) << two.out << two.err;
+  const std::vector<json> a = read_metrics(dir_ / "one"), b = read_metrics(dir_ / "two");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(a[i]["train_loss"].get<double>(), b[i]["train_loss"].get<double>(), kLossTolerance)
+        << "step " << a[i]["step"];
+  EXPECT_NEAR(a.back()["val_accuracy"].get<double>(), b.back()["val_accuracy"].get<double>(), 1e-9);
 }
 
 }  // namespace
