@@ -23,7 +23,7 @@ command -v mpirun > /dev/null || { echo "data_parallel.sh: mpirun not found (scr
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 common=(--run.dir="$out" --data.corpus_dir="$root/corpora" --train.steps="$steps" --train.log_every=10
-        --train.eval_every=100000 --train.eval_batches=2 --train.checkpoint_every=0 "$@")
+        --train.eval_every=100000 --train.eval_batches=2 --train.checkpoint_every=0 --optim.warmup=0 "$@")
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$ranks" -x OMP_NUM_THREADS=1)
 
 extra=()  # the next run's own recipe overrides
