@@ -12,6 +12,7 @@
 #include "lib/cuda/nccl.h"
 #include "lib/cuda/runtime.h"
 #include "lib/error.h"
+#include "tests/support/error_text.h"
 #include "lib/tensor.h"
 #include "tests/support/cuda_test_util.h"
 #include "train/distributed.h"
@@ -19,20 +20,11 @@
 namespace attnlab {
 namespace {
 
+using test::contains;
+using test::error_of;
+
 using dist::Communicator;
 using dist::ReduceOp;
-
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 #if !ATTNLAB_TEST_REAL_CUDA
 

@@ -13,11 +13,15 @@
 #include <vector>
 
 #include "lib/error.h"
+#include "tests/support/error_text.h"
 #include "lib/tensor.h"
 #include "train/distributed.h"
 
 namespace attnlab::dist {
 namespace {
+
+using test::contains;
+using test::error_of;
 
 // One group for the whole binary (made on first use, by every rank at the same point).
 Communicator& group() {
@@ -27,18 +31,6 @@ Communicator& group() {
 
 int W() { return group().world_size(); }
 int R() { return group().rank(); }
-
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 TEST(Distributed, GroupMatchesTheLaunch) {
   Communicator& c = group();
