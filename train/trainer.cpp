@@ -585,7 +585,6 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     opt->zero_grad();
     // The backward, then (on several ranks) the gradients averaged over them before clipping.
     dp.backward(loss);
-    window_wait_ms += dp.last_wait_ms();
     const double norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
     const double loss_value = dp.mean(loss.data().item<double>());
     ++step;
@@ -602,6 +601,7 @@ TrainResult run_train(Recipe& recipe, const TrainOptions& options, std::ostream&
     }
     opt->step();
     window.add(loss_value, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    window_wait_ms += dp.last_wait_ms();
     result.final_train_loss = loss_value;
 
     const bool eval_now = c.eval_due(step);
