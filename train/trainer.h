@@ -9,6 +9,9 @@
 // Everything a run reads from its recipe is checked before the run directory is touched; a
 // directory that already holds checkpoints is only continued with --resume, which restores the
 // weights, optimizer state, data position and RNG so the losses continue bit for bit.
+//
+// Under `mpirun -np N` each process is one data-parallel rank (train/data_parallel.h): train.batch
+// is the global batch, and only rank 0 prints and writes the run directory.
 #pragma once
 
 #include <ostream>
