@@ -22,7 +22,9 @@ namespace {
 struct Bucket {
   std::vector<size_t> members;   // indices into the parameter list
   std::vector<int64_t> offsets;  // each member's first element in `flat`
-  Tensor flat;                   // numel = the members' total, on the parameters' device
+  int64_t numel = 0;             // the members' total
+  DType dtype = DType::f32;
+  Tensor flat;                   // [numel] on the group's device, made at the first launch
   int64_t pending = 0;           // members whose gradient is not ready yet this step
   std::unique_ptr<Work> work;    // the all-reduce in flight, once launched
 };
@@ -36,6 +38,8 @@ struct GradientReducer::State {
   size_t next_launch = 0;  // buckets [0, next_launch) are launched this step
 
   void launch(Communicator& comm, Bucket& b) {
+    // Made on first use: a run of one rank never launches, and holds no second copy of the model.
+    if (!b.flat.defined()) b.flat = Tensor::zeros(Shape{b.numel}, b.dtype, comm.device());
     for (size_t k = 0; k < b.members.size(); ++k) {
       const Variable& p = params[b.members[k]];
       Tensor slot = b.flat.narrow(0, b.offsets[k], p.numel());
@@ -59,27 +63,23 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Variable> param
   s.params = std::move(params);
   // Reverse parameter order: the head and the top layers finish their gradients first.
   Bucket open;
-  int64_t open_numel = 0;
-  DType open_dtype = DType::f32;
   auto close = [&] {
     if (open.members.empty()) return;
-    open.flat = Tensor::zeros(Shape{open_numel}, open_dtype, comm_.device());
     for (size_t m : open.members) s.bucket_of[s.params[m].id()] = s.buckets.size();
     s.buckets.push_back(std::move(open));
     open = Bucket{};
-    open_numel = 0;
   };
   for (size_t i = s.params.size(); i-- > 0;) {
     const Variable& p = s.params[i];
     AL_CHECK(p.device() == comm_.device(), "GradientReducer: parameter ", i, " ", p.str(), " is on ", p.device().str(),
              "; the ", comm_.backend(), " group reduces tensors on ", comm_.device().str());
     const int64_t elem = static_cast<int64_t>(dtype_size(p.dtype()));
-    if (!open.members.empty() && (p.dtype() != open_dtype || (open_numel + p.numel()) * elem > options.bucket_bytes))
+    if (!open.members.empty() && (p.dtype() != open.dtype || (open.numel + p.numel()) * elem > options.bucket_bytes))
       close();
-    open_dtype = p.dtype();
+    open.dtype = p.dtype();
     open.members.push_back(i);
-    open.offsets.push_back(open_numel);
-    open_numel += p.numel();
+    open.offsets.push_back(open.numel);
+    open.numel += p.numel();
   }
   close();
 }
