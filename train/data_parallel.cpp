@@ -83,7 +83,7 @@ std::ostream& DataParallel::log(std::ostream& out) { return is_root() ? out : nu
 std::string DataParallel::describe(int threads) const {
   return std::to_string(world_size()) + " ranks (" + comm_->backend() + ", " + std::to_string(threads) +
          (threads == 1 ? " thread" : " threads") + " each), " + std::to_string(local_batch_) +
-         " rows of the global batch of " + std::to_string(global_batch_) + " per rank";
+         (local_batch_ == 1 ? " row" : " rows") + " of the global batch of " + std::to_string(global_batch_) + " per rank";
 }
 
 Batch DataParallel::shard(const Batch& global) const {
