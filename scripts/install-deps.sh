@@ -17,6 +17,7 @@ packages=(
   libopenblas-openmp-dev  # large matmuls (OpenMP build: shares attnlab's threads)
   openmpi-bin          # mpirun: starts the ranks of a data-parallel run and the multi-rank tests
   libopenmpi-dev       # the MPI backend (train/distributed_mpi.cpp; ATTNLAB_MPI)
+  openssh-client       # mpirun looks for ssh (its launcher for other nodes) even on one node
 )
 
 missing=()
