@@ -405,7 +405,8 @@ int main(int argc, char** argv) {
     if (several_ranks && launch.rank != 0) {
       // Bad input, a diverged run, ranks out of sync: most errors stop every rank alike. Rank 0
       // says it, and the launcher ends this rank when rank 0 exits (Open MPI takes about a
-      // second). Speak only if that has not happened within five (a margin for a loaded machine): the error was this rank's own.
+      // second). Speak only if that has not happened within five (a margin for a loaded
+      // machine): then the error was this rank's own.
       ::sleep(5);
       std::cerr << "attnlab (rank " << launch.rank << "): " << (user_error ? "" : "error: ") << e.what() << "\n";
     } else {
