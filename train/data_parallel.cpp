@@ -60,13 +60,13 @@ DataParallel::DataParallel(const DataParallelKeys& keys, Device device, int64_t 
   } catch (const ConfigError& e) {
     detail::throw_error<ConfigError>("recipe ", recipe_src, ": ", e.what());
   }
-  reducer_options_ = dist::ReducerOptions{.bucket_bytes = static_cast<int64_t>(keys.bucket_mb * 1024 * 1024),
-                                          .overlap = keys.overlap};
+  reducer_options_ =
+      dist::ReducerOptions{.bucket_bytes = static_cast<int64_t>(keys.bucket_mb * 1024 * 1024), .overlap = keys.overlap};
   const int64_t w = comm_->world_size();
   if (w == 1) return;
   AL_CHECK_CONFIG(global_batch % w == 0, "recipe ", recipe_src, ": train.batch = ", global_batch,
-                  " is the global batch and must split evenly over the ", w,
-                  " ranks (use a multiple of ", w, ", or start ", w, " ranks that divide it)");
+                  " is the global batch and must split evenly over the ", w, " ranks (use a multiple of ", w,
+                  ", or start ", w, " ranks that divide it)");
   local_batch_ = global_batch / w;
 #ifdef _OPENMP
   // Ranks of one node share its cores: by default each takes its share rather than all of them
@@ -83,7 +83,8 @@ std::ostream& DataParallel::log(std::ostream& out) { return is_root() ? out : nu
 std::string DataParallel::describe(int threads) const {
   return std::to_string(world_size()) + " ranks (" + comm_->backend() + ", " + std::to_string(threads) +
          (threads == 1 ? " thread" : " threads") + " each), " + std::to_string(local_batch_) +
-         (local_batch_ == 1 ? " row" : " rows") + " of the global batch of " + std::to_string(global_batch_) + " per rank";
+         (local_batch_ == 1 ? " row" : " rows") + " of the global batch of " + std::to_string(global_batch_) +
+         " per rank";
 }
 
 Batch DataParallel::shard(const Batch& global) const {

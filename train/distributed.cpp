@@ -93,7 +93,7 @@ void Communicator::check_tensor(const Tensor& t, const char* what, bool reduce) 
                  ": expected an f32 or f64 tensor; got ", t.str());
   if (t.device() != device_)
     attnlab::detail::throw_error<DeviceError>(what, ": the ", backend(), " group of rank ", rank_, " takes tensors on ",
-                                     device_.str(), "; got ", t.str(), " on ", t.device().str());
+                                              device_.str(), "; got ", t.str(), " on ", t.device().str());
 }
 
 std::vector<std::string> built_backends() {
@@ -128,8 +128,9 @@ std::unique_ptr<Communicator> make_communicator(Device device, const std::string
     return detail::make_single(device);
   }
   if (backend == "mpi") {
-    AL_CHECK_CONFIG(kHaveMpi, "dist.backend = mpi, but this build of attnlab has no MPI backend (configure with "
-                              "libopenmpi-dev installed; scripts/install-deps.sh installs it)");
+    AL_CHECK_CONFIG(kHaveMpi,
+                    "dist.backend = mpi, but this build of attnlab has no MPI backend (configure with "
+                    "libopenmpi-dev installed; scripts/install-deps.sh installs it)");
     AL_CHECK_CONFIG(device.is_cpu(), "dist.backend = mpi all-reduces CPU tensors; run.device = ", device.str(),
                     " needs dist.backend = nccl (or auto)");
 #if defined(ATTNLAB_WITH_MPI) && ATTNLAB_WITH_MPI

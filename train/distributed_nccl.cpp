@@ -72,7 +72,7 @@ class NcclCommunicator final : public Communicator {
 
   std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
     check_tensor(t, "all_reduce", /*reduce=*/true);
-    Tensor view = t;  // shares t's storage; the collective writes in place
+    Tensor view = t;                  // shares t's storage; the collective writes in place
     comm_.wait_for_current_stream();  // the values to reduce are written
     comm_.all_reduce(view.raw_data(), static_cast<size_t>(t.numel()), t.dtype(), to_nccl(op));
     return std::make_unique<NcclWork>(std::move(view), comm_.record());

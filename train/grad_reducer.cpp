@@ -24,9 +24,9 @@ struct Bucket {
   std::vector<int64_t> offsets;  // each member's first element in `flat`
   int64_t numel = 0;             // the members' total
   DType dtype = DType::f32;
-  Tensor flat;                   // [numel] on the group's device, made at the first launch
-  int64_t pending = 0;           // members whose gradient is not ready yet this step
-  std::unique_ptr<Work> work;    // the all-reduce in flight, once launched
+  Tensor flat;                 // [numel] on the group's device, made at the first launch
+  int64_t pending = 0;         // members whose gradient is not ready yet this step
+  std::unique_ptr<Work> work;  // the all-reduce in flight, once launched
 };
 
 }  // namespace
@@ -43,8 +43,10 @@ struct GradientReducer::State {
     for (size_t k = 0; k < b.members.size(); ++k) {
       const Variable& p = params[b.members[k]];
       Tensor slot = b.flat.narrow(0, b.offsets[k], p.numel());
-      if (p.grad().defined()) slot.copy_(p.grad().reshape(Shape{p.numel()}));
-      else slot.zero_();  // an unused parameter adds nothing on this rank
+      if (p.grad().defined())
+        slot.copy_(p.grad().reshape(Shape{p.numel()}));
+      else
+        slot.zero_();  // an unused parameter adds nothing on this rank
     }
     b.work = comm.all_reduce_async(b.flat, ReduceOp::mean);
   }

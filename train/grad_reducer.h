@@ -24,7 +24,7 @@ namespace attnlab::dist {
 
 struct ReducerOptions {
   int64_t bucket_bytes = int64_t{4} << 20;  // 4 MiB (train.dist_bucket_mb)
-  bool overlap = true;                       // train.dist_overlap
+  bool overlap = true;                      // train.dist_overlap
 };
 
 // What the last backward spent on communication (for the throughput study).

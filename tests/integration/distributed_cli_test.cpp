@@ -31,8 +31,8 @@ class Distributed : public CliRunDir {
   // pinning (each rank runs its own OpenMP threads), one thread a rank.
   static Result mpirun(int ranks, const std::string& args) {
     return run_program(std::string(ATTNLAB_MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none -np " +
-                                std::to_string(ranks) + " -x OMP_NUM_THREADS=1 " + ATTNLAB_BIN,
-                            args);
+                           std::to_string(ranks) + " -x OMP_NUM_THREADS=1 " + ATTNLAB_BIN,
+                       args);
   }
   static std::string file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);

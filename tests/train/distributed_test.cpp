@@ -3,6 +3,8 @@
 // test holds at any world size and checks the reduced values themselves. Every rank runs the
 // same tests in the same order, so the collectives line up; a check that can fail on one rank
 // only is an EXPECT (never an early return before a collective), so a failure cannot hang.
+#include "train/distributed.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,9 +15,8 @@
 #include <vector>
 
 #include "lib/error.h"
-#include "tests/support/error_text.h"
 #include "lib/tensor.h"
-#include "train/distributed.h"
+#include "tests/support/error_text.h"
 
 namespace attnlab::dist {
 namespace {

@@ -3,6 +3,8 @@
 // the distributed.mpi_np2 test). Each rank builds rank-dependent gradients whose mean is known,
 // and a model's gradient over a batch split across the ranks must equal the whole batch's
 // gradient, which every rank can also compute alone.
+#include "train/grad_reducer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,15 +17,14 @@
 #include "tests/support/gpt_configs.h"
 #include "train/data_parallel.h"
 #include "train/distributed.h"
-#include "train/grad_reducer.h"
 
 namespace attnlab::test {
 namespace {
 
+using attnlab::DataParallel;
 using dist::Communicator;
 using dist::GradientReducer;
 using dist::ReducerOptions;
-using attnlab::DataParallel;
 
 Communicator& world() {
   static std::unique_ptr<Communicator> comm = dist::make_communicator(Device::cpu());
