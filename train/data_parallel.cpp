@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <ostream>
 #include <streambuf>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -33,6 +34,13 @@ Tensor rows_of(const Tensor& t, int64_t first, int64_t rows) {
   return t.defined() ? t.narrow(0, first, rows).contiguous() : t;
 }
 
+// The parameters' values, which the broadcast writes and the checksum reads.
+std::vector<Tensor> parameter_values(const Gpt& model) {
+  std::vector<Tensor> values;
+  for (const Variable& p : model.parameters()) values.push_back(p.data());
+  return values;
+}
+
 double mask_sum(const Tensor& mask) {
   double s = 0;
   for (const float v : mask.to(Device::cpu()).contiguous().to_vector<float>()) s += v;
@@ -46,8 +54,11 @@ DataParallelKeys read_data_parallel_keys(Recipe& r) {
   k.backend = r.get_string("dist.backend", k.backend);
   k.bucket_mb = r.get_double("dist.bucket_mb", k.bucket_mb);
   k.overlap = r.get_bool("dist.overlap", k.overlap);
-  AL_CHECK_CONFIG(k.backend == "auto" || k.backend == "single" || k.backend == "mpi" || k.backend == "nccl", "recipe ",
-                  r.source(), ": dist.backend must be auto, single, mpi or nccl; got '", k.backend, "'");
+  try {
+    dist::check_backend_name(k.backend);
+  } catch (const ConfigError& e) {
+    detail::throw_error<ConfigError>("recipe ", r.source(), ": ", e.what());
+  }
   AL_CHECK_CONFIG(k.bucket_mb > 0, "recipe ", r.source(), ": dist.bucket_mb must be > 0; got ", k.bucket_mb);
   return k;
 }
@@ -108,13 +119,8 @@ double DataParallel::loss_weight(const TaskBatch& global) const {
 }
 
 void DataParallel::start(const Gpt& model) {
-  const std::vector<Variable> params = model.parameters();
-  if (several()) {
-    std::vector<Tensor> values;
-    for (const Variable& p : params) values.push_back(p.data());
-    dist::broadcast_tensors(*comm_, values, 0);
-  }
-  reducer_ = std::make_unique<dist::GradientReducer>(*comm_, params, reducer_options_);
+  if (several()) dist::broadcast_tensors(*comm_, parameter_values(model), 0);
+  reducer_ = std::make_unique<dist::GradientReducer>(*comm_, model.parameters(), reducer_options_);
 }
 
 void DataParallel::backward(const Variable& loss) {
@@ -126,9 +132,7 @@ double DataParallel::mean(double value) { return several() ? comm_->all_reduce(v
 
 void DataParallel::check_in_sync(const Gpt& model, int64_t step) {
   if (!several()) return;
-  std::vector<Tensor> values;
-  for (const Variable& p : model.parameters()) values.push_back(p.data());
-  if (dist::same_on_all_ranks(*comm_, dist::parameter_checksum(values))) return;
+  if (dist::same_on_all_ranks(*comm_, dist::parameter_checksum(parameter_values(model)))) return;
   detail::throw_error<Error>("data-parallel ranks diverged at step ", step, ": the parameters of the ", world_size(),
                              " ranks are no longer the same (compared by checksum at each eval step). Every rank must "
                              "run the same attnlab build, recipe and data; a rank-dependent op or a hardware fault "

@@ -113,13 +113,17 @@ bool mpi_multi_rank() { return false; }
 
 }  // namespace detail
 
+void check_backend_name(const std::string& requested) {
+  AL_CHECK_CONFIG(requested == "auto" || requested == "single" || requested == "mpi" || requested == "nccl",
+                  "dist.backend must be auto, single, mpi or nccl; got '", requested, "'");
+}
+
 std::unique_ptr<Communicator> make_communicator(Device device, const std::string& requested) {
   const LaunchInfo li = launch_info();
-  const bool several = li.launched && li.world_size > 1;
+  const bool several = li.several();
+  check_backend_name(requested);
   std::string backend = requested;
   if (backend == "auto") backend = !several ? "single" : device.is_cuda() ? "nccl" : "mpi";
-  AL_CHECK_CONFIG(backend == "single" || backend == "mpi" || backend == "nccl",
-                  "dist.backend must be auto, single, mpi or nccl; got '", requested, "'");
 
   if (backend == "single") {
     AL_CHECK_CONFIG(!several, "dist.backend = single, but this process is rank ", li.rank, " of ", li.world_size,

@@ -55,6 +55,9 @@ class Work {
 struct LaunchInfo {
   bool launched = false;  // started by an MPI launcher
   int rank = 0, world_size = 1, local_rank = 0, local_size = 1;
+
+  // One of several ranks: a data-parallel job rather than one process.
+  bool several() const { return launched && world_size > 1; }
 };
 LaunchInfo launch_info();
 
@@ -100,6 +103,10 @@ class Communicator {
 // device; under a launcher a CUDA run gets cuda:<local rank> (device() tells which). ConfigError
 // when the request does not fit the launch, the device or this build (naming what is missing).
 std::unique_ptr<Communicator> make_communicator(Device device, const std::string& requested = "auto");
+
+// ConfigError "dist.backend must be auto, single, mpi or nccl; got '...'" for any other name (the
+// recipe reader checks with it before anything starts; make_communicator checks again).
+void check_backend_name(const std::string& requested);
 
 // Which backends this build has: "single" always, "mpi" with ATTNLAB_WITH_MPI, "nccl" with a
 // real CUDA build and NCCL.

@@ -132,8 +132,7 @@ int cmd_train(const std::vector<std::string>& args) {
   options.resume = a.resume;
   // mpirun gives every rank a pseudo-terminal even when its own output goes to a file: ranks
   // print log lines, not a redrawn progress line.
-  const attnlab::dist::LaunchInfo launch = attnlab::dist::launch_info();
-  options.interactive = ::isatty(::fileno(stdout)) != 0 && !(launch.launched && launch.world_size > 1);
+  options.interactive = ::isatty(::fileno(stdout)) != 0 && !attnlab::dist::launch_info().several();
   attnlab::run_train(a.recipe, options, std::cout);
   return 0;
 }
@@ -374,7 +373,7 @@ int main(int argc, char** argv) {
   const std::string cmd = all[0];
   const std::vector<std::string> args(all.begin() + 1, all.end());
   const attnlab::dist::LaunchInfo launch = attnlab::dist::launch_info();
-  const bool several_ranks = launch.launched && launch.world_size > 1;
+  const bool several_ranks = launch.several();
   try {
     if (cmd == "train") return cmd_train(args);
     // Only train is data parallel: N copies of any other command would write the same files.
